@@ -1,0 +1,1 @@
+"""Datasets, training-set statistics and the DALI pipelines that feed every later stage."""

@@ -1,0 +1,178 @@
+"""The DALI pipelines: one preprocessing graph for prep, training, evaluation and queries.
+
+Paper, section 4.1 and 3.1: every image is rescaled so that its shorter side is 256 and the
+central 256x256 patch is kept; training takes random 224x224 patches and their mirrors, and
+adds the PCA colour shift; testing averages the 10 patches (4 corners + centre, mirrored).
+
+The graphs are plain functions on DataNodes with the device as a parameter, so the same code
+runs on the CPU (device_id=None, CPU decoding) and on a GPU (mixed decoding, GPU operators).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from .errors import AlexnetError
+
+SIZE = 256  # the side of the central patch every image is reduced to
+CROP = 224  # the network's input
+MAX_OFFSET = SIZE - CROP  # 32: crops start at 0..32 on each axis
+TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
+READER = "Reader"
+
+
+def default_device() -> str:
+    """"gpu" when CUDA is usable, else "cpu"; every GPU-only speed-up keys off this."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+# --- graph pieces: each takes DataNodes and says what it returns -------------------------
+
+
+def decode(encoded, device: str):
+    """Encoded files -> uint8 HWC RGB images (greyscale, CMYK and alpha become RGB)."""
+    return fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
+                             output_type=types.RGB)
+
+
+def centre_256(images):
+    """uint8 HWC images of any size -> uint8 256x256x3: shorter side to 256, central crop."""
+    images = fn.resize(images, resize_shorter=SIZE, antialias=True)
+    return fn.crop(images, crop=(SIZE, SIZE))
+
+
+def subtract_mean_image(images, mean: np.ndarray, device: str):
+    """uint8 256x256x3 -> float32 256x256x3 minus the training-set mean image."""
+    return images - types.Constant(mean.astype(np.float32), device=device)
+
+
+def lighting_shift(eigvecs: np.ndarray, eigvals: np.ndarray, std: float):
+    """Per image, a float32 RGB shift eigvecs @ (alpha * eigvals) / 255, alpha ~ N(0, std).
+
+    The statistics are in 0-255 pixel units; the paper's formula is not scale-free, and
+    applied to intensities in [0, 1] (as the reference implementations do) it is this shift
+    expressed in pixel units. A fresh alpha is drawn every time an image is read.
+    """
+    alpha = fn.random.normal(shape=[3], stddev=std)
+    scaled = fn.reshape(alpha * types.Constant((eigvals / 255.0).astype(np.float32)), shape=[1, 3])
+    shift = fn.coord_transform(scaled, M=eigvecs.astype(np.float32).flatten().tolist())
+    return fn.reshape(shift, shape=[3]), alpha
+
+
+def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0):
+    """256x256x3 -> float32 3x224x224: crop at relative position, optional mirror, minus mean."""
+    return fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=pos_x, crop_pos_y=pos_y,
+                                    mirror=mirror, mean=mean, dtype=types.FLOAT,
+                                    output_layout="CHW")
+
+
+def centred(images, mean: np.ndarray, device: str):
+    """256x256 images and the mean to pass on to crop_to_chw (fused there for a channel mean)."""
+    if mean.ndim == 1:
+        return images, mean.astype(np.float32)
+    return subtract_mean_image(images, mean, device), np.zeros(3, np.float32)
+
+
+# --- pipelines ---------------------------------------------------------------------------
+
+
+def _reader(files, labels, shard_id, num_shards, pad):
+    return fn.readers.file(files=list(files), labels=list(labels), random_shuffle=False,
+                           shard_id=shard_id, num_shards=num_shards, pad_last_batch=pad,
+                           name=READER)
+
+
+@pipeline_def(enable_conditionals=False)
+def prep_pipeline(files: Sequence[str], device: str = "cpu"):
+    """-> uint8 256x256x3 centre patches, for the training-set statistics."""
+    encoded, _ = _reader(files, range(len(files)), 0, 1, True)
+    return centre_256(decode(encoded, device))
+
+
+@pipeline_def(enable_conditionals=False)
+def train_pipeline(files, labels, mean, eigvecs, eigvals, *, device="cpu", lighting_std=0.1,
+                   shard_id=0, num_shards=1, debug=False):
+    """-> float32 3x224x224 random crops, mirrored with p=1/2, minus mean, plus PCA lighting.
+
+    With `debug`, also returns each image's crop offset (x, y in pixels of the 256 patch),
+    mirror flag and lighting alpha, so tests can check every property on real batches.
+    """
+    encoded, label = _reader(files, labels, shard_id, num_shards, False)
+    images, mean = centred(centre_256(decode(encoded, device)), mean, device)
+    shift, alpha = lighting_shift(eigvecs, eigvals, lighting_std)
+    ox = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
+    oy = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
+    mirror = fn.random.coin_flip(probability=0.5)
+    out = crop_to_chw(images, pos_x=ox / MAX_OFFSET, pos_y=oy / MAX_OFFSET, mirror=mirror,
+                      mean=types.Constant(mean) - shift)
+    if debug:
+        return out, label, fn.stack(ox, oy), mirror, alpha
+    return out, label
+
+
+@pipeline_def(enable_conditionals=False)
+def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id=0,
+                  num_shards=1):
+    """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
+    encoded, label = _reader(files, labels, shard_id, num_shards, True)
+    images, mean = centred(centre_256(decode(encoded, device)), mean, device)
+    if not ten_crop:
+        return crop_to_chw(images, mean=mean), label
+    crops = [crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean)
+             for m in (0, 1) for x, y in TEN_CROP_POSITIONS]
+    return fn.stack(*crops), label
+
+
+# --- the PyTorch side --------------------------------------------------------------------
+
+
+def pipe_options(device: str, batch_size: int, seed: int, num_threads: int | None = None) -> dict:
+    device_id = torch.cuda.current_device() if device == "gpu" else None
+    return dict(batch_size=batch_size, num_threads=num_threads or os.cpu_count() or 1,
+                device_id=device_id, seed=seed % (2**31), prefetch_queue_depth=2)
+
+
+class Loader:
+    """Iterate a pipeline as (images, labels) torch tensors on `device`, one epoch per pass.
+
+    Evaluation pipelines pad their shard's last batch; the padding is cut off here, so every
+    image of the shard is seen exactly once.
+    """
+
+    def __init__(self, pipe, outputs: Sequence[str] = ("images", "labels"), torch_device=None):
+        self.pipe = pipe
+        self.outputs = list(outputs)
+        self.torch_device = torch.device(torch_device or "cpu")
+        self._it = DALIGenericIterator([pipe], self.outputs, reader_name=READER,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL,
+                                       auto_reset=True)
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    @property
+    def size(self) -> int:
+        """Images in this shard (what one pass yields)."""
+        return self._it.size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for (batch,) in self._it:
+            yield tuple(self._to_torch(name, batch[name]) for name in self.outputs)
+
+    def _to_torch(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.torch_device, non_blocking=True)
+        return tensor.view(-1).long() if name == "labels" else tensor
+
+
+def check_batch_size(n_images: int, batch_size: int, what: str) -> None:
+    if n_images == 0:
+        raise AlexnetError(f"the {what} set is empty: check the data folder and rerun `alexnet prep`")
+    if batch_size > n_images:
+        raise AlexnetError(f"--batch-size {batch_size} is larger than the {what} set "
+                           f"({n_images} images): use --batch-size {n_images} or less")

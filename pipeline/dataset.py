@@ -1,0 +1,194 @@
+"""Scan an ImageFolder tree, validate every image, and write RUN/manifest.json.
+
+Two layouts are accepted: DATA/<class>/<image> (split into train/val by a seeded
+`val_fraction`) and DATA/train/<class>/<image> + DATA/val/<class>/<image>. Images may sit in
+nested folders below their class folder. Every file is fully decoded once (at reduced
+resolution where the codec allows it) so that corrupt, truncated and non-image files are
+listed with a reason instead of crashing a pipeline hours later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import AlexnetError
+from .files import read_json, write_json
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
+FORMATS = {"JPEG", "MPO", "PNG", "BMP"}  # what both PIL and DALI's decoders read
+MANIFEST_VERSION = 1
+
+
+def check_image(path: str, min_size: int = 16) -> str | None:
+    """Decode `path` fully; return None if usable, else the reason it is not."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as im:
+            if im.format not in FORMATS:
+                return f"unsupported format {im.format}"
+            w, h = im.size
+            im.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, still reads every byte
+            im.load()
+    except Image.DecompressionBombError:
+        return "image too large to decode safely"
+    except UnidentifiedImageError:
+        return "not an image (unrecognised content)"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"corrupt or truncated ({e})"
+    if min(w, h) < min_size:
+        return f"too small ({w}x{h}, shorter side under {min_size} px)"
+    return None
+
+
+def _class_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _layout(data: Path) -> tuple[str, dict[str, Path]]:
+    if not data.is_dir():
+        raise AlexnetError(f"{data} is not a folder: pass an ImageFolder tree (DATA/<class>/<image>)")
+    if (data / "train").is_dir():
+        splits = {"train": data / "train"}
+        for name in ("val", "validation"):
+            if (data / name).is_dir():
+                splits["val"] = data / name
+        return "train/val folders", splits
+    return "class folders", {"all": data}
+
+
+def scan(
+    data: str | Path,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    min_size: int = 16,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build the manifest of `data`: classes, usable files with labels and split, skipped files."""
+    from tqdm import tqdm
+
+    data = Path(data).resolve()
+    layout, splits = _layout(data)
+    classes = sorted(d.name for d in splits.get("train", data).iterdir() if d.is_dir())
+    if not classes:
+        raise AlexnetError(f"{splits.get('train', data)} has no class folders: expected <class>/<image> below it")
+    index = {c: i for i, c in enumerate(classes)}
+
+    candidates: list[tuple[str, int, str]] = []  # (path, label, split or "all")
+    skipped: list[dict] = []
+    for split, root in splits.items():
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            if d.name not in index:
+                raise AlexnetError(f"class folder {d} has no counterpart in {splits['train']}: "
+                                   "rename or remove it")
+            for f in _class_files(d):
+                rel = str(f.relative_to(data))
+                if f.suffix.lower() in EXTENSIONS:
+                    candidates.append((rel, index[d.name], split))
+                else:
+                    skipped.append({"path": rel, "reason": f"unsupported extension {f.suffix or '(none)'}"})
+        for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+            skipped.append({"path": str(f.relative_to(data)), "reason": "not inside a class folder"})
+
+    paths = [str(data / rel) for rel, _, _ in candidates]
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        reasons = list(tqdm(pool.map(check_image, paths, [min_size] * len(paths), chunksize=16),
+                            total=len(paths), desc="checking images", unit="img", disable=not progress))
+
+    files: list[dict] = []
+    for (rel, label, split), reason, path in zip(candidates, reasons, paths):
+        if reason:
+            skipped.append({"path": rel, "reason": reason})
+        else:
+            files.append({"path": rel, "label": label, "split": split, "bytes": os.path.getsize(path)})
+    split_needed = "all" in splits
+    if split_needed:
+        _split_train_val(files, val_fraction, seed)
+
+    counts = {c: {"train": 0, "val": 0} for c in classes}
+    for f in files:
+        counts[classes[f["label"]]][f["split"]] += 1
+    if not files:
+        raise AlexnetError(f"no usable images in {data} ({len(skipped)} files skipped): "
+                           "expected .jpg/.jpeg/.png/.bmp files in <class> folders")
+    empty = [c for c in classes if counts[c]["train"] == 0]
+    if empty:
+        raise AlexnetError(f"class folder(s) with no usable training images: {', '.join(empty)} in "
+                           f"{splits.get('train', data)}; add images or remove the folder(s)")
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "root": str(data),
+        "layout": layout,
+        "val_fraction": val_fraction if split_needed else None,
+        "seed": seed,
+        "classes": classes,
+        "counts": counts,
+        "files": files,
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+    }
+    manifest["fingerprint"] = fingerprint(manifest)
+    return manifest
+
+
+def _split_train_val(files: list[dict], val_fraction: float, seed: int) -> None:
+    """Assign each class's files to train/val: the same seed gives the same split."""
+    if not 0 <= val_fraction < 1:
+        raise AlexnetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    by_class: dict[int, list[dict]] = {}
+    for f in files:
+        by_class.setdefault(f["label"], []).append(f)
+    for label, group in by_class.items():
+        order = np.random.default_rng([seed, label]).permutation(len(group))
+        n_val = int(round(val_fraction * len(group))) if len(group) > 1 else 0
+        for rank, i in enumerate(order):
+            group[i]["split"] = "val" if rank < n_val else "train"
+
+
+def fingerprint(manifest: dict) -> str:
+    """A hash of the classes and of every usable file's path, label, split and size."""
+    h = hashlib.sha256(json.dumps(manifest["classes"]).encode())
+    for f in manifest["files"]:
+        h.update(f"{f['path']}\t{f['label']}\t{f['split']}\t{f['bytes']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def save_manifest(manifest: dict, run: str | Path) -> Path:
+    return write_json(Path(run) / "manifest.json", manifest)
+
+
+def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
+    """Read RUN/manifest.json; with `check_files`, refuse it when the data changed since prep."""
+    manifest = read_json(Path(run) / "manifest.json", "manifest", "run `alexnet prep DATA --run RUN` first")
+    if manifest.get("version") != MANIFEST_VERSION or fingerprint(manifest) != manifest.get("fingerprint"):
+        raise AlexnetError(f"{run}/manifest.json was edited or comes from another version: "
+                           "rerun `alexnet prep DATA --run RUN`")
+    if check_files:
+        root = Path(manifest["root"])
+        for f in manifest["files"]:
+            p = root / f["path"]
+            try:
+                size = p.stat().st_size
+            except OSError:
+                raise AlexnetError(f"{p} listed in {run}/manifest.json is gone: the data changed since "
+                                   "prep; rerun `alexnet prep`") from None
+            if size != f["bytes"]:
+                raise AlexnetError(f"{p} changed since prep ({f['bytes']} -> {size} bytes): "
+                                   "rerun `alexnet prep`")
+    return manifest
+
+
+def split_files(manifest: dict, split: str) -> tuple[list[str], list[int]]:
+    """Absolute paths and labels of one split, in manifest order."""
+    root = Path(manifest["root"])
+    chosen = [f for f in manifest["files"] if f["split"] == split]
+    return [str(root / f["path"]) for f in chosen], [f["label"] for f in chosen]

@@ -1,0 +1,137 @@
+"""Training-set statistics for mean subtraction and PCA lighting (paper, sections 2 and 4.1).
+
+Every training image goes through the prep pipeline (decode, shorter side 256, centre crop
+256) once; float64 running sums give the per-pixel mean image, the per-channel mean and the
+3x3 RGB covariance over all pixels. Memory is one 256x256x3 float64 array, whatever the
+number of images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .dali import SIZE, Loader, pipe_options, prep_pipeline
+from .errors import AlexnetError
+from .files import atomic_write, write_json
+
+STATS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean image (256x256x3), channel mean (3), covariance (3x3), eigenvalues (descending) and
+    eigenvectors (columns), all in 0-255 pixel units, of `count` images of manifest `fingerprint`."""
+
+    mean_image: np.ndarray
+    channel_mean: np.ndarray
+    cov: np.ndarray
+    eigvals: np.ndarray
+    eigvecs: np.ndarray
+    count: int
+    fingerprint: str
+
+    def mean(self, mode: str = "image") -> np.ndarray:
+        """What to subtract: the paper's mean image, or the per-channel mean."""
+        if mode not in ("image", "channel"):
+            raise AlexnetError(f"mean mode must be 'image' or 'channel', got {mode!r}")
+        return self.mean_image if mode == "image" else self.channel_mean
+
+    def summary(self) -> dict:
+        return {
+            "images": self.count,
+            "fingerprint": self.fingerprint,
+            "channel_mean_rgb": np.round(self.channel_mean, 3).tolist(),
+            "channel_std_rgb": np.round(np.sqrt(np.diag(self.cov)), 3).tolist(),
+            "eigenvalues": np.round(self.eigvals, 3).tolist(),
+            "eigenvectors_columns": np.round(self.eigvecs, 4).tolist(),
+            "units": "0-255 pixel values of the 256x256 centre patch",
+        }
+
+
+class Accumulator:
+    """Float64 running sums over batches of uint8 NHWC patches."""
+
+    def __init__(self, size: int = SIZE):
+        self.pixel_sum = np.zeros((size, size, 3))
+        self.outer_sum = np.zeros((3, 3))
+        self.count = 0
+
+    def add(self, batch: np.ndarray) -> None:
+        x = batch.astype(np.float64)
+        self.pixel_sum += x.sum(axis=0)
+        flat = x.reshape(-1, 3)
+        self.outer_sum += flat.T @ flat
+        self.count += len(batch)
+
+    def result(self, fingerprint: str) -> Stats:
+        mean_image = self.pixel_sum / self.count
+        channel_mean = mean_image.reshape(-1, 3).mean(axis=0)
+        pixels = self.count * mean_image.shape[0] * mean_image.shape[1]
+        cov = self.outer_sum / pixels - np.outer(channel_mean, channel_mean)
+        eigvals, eigvecs = np.linalg.eigh(cov)
+        order = np.argsort(eigvals)[::-1]
+        eigvecs = eigvecs[:, order] * np.sign(eigvecs[:, order].sum(axis=0))  # stable sign
+        return Stats(mean_image, channel_mean, cov, eigvals[order], eigvecs, self.count, fingerprint)
+
+
+def compute_stats(files: list[str], fingerprint: str, *, batch_size: int = 64, device: str = "cpu",
+                  num_threads: int | None = None, progress: bool = True) -> Stats:
+    """Stream `files` through the prep pipeline and return their statistics."""
+    from tqdm import tqdm
+
+    if not files:
+        raise AlexnetError("no training images to compute statistics from")
+    pipe = prep_pipeline(files, device=device, **pipe_options(device, min(batch_size, len(files)), 0,
+                                                              num_threads))
+    acc = Accumulator()
+    with tqdm(total=len(files), desc="prep statistics", unit="img", disable=not progress) as bar:
+        for (images,) in Loader(pipe, outputs=("images",)):
+            acc.add(images.cpu().numpy())
+            bar.update(len(images))
+    return acc.result(fingerprint)
+
+
+def save_stats(stats: Stats, run: str | Path) -> Path:
+    run = Path(run)
+    arrays = {k: getattr(stats, k) for k in ("mean_image", "channel_mean", "cov", "eigvals", "eigvecs")}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays, count=stats.count, fingerprint=stats.fingerprint,
+                     version=STATS_VERSION)
+
+    write_json(run / "stats.json", stats.summary())
+    return atomic_write(run / "stats.npz", write)
+
+
+def load_stats(run: str | Path, fingerprint: str) -> Stats:
+    """Read RUN/stats.npz, refusing statistics of another dataset than the manifest's."""
+    path = Path(run) / "stats.npz"
+    if not path.is_file():
+        raise AlexnetError(f"{path} is missing: run `alexnet prep DATA --run {run}` first")
+    try:
+        with np.load(path) as z:
+            if int(z["version"]) != STATS_VERSION:
+                raise AlexnetError(f"{path} comes from another version: rerun `alexnet prep`")
+            stats = Stats(z["mean_image"], z["channel_mean"], z["cov"], z["eigvals"], z["eigvecs"],
+                          int(z["count"]), str(z["fingerprint"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise AlexnetError(f"{path} is unreadable ({e}): rerun `alexnet prep`") from e
+    if stats.fingerprint != fingerprint:
+        raise AlexnetError(f"{path} was computed for other data (fingerprint {stats.fingerprint}, "
+                           f"manifest {fingerprint}): rerun `alexnet prep` for this run")
+    return stats
+
+
+def format_summary(stats: Stats) -> str:
+    s = stats.summary()
+    lines = [f"images            {s['images']}",
+             f"channel mean RGB  {s['channel_mean_rgb']}",
+             f"channel std RGB   {s['channel_std_rgb']}",
+             f"eigenvalues       {s['eigenvalues']}"]
+    lines += [f"eigenvector {i + 1}     {[row[i] for row in s['eigenvectors_columns']]}"
+              for i in range(3)]
+    return "\n".join(lines)
