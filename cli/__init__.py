@@ -1,0 +1,1 @@
+"""The `alexnet` command: parses options, calls the library, prints results."""

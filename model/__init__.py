@@ -1,0 +1,1 @@
+"""The AlexNet network, the paper's optimiser and schedule, and the trainer."""

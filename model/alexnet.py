@@ -1,0 +1,93 @@
+"""The network of the paper (section 3, figure 2), with its named deviations as options.
+
+Five convolutional and three fully connected layers; the paper's two GPU columns are grouped
+convolutions (conv2, conv4, conv5 see only their own column's half); ReLU everywhere; local
+response normalisation after the ReLUs of conv1 and conv2; overlapping 3/2 max-pooling;
+dropout 0.5 in fc6 and fc7. With 1000 classes it has exactly 60,965,224 parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+
+
+@dataclass(frozen=True)
+class AlexNetConfig:
+    num_classes: int = 1000
+    columns: int = 2  # 2: the paper's grouped network; 1: one column of the same widths
+    lrn: bool = True
+    dropout: float = 0.5
+
+
+def local_response_norm(size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
+                        k: float = LRN_K) -> nn.LocalResponseNorm:
+    """The paper's LRN: b = a / (k + alpha * sum of a^2 over `size` channels)^beta.
+
+    PyTorch's LocalResponseNorm divides alpha by `size`, so the paper's alpha is passed
+    multiplied by it (1e-4 -> 5e-4). The channel window is clipped at the edges in both.
+    """
+    return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+
+
+class AlexNet(nn.Module):
+    def __init__(self, config: AlexNetConfig = AlexNetConfig()):
+        super().__init__()
+        self.config = config
+        g = config.columns
+        norm = local_response_norm if config.lrn else nn.Identity
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 96, 11, stride=4, padding=2),  # conv1: 224 -> 55
+            nn.ReLU(inplace=True),
+            norm(),
+            nn.MaxPool2d(3, 2),  # 27
+            nn.Conv2d(96, 256, 5, padding=2, groups=g),  # conv2: two columns of 128
+            nn.ReLU(inplace=True),
+            norm(),
+            nn.MaxPool2d(3, 2),  # 13
+            nn.Conv2d(256, 384, 3, padding=1),  # conv3 sees both columns
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, 3, padding=1, groups=g),  # conv4
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1, groups=g),  # conv5
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),  # 6
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(config.dropout),
+            nn.Linear(256 * 6 * 6, 4096),  # fc6
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(4096, 4096),  # fc7: the last hidden layer, the retrieval feature
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, config.num_classes),  # fc8
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the FC layers, 0 in conv1, conv3.
+
+        The ones "accelerate the early stages of learning by providing the ReLUs with positive
+        inputs" (section 5).
+        """
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        fcs = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        for i, layer in enumerate(convs + fcs):
+            nn.init.normal_(layer.weight, 0.0, 0.01)
+            nn.init.constant_(layer.bias, 0.0 if i in (0, 2) else 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+    @torch.no_grad()
+    def fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4096-d last-hidden-layer activations (after ReLU, dropout off)."""
+        h = torch.flatten(self.features(x), 1)
+        for layer in self.classifier[:-1]:
+            if not isinstance(layer, nn.Dropout):
+                h = layer(h)
+        return h
