@@ -162,8 +162,8 @@ def eval_(run, checkpoint, ten_crop):
               help="An image folder to use instead of the embedded Fashion-MNIST photos.")
 @click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/demo"), show_default=True)
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
 @click.pass_obj
 def demo(obj, data, run, epochs, batch_size):
     """The whole chain on embedded photos (or --data DIR): prep, a short training run."""
@@ -172,7 +172,7 @@ def demo(obj, data, run, epochs, batch_size):
 
     if data is None:
         data = fashion_mnist.build(run / "data")
-        click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 100 train + 30 val each)")
+        click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 30 train + 10 val each)")
     prepare(data, run, progress=obj["progress"])
     config = make_config(epochs=epochs, batch_size=batch_size, lr=0.01, optimizer="paper",
                          patience=2, mean="image", lighting_std=0.1, columns="2", lrn=True,

@@ -244,15 +244,16 @@ def build_model(config: TrainConfig, num_classes: int, world: World):
     return model
 
 
-def check_resumable(saved: dict, config: TrainConfig, num_classes: int, path: Path) -> None:
+def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
     old = config_from_dict(saved["config"])
     changed = [f"{f.name} {getattr(old, f.name)} -> {getattr(config, f.name)}" for f in fields(config)
                if f.name not in RESUMABLE and getattr(old, f.name) != getattr(config, f.name)]
     if changed:
         raise AlexnetError(f"{path} was trained with other settings ({'; '.join(changed)}): "
                            "resume with the same settings, or train into a new --run")
-    if saved["num_classes"] != num_classes:
-        raise AlexnetError(f"{path} has {saved['num_classes']} classes, the manifest {num_classes}: "
+    if saved["fingerprint"] != manifest["fingerprint"]:
+        raise AlexnetError(f"{path} was trained on other data than the current manifest "
+                           f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
                            "train into a new --run")
 
 
@@ -275,7 +276,7 @@ def fit(run: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = 
     epoch, skip = 0, 0
     if resume:
         saved = load_checkpoint(last_path)
-        check_resumable(saved, config, num_classes, last_path)
+        check_resumable(saved, config, manifest, last_path)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])

@@ -29,7 +29,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def build(out: str | Path, *, train_per_class: int = 100, val_per_class: int = 30,
+def build(out: str | Path, *, train_per_class: int = 30, val_per_class: int = 10,
           source: Path = SOURCE) -> Path:
     """Write the subset to `out` (skipped when it is already complete) and return it."""
     out = Path(out)

@@ -1,0 +1,28 @@
+"""Tiny generated datasets and prepped runs shared by the tests."""
+
+from pathlib import Path
+
+import numpy as np
+from alexnet.pipeline import dataset, stats
+from PIL import Image
+
+
+def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        for split, n in (("train", train), ("val", val)):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = np.array([200, 40, 40]) if c == 0 else np.array([40, 40, 200])
+                pixels = np.clip(base + rng.normal(0, 30, (60 + 7 * i, 80, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg")
+    return root
+
+
+def prep_run(data: Path, run: Path) -> Path:
+    manifest = dataset.scan(data, progress=False, workers=1)
+    dataset.save_manifest(manifest, run)
+    files, _ = dataset.split_files(manifest, "train")
+    stats.save_stats(stats.compute_stats(files, manifest["fingerprint"], progress=False), run)
+    return run
