@@ -110,7 +110,9 @@ def scan(
         if reason:
             skipped.append({"path": rel, "reason": reason})
         else:
-            files.append({"path": rel, "label": label, "split": split, "bytes": os.path.getsize(path)})
+            st = os.stat(path)
+            files.append({"path": rel, "label": label, "split": split, "bytes": st.st_size,
+                          "mtime_ns": st.st_mtime_ns})
     split_needed = "all" in splits
     if split_needed:
         _split_train_val(files, val_fraction, seed)
@@ -149,16 +151,16 @@ def _split_train_val(files: list[dict], val_fraction: float, seed: int) -> None:
         by_class.setdefault(f["label"], []).append(f)
     for label, group in by_class.items():
         order = np.random.default_rng([seed, label]).permutation(len(group))
-        n_val = int(round(val_fraction * len(group))) if len(group) > 1 else 0
+        n_val = min(int(round(val_fraction * len(group))), len(group) - 1)  # keep one to train
         for rank, i in enumerate(order):
             group[i]["split"] = "val" if rank < n_val else "train"
 
 
 def fingerprint(manifest: dict) -> str:
-    """A hash of the classes and of every usable file's path, label, split and size."""
+    """A hash of the classes and of every usable file's path, label, split, size and mtime."""
     h = hashlib.sha256(json.dumps(manifest["classes"]).encode())
     for f in manifest["files"]:
-        h.update(f"{f['path']}\t{f['label']}\t{f['split']}\t{f['bytes']}\n".encode())
+        h.update(f"{f['path']}\t{f['label']}\t{f['split']}\t{f['bytes']}\t{f['mtime_ns']}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -177,12 +179,12 @@ def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
         for f in manifest["files"]:
             p = root / f["path"]
             try:
-                size = p.stat().st_size
+                st = p.stat()
             except OSError:
                 raise AlexnetError(f"{p} listed in {run}/manifest.json is gone: the data changed since "
                                    "prep; rerun `alexnet prep`") from None
-            if size != f["bytes"]:
-                raise AlexnetError(f"{p} changed since prep ({f['bytes']} -> {size} bytes): "
+            if (st.st_size, st.st_mtime_ns) != (f["bytes"], f["mtime_ns"]):
+                raise AlexnetError(f"{p} changed since prep (size or modification time): "
                                    "rerun `alexnet prep`")
     return manifest
 

@@ -73,7 +73,9 @@ class Accumulator:
         cov = self.outer_sum / pixels - np.outer(channel_mean, channel_mean)
         eigvals, eigvecs = np.linalg.eigh(cov)
         order = np.argsort(eigvals)[::-1]
-        eigvecs = eigvecs[:, order] * np.sign(eigvecs[:, order].sum(axis=0))  # stable sign
+        eigvecs = eigvecs[:, order]
+        largest = eigvecs[np.abs(eigvecs).argmax(axis=0), range(3)]
+        eigvecs = eigvecs * np.sign(largest)  # a stable sign: largest component positive
         return Stats(mean_image, channel_mean, cov, eigvals[order], eigvecs, self.count, fingerprint)
 
 

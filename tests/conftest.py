@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-IMAGENETTE = Path("/work/shared/data/imagenette-mini")
+IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
 
 
 @pytest.fixture(scope="session")

@@ -236,11 +236,6 @@ def test_eval_two_shards_cover_every_image_once(files, patches, ten_crop):
         np.testing.assert_allclose(centre.transpose(1, 2, 0), want, atol=ATOL)
 
 
-@pytest.mark.xfail(strict=True, reason="dali.Loader.size returns DALIGenericIterator.size, which "
-                   "is the largest shard's size (eval, 7 images, 2 shards: 4 for the shard that "
-                   "yields 3) and, without pad_last_batch, is rounded up to whole batches (train, "
-                   "7 images, batch 3: 9); the docstring promises 'what one pass yields'. Compute "
-                   "it from pipe.reader_meta(READER) (epoch_size, shard_id, num_shards) instead")
 @pytest.mark.parametrize("kind", ["eval-shard0-of-2", "train"])
 def test_loader_size_is_what_one_pass_yields(files, lighting, kind):
     n = 7

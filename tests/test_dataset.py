@@ -94,9 +94,6 @@ def test_val_fraction_out_of_range_is_refused(class_tree, bad):
         run_scan(class_tree, val_fraction=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="dataset._split_train_val: n_val = round(f*n) can equal n "
-                   "(n=3, f=0.9 -> 3), leaving a class with usable images but no training image; "
-                   "cap it at n - 1")
 def test_high_val_fraction_keeps_a_training_image_per_class(tmp_path):
     data = tmp_path / "data"
     for name in ("a", "b"):
@@ -348,9 +345,6 @@ def test_load_manifest_refuses_an_edited_manifest(class_tree, tmp_path):
         load_manifest(run)
 
 
-@pytest.mark.xfail(strict=True, reason="dataset.fingerprint/load_manifest compare only file sizes: "
-                   "a file rewritten with different pixels but the same size (e.g. any BMP of the "
-                   "same dimensions) passes as unchanged; record st_mtime_ns (or a content hash)")
 def test_same_size_edit_is_detected(tmp_path):
     data = tmp_path / "data"
     target = img(data / "a" / "0.bmp", colour=(10, 20, 30), format="BMP")

@@ -1,7 +1,8 @@
 """stats.compute_stats against a plain numpy/PIL implementation of the same steps.
 
-Tolerances, and why (measured on these images: mean image off by at most ~0.6 grey levels,
-channel mean by ~0.003, covariance by ~1e-4 of its largest entry, eigenvector |cos| > 0.99999):
+Tolerances, and why (measured on these images: mean image off by at most ~0.9 grey levels,
+channel mean by ~0.02, covariance by ~1e-3 of its largest entry, eigenvalues by ~0.15%,
+eigenvector |cos| > 0.99999):
 - DALI's resize (linear, antialiased) and PIL's BILINEAR resize are different implementations
   of nearly the same filter, and DALI's JPEG decoder may upsample chroma differently from PIL's,
   so single pixels of a 256x256 patch differ by a few grey levels. The generated images are
@@ -169,11 +170,6 @@ def test_accumulator_on_known_pixels():
     np.testing.assert_allclose(s.cov, np.cov(pixels.T, bias=True), atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="stats.Accumulator.result: the 'stable sign' multiplies "
-                   "each eigenvector by np.sign(column sum); for greyscale data (e.g. the "
-                   "Fashion-MNIST demo) the two null-space eigenvectors are orthogonal to (1,1,1), "
-                   "their sum is exactly 0 and the column becomes all zeros; take the sign of the "
-                   "largest-magnitude component instead")
 def test_eigenvectors_stay_orthonormal_on_greyscale_data():
     for seed in range(20):  # about half of these grey datasets hit an exactly-zero column sum
         grey = np.random.default_rng(seed).integers(0, 256, (4, 16, 16, 1), dtype=np.uint8)
