@@ -32,15 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from alexnet.pipeline.dali import CROP, SIZE, Loader, pipe_options, train_pipeline
+from alexnet.pipeline.stats import Stats, compute_stats
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
-
-from alexnet.pipeline.dali import CROP, SIZE, Loader, pipe_options, train_pipeline
-from alexnet.pipeline.stats import Stats, compute_stats
 
 DEFAULT_DATA = "/work/shared/data/imagenette-mini/train"
 LIGHTING_STD = 0.1
@@ -99,7 +98,8 @@ def dali_decode_batches(files: list[str], batch: int) -> Iterator[int]:
 # --- (b) the DALI train pipeline ----------------------------------------------------------
 
 
-def dali_train_batches(files: list[str], labels: list[int], stats: Stats, batch: int) -> Iterator[int]:
+def dali_train_batches(files: list[str], labels: list[int], stats: Stats,
+                       batch: int) -> Iterator[int]:
     pipe = train_pipeline(files, labels, stats.mean_image, stats.eigvecs, stats.eigvals,
                           device="cpu", lighting_std=LIGHTING_STD,
                           **pipe_options("cpu", batch, 0, CPU_THREADS))
@@ -117,7 +117,8 @@ class MeanImageCropLighting:
     image cropped and mirrored alike, plus the per-image PCA lighting shift (as in dali.py)."""
 
     def __init__(self, stats: Stats, std: float = LIGHTING_STD):
-        self.mean = torch.from_numpy(stats.mean_image.astype(np.float32)).permute(2, 0, 1).contiguous()
+        mean = torch.from_numpy(stats.mean_image.astype(np.float32))
+        self.mean = mean.permute(2, 0, 1).contiguous()
         self.eigvecs = torch.from_numpy(stats.eigvecs.astype(np.float32))
         self.eigvals = torch.from_numpy((stats.eigvals / 255.0).astype(np.float32))
         self.std = std
@@ -221,7 +222,8 @@ def warm_up(batches: Iterator[int], n_images: int) -> None:
 
 def bench_set(name: str, files: list[str], labels: list[int], args) -> dict[str, list]:
     """{loader: [(images/s, cores busy) per round]} for one image set."""
-    print(f"\n[{name}] {len(files)} images: computing mean image and PCA statistics ...", flush=True)
+    print(f"\n[{name}] {len(files)} images: computing mean image and PCA statistics ...",
+          flush=True)
     stats = compute_stats(files, name, batch_size=min(64, len(files)), num_threads=CPU_THREADS,
                           progress=False)
     dali_queue = pipe_options("cpu", args.batch, 0)["prefetch_queue_depth"]
@@ -286,7 +288,8 @@ def main(argv=None) -> None:
     if len(files) < args.batch:
         sys.exit(f"{len(files)} images is fewer than one batch of {args.batch}")
     sizes = {Image.open(f).size for f in files}
-    print(f"{len(files)} images from {args.data} ({len(sizes)} distinct sizes, e.g. {sorted(sizes)[0]}); "
+    print(f"{len(files)} images from {args.data} ({len(sizes)} distinct sizes, "
+          f"e.g. {sorted(sizes)[0]}); "
           f"batch {args.batch}; {os.cpu_count()} CPU cores; CUDA: {torch.cuda.is_available()}")
     results = {}
     wanted = args.sets.split(",")

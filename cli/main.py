@@ -1,4 +1,6 @@
-"""`alexnet`: prep, train, eval, demo. Each command parses, calls one library function, prints."""
+"""`alexnet`: prep, train, eval, demo (+ index, search, eval-retrieval from cli/search.py).
+
+Each command parses, calls the library, prints."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from alexnet.cli.search import eval_retrieval, index_command, register, search
 from alexnet.pipeline.errors import AlexnetError
 
 
@@ -164,26 +167,54 @@ def eval_(run, checkpoint, ten_crop):
               default=Path("runs/demo"), show_default=True)
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.pass_obj
-def demo(obj, data, run, epochs, batch_size):
-    """The whole chain on embedded photos (or --data DIR): prep, a short training run."""
+@click.option("--queries", type=int, default=3, show_default=True,
+              help="Validation images to search for at the end.")
+@click.pass_context
+def demo(ctx, data, run, epochs, batch_size, queries):
+    """The whole chain on embedded photos (or --data DIR): prep, a short training run, the
+    retrieval index, a few searches with a montage, and the retrieval evaluation."""
     from alexnet.model.train import fit
-    from alexnet.pipeline import fashion_mnist
+    from alexnet.pipeline import dataset, fashion_mnist
 
+    progress = ctx.obj["progress"]
     if data is None:
         data = fashion_mnist.build(run / "data")
         click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 30 train + 10 val each)")
-    prepare(data, run, progress=obj["progress"])
+    prepare(data, run, progress=progress)
     config = make_config(epochs=epochs, batch_size=batch_size, lr=0.01, optimizer="paper",
                          patience=2, mean="image", lighting_std=0.1, columns="2", lrn=True,
                          dropout=0.5, seed=0, num_threads=None)
-    metrics = fit(run, config, resume=(run / "checkpoints" / "last.pt").exists(),
-                  progress=obj["progress"])
+    metrics = fit(run, config, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)
     print_training(run, metrics)
+    print_curve(run)
+    ctx.invoke(index_command, run=run)
+    val_files, _ = dataset.split_files(dataset.load_manifest(run), "val")
+    picks = val_files[:: max(1, len(val_files) // queries)][:queries]
+    ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5,
+               montage=run / "search.png")
+    ctx.invoke(eval_retrieval, run=run)
+
+
+def print_curve(run: Path) -> None:
+    """The learning curve as a table, beside the PNG that plots it."""
+    from alexnet.model.train import read_metrics
+
+    click.echo(f"{'epoch':>5}{'loss':>9}{'top-1 err':>11}{'top-5 err':>11}{'lr':>9}{'img/s':>8}")
+    for m in read_metrics(run):
+        click.echo(f"{m['epoch']:5d}{m['loss']:9.4f}{100 * m['top1_error']:10.2f}%"
+                   f"{100 * m['top5_error']:10.2f}%{m['lr']:9.2g}{m['images_per_s']:8.1f}")
+    click.echo(f"learning curve: {run / 'curves.png'}")
+
+
+register(cli)
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except KeyboardInterrupt:  # before a command could install its own handler
+        click.echo("interrupted", err=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

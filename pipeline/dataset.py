@@ -171,7 +171,11 @@ def save_manifest(manifest: dict, run: str | Path) -> Path:
 def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
     """Read RUN/manifest.json; with `check_files`, refuse it when the data changed since prep."""
     manifest = read_json(Path(run) / "manifest.json", "manifest", "run `alexnet prep DATA --run RUN` first")
-    if manifest.get("version") != MANIFEST_VERSION or fingerprint(manifest) != manifest.get("fingerprint"):
+    try:
+        intact = manifest["version"] == MANIFEST_VERSION and fingerprint(manifest) == manifest["fingerprint"]
+    except (KeyError, TypeError):
+        intact = False
+    if not intact:
         raise AlexnetError(f"{run}/manifest.json was edited or comes from another version: "
                            "rerun `alexnet prep DATA --run RUN`")
     if check_files:

@@ -21,7 +21,7 @@ def invoke(*args):
 def test_help_lists_every_command_and_version():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ("prep", "train", "eval", "demo"):
+    for name in ("prep", "train", "eval", "demo", "index", "search", "eval-retrieval"):
         assert f"  {name} " in result.output
     version = CliRunner().invoke(cli, ["--version"])
     assert version.exit_code == 0 and "alexnet, version" in version.output
@@ -89,4 +89,7 @@ def test_installed_script_runs_the_demo_chain(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "10-crop: top-1 error" in done.stdout
-    assert (tmp_path / "run" / "curves.png").is_file()
+    assert "learning curve:" in done.stdout and "query:" in done.stdout
+    assert "precision" in done.stdout.lower()
+    for name in ("curves.png", "search.png", "eval_retrieval.json", "index/codes.faissindex"):
+        assert (tmp_path / "run" / name).is_file(), name

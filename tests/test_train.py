@@ -114,7 +114,7 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(run):
     cmd = alexnet_cmd("train", "--run", str(run), "--epochs", "3", "--batch-size", "2",
                       "--threads", "1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)

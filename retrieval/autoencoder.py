@@ -1,0 +1,227 @@
+"""A deep autoencoder that turns 4096-d fc7 vectors into short binary codes.
+
+Paper, section 6.1: "Computing similarity by using Euclidean distance between two 4096-
+dimensional, real-valued vectors is inefficient, but it could be made efficient by training an
+auto-encoder to compress these vectors to short binary codes" (as Krizhevsky & Hinton 2011 did
+on raw pixels). Layers: 4096 -> 1024 -> 256 -> B code units -> 256 -> 1024 -> 4096, ReLU in
+the hidden layers, trained with mean-squared reconstruction error on standardised features
+(the per-dimension mean and std are saved with the weights and applied again at encode time).
+
+Binarisation: a straight-through estimator. In the forward pass the code is the hard
+threshold 1[z > 0] (that is, sigmoid(z) > 1/2), so the decoder is trained on exactly the bits
+that go into the index; in the backward pass the gradient is that of sigmoid(z). The
+semantic-hashing alternative (Gaussian noise added before a sigmoid, which pushes the units
+towards saturation) uses real-valued codes while training and thresholds them only
+afterwards, so what is trained and what is indexed differ until the units have saturated,
+which takes many epochs and a tuned noise scale; a few CPU epochs are what we can afford. A
+small penalty keeps each bit's batch-mean sigmoid near 1/2, because a bit that is always on
+or always off carries no information and, under the sigmoid gradient, would never recover.
+
+Modes of use:
+- `train_autoencoder(features, config)`: trains on the (memory-mapped) features.
+- `autoencoder_state(model, ...)` / `model_from_state(state)`: the dict saved as
+  RUN/index/autoencoder.pt (weights_only-loadable; the standardisation is in the weights).
+- `encode(model, features)`: packed uint8 codes, B/8 bytes per image (np.packbits, big-endian
+  bit order within each byte), batched.
+- `report(model, features)`: bit balance (share of images with each bit on) and
+  reconstruction error (MSE in standardised units; 1.0 is what predicting the mean scores).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.files import atomic_write
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+AUTOENCODER_VERSION = 1
+CHUNK = 4096  # rows at a time when reading the memory-mapped features
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    bits: int = 64  # code units: a multiple of 8 in 32..256
+    dim: int = 4096
+    hidden: tuple[int, int] = (1024, 256)
+    epochs: int = 10
+    min_steps: int = 100  # small sets get more epochs: at least this many updates in all
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam
+    balance: float = 0.1  # weight of the bit-balance penalty
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.bits % 8 or not 32 <= self.bits <= 256:
+            raise AlexnetError("--bits must be a multiple of 8 between 32 and 256, "
+                               f"got {self.bits}")
+
+
+class Binarise(torch.autograd.Function):
+    """Forward: 1[z > 0]. Backward: the gradient of sigmoid(z) (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        s = torch.sigmoid(z)
+        return grad * s * (1 - s)
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, config: AutoencoderConfig = AutoencoderConfig()):
+        super().__init__()
+        self.config = config
+        h1, h2 = config.hidden
+        self.encoder = nn.Sequential(
+            nn.Linear(config.dim, h1), nn.ReLU(),
+            nn.Linear(h1, h2), nn.ReLU(),
+            nn.Linear(h2, config.bits),  # code-layer inputs z; the bits are 1[z > 0]
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(config.bits, h2), nn.ReLU(),
+            nn.Linear(h2, h1), nn.ReLU(),
+            nn.Linear(h1, config.dim),  # standardised fc7, linear output
+        )
+        # the training features' per-dimension mean and std, saved with the weights
+        self.register_buffer("mean", torch.zeros(config.dim))
+        self.register_buffer("std", torch.ones(config.dim))
+
+    def standardise(self, features: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(np.asarray(features, np.float32)) - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised features -> (reconstruction, code-layer inputs z)."""
+        z = self.encoder(x)
+        return self.decoder(Binarise.apply(z)), z
+
+
+def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std in float64, one chunk of the memory map at a time."""
+    s = np.zeros(features.shape[1])
+    s2 = np.zeros(features.shape[1])
+    for i in range(0, len(features), CHUNK):
+        x = np.asarray(features[i:i + CHUNK], np.float64)
+        s += x.sum(0)
+        s2 += (x * x).sum(0)
+    mean = s / len(features)
+    std = np.sqrt(np.maximum(s2 / len(features) - mean**2, 0))
+    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)  # dead units: no 0/0
+
+
+def train_autoencoder(features: np.ndarray, config: AutoencoderConfig = AutoencoderConfig(), *,
+                      progress: bool = True) -> Autoencoder:
+    """Train on float (N, dim) features (memory-mapped is fine); returns the model, in eval mode.
+
+    Seeded: the same features and config give the same weights (on the same machine and
+    thread count). At least `min_steps` updates, so that small sets get more epochs.
+    """
+    from tqdm import tqdm
+
+    if len(features) == 0:
+        raise AlexnetError("no features to train the autoencoder on")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = Autoencoder(config)
+    mean, std = _moments(features)
+    model.mean.copy_(torch.from_numpy(mean))
+    model.std.copy_(torch.from_numpy(std))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    batch = min(config.batch_size, len(features))
+    steps = len(features) // batch
+    epochs = max(config.epochs, -(-config.min_steps // steps))  # ceil
+    model.train()
+    with tqdm(total=epochs * steps, desc="autoencoder", unit="step", disable=not progress) as bar:
+        for _ in range(epochs):
+            order = rng.permutation(len(features))
+            for b in range(steps):
+                rows = np.sort(order[b * batch:(b + 1) * batch])  # sorted: sequential memmap reads
+                x = model.standardise(features[rows])
+                y, z = model(x)
+                loss = nn.functional.mse_loss(y, x)
+                balance = ((torch.sigmoid(z).mean(0) - 0.5) ** 2).mean()
+                optimizer.zero_grad(set_to_none=True)
+                (loss + config.balance * balance).backward()
+                optimizer.step()
+                bar.update()
+                bar.set_postfix(mse=f"{loss.item():.4f}")
+    log.info("autoencoder: %d steps of %d, last batch reconstruction MSE %.4f", epochs * steps,
+             batch, loss.item())
+    return model.eval()
+
+
+@torch.no_grad()
+def _code_bits(model: Autoencoder, features: np.ndarray):
+    """Yields (code bits as bool (n, bits), reconstruction squared-error sum) per chunk."""
+    for i in range(0, len(features), CHUNK):
+        x = model.standardise(features[i:i + CHUNK])
+        bits = model.encoder(x) > 0
+        err = ((model.decoder(bits.float()) - x) ** 2).sum().item()
+        yield bits.numpy(), err
+
+
+def encode(model: Autoencoder, features: np.ndarray) -> np.ndarray:
+    """Float (N, 4096) features -> packed uint8 codes (N, bits / 8)."""
+    if len(features) == 0:
+        return np.zeros((0, model.config.bits // 8), np.uint8)
+    return np.concatenate([np.packbits(bits, axis=1) for bits, _ in _code_bits(model, features)])
+
+
+def report(model: Autoencoder, features: np.ndarray) -> dict:
+    """Bit balance and reconstruction error of the binary codes over `features`."""
+    on = np.zeros(model.config.bits)
+    err = 0.0
+    for bits, e in _code_bits(model, features):
+        on += bits.sum(0)
+        err += e
+    balance = on / len(features)
+    return {"images": len(features),
+            "bit_balance": np.round(balance, 4).tolist(),
+            "bits_always_on_or_off": int(((balance == 0) | (balance == 1)).sum()),
+            "mean_abs_balance_offset": float(np.abs(balance - 0.5).mean()),
+            "reconstruction_mse": err / (len(features) * features.shape[1])}
+
+
+def autoencoder_state(model: Autoencoder, **extra) -> dict:
+    """The dict saved as RUN/index/autoencoder.pt: version, config, weights, and `extra`."""
+    return {"version": AUTOENCODER_VERSION, "config": asdict(model.config),
+            "model": model.state_dict(), **extra}
+
+
+def model_from_state(state: dict) -> Autoencoder:
+    names = {f.name for f in fields(AutoencoderConfig)}
+    config = AutoencoderConfig(**{k: tuple(v) if k == "hidden" else v
+                                  for k, v in state["config"].items() if k in names})
+    model = Autoencoder(config)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise AlexnetError(f"the autoencoder's weights do not fit its config ({e}): rebuild with "
+                           "`alexnet index --run RUN`") from e
+    return model.eval()
+
+
+def save_autoencoder(state: dict, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_autoencoder(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise AlexnetError(f"{path} is not a readable autoencoder ({type(e).__name__}): "
+                           "rebuild with `alexnet index --run RUN`") from e
+    if not isinstance(state, dict) or state.get("version") != AUTOENCODER_VERSION:
+        raise AlexnetError(f"{path} comes from another version: rebuild with `alexnet index`")
+    return state

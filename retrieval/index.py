@@ -1,0 +1,320 @@
+"""The binary-code index of a run: FAISS Hamming search, optional fc7 re-ranking.
+
+Paper, section 6.1: retrieval by short binary codes instead of 4096-d Euclidean distance.
+Database ids are positions in the manifest's training split, so id i is the i-th training file.
+
+Modes of `build_index`:
+- "flat": faiss.IndexBinaryFlat, exact Hamming distance (the default).
+- "hnsw": faiss.IndexBinaryHNSW, approximate; chosen by "auto" above `approx_threshold`
+  images (200,000) on a host without a GPU. Its recall@10 against exact search is measured
+  on a sample when it is built (`measure_recall`) and stored in RUN/index/index.json.
+- On a host with a GPU (faiss.get_num_gpus() > 0), "auto" stays "flat" at any size and
+  `to_device` copies it to a faiss.GpuIndexBinaryFlat: brute force on a GPU is exact and fast.
+What is saved is always the CPU index (faiss.write_index_binary).
+
+`search(index, codes, k)` returns (D, I): int32 Hamming distances and int64 ids, best first.
+`rerank(features, queries, I, k)` re-orders a Hamming shortlist by exact Euclidean distance
+between float fc7 vectors (read from the memory-mapped features) and returns (D, I) with D
+the Euclidean (not squared) distances.
+
+The run-level functions tie the stages together: `build_run_index` makes features,
+autoencoder and index, each skipped when its file is current; `open_run_index` loads them for
+search and refuses an index built from another manifest or checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.files import atomic_write, read_json, write_json
+
+from . import autoencoder as ae
+from .features import (Network, checkpoint_identity, extract_features, features_current,
+                       features_path, index_dir, load_features)
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+APPROX_THRESHOLD = 200_000
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k searches on the CPU copy
+POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0
+
+
+# --- codes and indexes: numpy in, numpy out ----------------------------------------------
+
+
+def hamming(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """int32 (len(queries), len(codes)) Hamming distances between packed uint8 codes."""
+    return POPCOUNT[queries[:, None, :] ^ codes[None, :, :]].sum(-1, dtype=np.int32)
+
+
+def build_index(codes: np.ndarray, *, kind: str = "auto",
+                approx_threshold: int = APPROX_THRESHOLD) -> faiss.IndexBinary:
+    """A CPU binary index over packed uint8 codes (N, bits / 8); ids 0..N-1 in row order."""
+    if codes.dtype != np.uint8 or codes.ndim != 2:
+        raise ValueError(f"codes must be a 2-d uint8 array, got {codes.dtype} {codes.shape}")
+    if kind == "auto":
+        kind = auto_kind(len(codes), approx_threshold)
+    bits = codes.shape[1] * 8
+    if kind == "flat":
+        index = faiss.IndexBinaryFlat(bits)
+    elif kind == "hnsw":
+        index = faiss.IndexBinaryHNSW(bits, HNSW_M)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        raise ValueError(f"index kind must be auto, flat or hnsw, got {kind!r}")
+    index.add(np.ascontiguousarray(codes))
+    return index
+
+
+def auto_kind(count: int, approx_threshold: int = APPROX_THRESHOLD) -> str:
+    return "hnsw" if count > approx_threshold and not gpu_available() else "flat"
+
+
+def index_kind(index: faiss.IndexBinary) -> str:
+    return "hnsw" if isinstance(index, faiss.IndexBinaryHNSW) else "flat"
+
+
+_gpu_resources = None
+
+
+def to_device(index: faiss.IndexBinary) -> faiss.IndexBinary:
+    """A GPU copy of a flat index when a GPU is there; otherwise the index itself."""
+    global _gpu_resources
+    if index_kind(index) != "flat" or not gpu_available():
+        return index
+    if _gpu_resources is None:
+        _gpu_resources = faiss.StandardGpuResources()
+    return faiss.GpuIndexBinaryFlat(_gpu_resources, index)
+
+
+def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(D, I) of the k nearest codes by Hamming distance: int32 and int64, (len(queries), k)."""
+    if not 1 <= k <= index.ntotal:
+        raise AlexnetError(f"k={k} is outside 1..{index.ntotal} (the number of indexed images)")
+    D, I = index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+    return D.astype(np.int32), I.astype(np.int64)
+
+
+def rerank(features: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-order each row of `candidates` by Euclidean distance of float features; keep k.
+
+    `features` is the (memory-mapped) database, `queries` the float query vectors; ids < 0
+    (missing results) are dropped. Returns float32 distances and int64 ids, (len(queries), k),
+    padded with inf / -1 when a row has fewer than k candidates.
+    """
+    D = np.full((len(queries), k), np.inf, np.float32)
+    I = np.full((len(queries), k), -1, np.int64)
+    for q, (x, ids) in enumerate(zip(np.asarray(queries, np.float32), candidates, strict=True)):
+        ids = np.sort(ids[ids >= 0])  # sorted: sequential reads from the memory map
+        d = np.sqrt(((np.asarray(features[ids], np.float32) - x) ** 2).sum(1))
+        best = np.argsort(d, kind="stable")[:k]
+        D[q, :len(best)], I[q, :len(best)] = d[best], ids[best]
+    return D, I
+
+
+def measure_recall(index: faiss.IndexBinary, codes: np.ndarray, *, k: int = 10,
+                   sample: int = 1000, seed: int = 0) -> float:
+    """Recall@k of `index` against exact search, on a sample of the database as queries.
+
+    Tie-aware: with short codes many images share a distance, so a result counts as found
+    when its distance is no larger than the exact k-th distance.
+    """
+    k = min(k, len(codes))
+    rows = np.random.default_rng(seed).choice(len(codes), min(sample, len(codes)), replace=False)
+    exact = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    exact.add(codes)
+    Dx, _ = exact.search(codes[rows], k)
+    Da, Ia = index.search(codes[rows], k)
+    found = ((Da <= Dx[:, -1:]) & (Ia >= 0)).sum(1)
+    return float(np.minimum(found, k).mean() / k)
+
+
+# --- the run's files ---------------------------------------------------------------------
+
+
+def index_path(run: str | Path) -> Path:
+    return index_dir(run) / "codes.faissindex"
+
+
+def autoencoder_path(run: str | Path) -> Path:
+    return index_dir(run) / "autoencoder.pt"
+
+
+def codes_path(run: str | Path) -> Path:
+    return index_dir(run) / "codes.u8.npy"
+
+
+def save_codes(codes: np.ndarray, path: Path) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, codes)
+
+    return atomic_write(path, write)
+
+
+def file_identity(path: Path) -> dict:
+    return checkpoint_identity(path)
+
+
+def _autoencoder_current(run: Path, source: dict, bits: int | None) -> bool:
+    path = autoencoder_path(run)
+    if not path.is_file():
+        return False
+    try:
+        state = ae.load_autoencoder(path)
+        ae.model_from_state(state)
+    except AlexnetError:
+        return False
+    return state.get("source") == source and bits in (None, state["config"]["bits"])
+
+
+def index_problem(run: str | Path, source: dict) -> str | None:
+    """None when RUN/index is complete and built from `source`; else what is wrong with it."""
+    run = Path(run)
+    meta_path = index_path(run).with_suffix(".json")
+    if not meta_path.is_file():
+        return "missing"
+    try:
+        meta = read_json(meta_path, "index description", "")
+    except AlexnetError:
+        return "unreadable"
+    if meta.get("version") != INDEX_VERSION:
+        return "written by another version"
+    if meta.get("source", {}).get("manifest") != source["manifest"]:
+        return "built for another manifest (the data changed since)"
+    if meta.get("source") != source:
+        return f"built from another checkpoint ({meta['source'].get('checkpoint')})"
+    for path, key in ((autoencoder_path(run), "autoencoder"), (codes_path(run), "codes"),
+                      (index_path(run), "index")):
+        if not path.is_file() or file_identity(path) != meta.get(key):
+            return f"{path.name} is missing or was rewritten after the index"
+    if not features_current(run, source):
+        return "the fc7 features are missing or incomplete"
+    return None
+
+
+def build_run_index(net: Network, run: str | Path, *, bits: int | None = None,
+                    approx_threshold: int = APPROX_THRESHOLD, batch_size: int = 64,
+                    ae_config: ae.AutoencoderConfig | None = None, progress: bool = True) -> dict:
+    """Features, autoencoder, codes and index of RUN, each step skipped when already current.
+
+    `bits` None keeps a current autoencoder of any width (else trains the default 64).
+    Returns the index description (also written to RUN/index/codes.json).
+    """
+    run = Path(run)
+    source = net.source
+    if features_current(run, source):
+        log.info("fc7 features are current: %s", features_path(run))
+    else:
+        extract_features(net, run, batch_size=batch_size, progress=progress)
+    features = load_features(run)
+
+    retrained = False
+    if _autoencoder_current(run, source, bits if ae_config is None else ae_config.bits):
+        log.info("autoencoder is current: %s", autoencoder_path(run))
+        state = ae.load_autoencoder(autoencoder_path(run))
+        model = ae.model_from_state(state)
+    else:
+        config = ae_config or ae.AutoencoderConfig(bits=bits or ae.AutoencoderConfig.bits)
+        model = ae.train_autoencoder(features, config, progress=progress)
+        state = ae.autoencoder_state(model, source=source, report=ae.report(model, features))
+        ae.save_autoencoder(state, autoencoder_path(run))
+        retrained = True
+        r = state["report"]
+        log.info("autoencoder (%d bits): reconstruction MSE %.4f (standardised; 1.0 = the mean); "
+                 "bits on: min %.2f, max %.2f of images; %d bits constant",
+                 config.bits, r["reconstruction_mse"], min(r["bit_balance"]),
+                 max(r["bit_balance"]), r["bits_always_on_or_off"])
+
+    if not retrained and index_problem(run, source) is None:
+        meta = read_json(index_path(run).with_suffix(".json"), "index description", "")
+        if meta["kind"] == auto_kind(meta["count"], approx_threshold):
+            log.info("index is current: %s", index_path(run))
+            return meta
+
+    codes = ae.encode(model, features)
+    save_codes(codes, codes_path(run))
+    start = time.perf_counter()
+    index = build_index(codes, approx_threshold=approx_threshold)
+    meta = {"version": INDEX_VERSION, "source": source, "kind": index_kind(index),
+            "count": int(index.ntotal), "bits": int(codes.shape[1] * 8),
+            "build_seconds": round(time.perf_counter() - start, 3),
+            "recall_at_10": 1.0 if index_kind(index) == "flat" else measure_recall(index, codes),
+            "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"}}
+    atomic_write(index_path(run), lambda tmp: faiss.write_index_binary(index, tmp))
+    meta.update(autoencoder=file_identity(autoencoder_path(run)),
+                codes=file_identity(codes_path(run)), index=file_identity(index_path(run)))
+    write_json(index_path(run).with_suffix(".json"), meta)
+    log.info("%s index of %d %d-bit codes (recall@10 %.3f): %s", meta["kind"], meta["count"],
+             meta["bits"], meta["recall_at_10"], index_path(run))
+    return meta
+
+
+@dataclass
+class RunIndex:
+    """What a search needs: the network, the autoencoder, codes, index and features."""
+
+    net: Network
+    autoencoder: ae.Autoencoder
+    codes: np.ndarray
+    index: faiss.IndexBinary  # on the CPU, as saved
+    fast: faiss.IndexBinary  # the same, on the GPU where there is one
+    features: np.ndarray  # float16 (N, 4096), memory-mapped
+    meta: dict
+
+    def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return search(self.fast if k <= GPU_MAX_K else self.index, codes, k)
+
+    def check_k(self, k: int) -> None:
+        if k < 1:
+            raise AlexnetError(f"-k must be at least 1, got {k}")
+        if k > self.index.ntotal:
+            raise AlexnetError(f"-k {k} is larger than the database ({self.index.ntotal} training "
+                               "images)")
+
+    def query(self, vectors: np.ndarray, k: int,
+              rerank_top: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Float fc7 query vectors -> (D, I) of the k best training images.
+
+        - rerank_top 0: D are Hamming distances between the codes.
+        - rerank_top R > 0: the R nearest by Hamming (at least k) re-ordered by Euclidean fc7
+          distance; D are those Euclidean distances.
+        """
+        self.check_k(k)
+        codes = ae.encode(self.autoencoder, vectors)
+        if rerank_top <= 0:
+            return self.search(codes, k)
+        _, shortlist = self.search(codes, min(max(rerank_top, k), self.index.ntotal))
+        return rerank(self.features, vectors, shortlist, k)
+
+
+def open_run_index(net: Network, run: str | Path) -> RunIndex:
+    """Load RUN's index; refuse one built from another manifest or checkpoint."""
+    run = Path(run)
+    problem = index_problem(run, net.source)
+    if problem:
+        raise AlexnetError(f"the index in {index_dir(run)} is stale or incomplete ({problem}): "
+                           f"rebuild it with `alexnet index --run {run}`")
+    try:
+        index = faiss.read_index_binary(str(index_path(run)))
+    except RuntimeError as e:
+        raise AlexnetError(f"{index_path(run)} is unreadable: rebuild it with `alexnet index "
+                           f"--run {run}`") from e
+    meta = read_json(index_path(run).with_suffix(".json"), "index description", "")
+    model = ae.model_from_state(ae.load_autoencoder(autoencoder_path(run)))
+    return RunIndex(net, model, np.load(codes_path(run)),
+                    index, to_device(index), load_features(run), meta)

@@ -1,0 +1,47 @@
+"""A contact sheet of search results: one row per query, the query first, then its results.
+
+Each tile is the image's centre square scaled to `tile` pixels (what the network saw, up to
+the 224 crop), captioned with its class and distance; the query tile has a blue frame, the
+results a grey one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from alexnet.pipeline.files import atomic_write
+from PIL import Image, ImageDraw, ImageOps
+
+CAPTION = 28  # pixels below each tile for two lines of text
+PAD = 6
+
+
+def _tile(path: str, tile: int) -> Image.Image:
+    with Image.open(path) as im:
+        return ImageOps.fit(im.convert("RGB"), (tile, tile), Image.Resampling.BILINEAR)
+
+
+def make_montage(rows: Sequence[dict], path: str | Path, *, tile: int = 128) -> Path:
+    """rows: [{"query": path, "results": [{"path", "class", "distance"}, ...]}] -> PNG at `path`."""
+    cols = 1 + max(len(r["results"]) for r in rows)
+    w, h = cols * (tile + PAD) + PAD, len(rows) * (tile + CAPTION + PAD) + PAD
+    sheet = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        y = PAD + r * (tile + CAPTION + PAD)
+        cells = [(row["query"], "query", Path(row["query"]).name[:18], "#1f5fbf")]
+        cells += [(res["path"], str(res["class"])[:18], f"#{i + 1}  d={_number(res['distance'])}",
+                   "#999999") for i, res in enumerate(row["results"])]
+        for c, (image, line1, line2, colour) in enumerate(cells):
+            x = PAD + c * (tile + PAD)
+            sheet.paste(_tile(image, tile), (x, y))
+            draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], outline=colour, width=2)
+            draw.text((x, y + tile + 2), line1, fill="black")
+            draw.text((x, y + tile + 14), line2, fill="#444444")
+    return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+def _number(d: float) -> str:
+    """Hamming distances as integers, Euclidean ones with three decimals."""
+    return str(int(d)) if float(d).is_integer() else f"{d:.3f}"

@@ -1,0 +1,73 @@
+"""A tiny run folder for the retrieval tests, made in code without training.
+
+3 classes x 6 generated JPEGs (2 per class held out for validation), the real manifest and
+statistics, and a checkpoint of an untrained AlexNet in the dict format fit() writes. The
+paper's init (biases 1, weights N(0, 0.01)) makes fc7 almost the same for every image, so
+the layers get PyTorch's default init instead: fc7 then differs between images, which is all
+retrieval needs to be tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from alexnet.model.alexnet import AlexNet, AlexNetConfig
+from alexnet.model.checkpoint import save_checkpoint
+from alexnet.model.train import TrainConfig
+from alexnet.pipeline import dataset, stats
+from PIL import Image
+from torch import nn
+
+CLASSES = ("red", "green", "blue")
+
+
+def class_image(label: int, seed: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
+    """uint8 HxWx3: a class colour plus stripes of a class-specific frequency, and noise."""
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    v, u = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    img = np.full((h, w, 3), 40.0)
+    img[..., label] = 200
+    img += 50 * np.sin(2 * np.pi * (2 + 3 * label) * (u + rng.uniform(0, 1) * v))[..., None]
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_images(root: Path, per_class: int = 6) -> Path:
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(class_image(label, 100 * label + i)).save(root / name / f"{i}.jpg",
+                                                                    quality=90)
+    return root
+
+
+def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
+    """prep (manifest + statistics) and an untrained checkpoint as best.pt and last.pt."""
+    manifest = dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False)
+    dataset.save_manifest(manifest, run)
+    files, _ = dataset.split_files(manifest, "train")
+    stats.save_stats(stats.compute_stats(files, manifest["fingerprint"], batch_size=8,
+                                         num_threads=1, progress=False), run)
+    save_untrained_checkpoint(run, manifest, seed=seed)
+    return run
+
+
+def save_untrained_checkpoint(run: Path, manifest: dict, *, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    config = TrainConfig(num_threads=1)
+    model = AlexNet(AlexNetConfig(num_classes=len(manifest["classes"])))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+    state = {"model": model.state_dict(),
+             "optimizer": torch.optim.SGD(model.parameters(), lr=0.01).state_dict(),
+             "schedule": {"best": None, "bad_epochs": 0, "drops": 0}, "epoch": 1, "step": 0,
+             "config": asdict(config), "num_classes": len(manifest["classes"]),
+             "classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
+             "rng": {"torch": torch.get_rng_state()}}
+    for name in ("best.pt", "last.pt"):
+        save_checkpoint(run / "checkpoints" / name, state)

@@ -1,0 +1,245 @@
+"""End to end on a tiny run: features, autoencoder, index, search, eval-retrieval, the CLI.
+
+The run (3 classes x 6 generated JPEGs, an untrained checkpoint) is made once per module; the
+autoencoder is shrunk to a few updates so that the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from alexnet.cli.main import Group
+from alexnet.cli.search import register
+from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.retrieval import autoencoder as ae
+from alexnet.retrieval import features as F
+from alexnet.retrieval.index import (build_run_index, codes_path, index_path, index_problem,
+                                     open_run_index)
+from click.testing import CliRunner
+from PIL import Image
+from retrieval_fixtures import make_images, make_run
+
+
+@dataclass(frozen=True)
+class QuickConfig(ae.AutoencoderConfig):
+    epochs: int = 1
+    min_steps: int = 3
+
+
+@click.group(cls=Group)
+def cli():
+    """A stand-in for alexnet.cli.main.cli with the retrieval commands registered."""
+
+
+register(cli)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("retrieval") / "data")
+
+
+@pytest.fixture(scope="module")
+def built(data, tmp_path_factory):
+    """The run, its index built by the first `search` (which must say so)."""
+    run = make_run(data, tmp_path_factory.mktemp("retrieval") / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ae, "AutoencoderConfig", QuickConfig)
+        result = invoke("search", data / "red" / "0.jpg", "--run", run, "-k", 3)
+    return run, result
+
+
+@pytest.fixture(scope="module")
+def run(built) -> Path:
+    return built[0]
+
+
+def mtimes(run: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in (run / "index").iterdir()}
+
+
+def test_search_builds_the_index_on_first_use(built):
+    run, result = built
+    assert result.exit_code == 0, result.output
+    assert "building it now" in result.output
+    for name in ("features.f16.npy", "features.json", "autoencoder.pt", "codes.u8.npy",
+                 "codes.faissindex", "codes.json"):
+        assert (run / "index" / name).is_file(), name
+    assert not [p for p in (run / "index").iterdir() if p.name.endswith(".tmp")]
+    meta = json.loads((run / "index" / "codes.json").read_text())
+    assert meta["kind"] == "flat" and meta["count"] == 12 and meta["bits"] == 64
+
+
+def test_features_are_memory_mapped_float16_in_manifest_order(run):
+    feats = F.load_features(run)
+    assert isinstance(feats, np.memmap) and feats.dtype == np.float16 and feats.shape == (12, 4096)
+    assert json.loads((run / "index" / "features.json").read_text())["count"] == 12
+    net = F.load_network(run)
+    files, _ = split_files(net.manifest, "train")
+    q = F.query_features(net, [files[7], files[2]], batch_size=2)
+    assert np.allclose(q, feats[[7, 2]].astype(np.float32), atol=1e-3, rtol=1e-2)
+
+
+def test_a_training_image_finds_itself_at_distance_zero(run):
+    net = F.load_network(run)
+    ri = open_run_index(net, run)
+    files, _ = split_files(net.manifest, "train")
+    vectors = F.query_features(net, files)
+    D, I = ri.query(vectors, 12)
+    for i in range(12):
+        assert D[i, 0] == 0 and i in I[i][D[i] == 0]  # ties at 0 are possible, itself is one
+    D, I = ri.query(vectors, 3, rerank_top=12)  # re-rank by fc7: itself first, at ~0
+    assert I[:, 0].tolist() == list(range(12)) and np.all(D[:, 0] < 1e-2)
+    codes = np.load(codes_path(run))
+    assert np.array_equal(ae.encode(ri.autoencoder, F.load_features(run)), codes)
+
+
+def test_a_second_build_skips_every_step(run):
+    before = mtimes(run)
+    build_run_index(F.load_network(run), run, progress=False)
+    assert mtimes(run) == before
+
+
+def test_interrupted_extraction_is_redone_not_taken_as_complete(run, monkeypatch):
+    net = F.load_network(run)
+    before = F.load_features(run).copy()
+
+    def broken(net, loader):
+        yield np.zeros((4, 4096), np.float32)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(F, "fc7_batches", broken)
+    with pytest.raises(KeyboardInterrupt):
+        F.extract_features(net, run, batch_size=4, progress=False)
+    assert not F.features_current(run, net.source)
+    assert not [p for p in (run / "index").iterdir() if p.name.endswith(".tmp")]
+    assert index_problem(run, net.source) == "the fc7 features are missing or incomplete"
+    monkeypatch.undo()
+    build_run_index(net, run, progress=False)  # redoes the features only
+    assert F.features_current(run, net.source) and index_problem(run, net.source) is None
+    assert np.array_equal(F.load_features(run), before)
+
+
+def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
+    result = invoke("search", data / "green" / "0.jpg", "--run", run, "-k", 2)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"query: {data / 'green' / '0.jpg'}"
+    assert lines[2].split()[:2] == ["1", "0"] and lines[2].endswith("green/0.jpg")
+
+    result = invoke("search", data / "blue", "--run", run, "-k", 4, "--rerank", 8, "--json",
+                    "--montage", tmp_path / "sheet.png")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [Path(q["query"]).name for q in out["queries"]] == [f"{i}.jpg" for i in range(6)]
+    assert out["distance"] == "fc7 euclidean"
+    for q in out["queries"]:
+        assert [r["rank"] for r in q["results"]] == [1, 2, 3, 4]
+        assert [r["distance"] for r in q["results"]] == sorted(r["distance"] for r in q["results"])
+        assert {"path", "class", "hamming", "id"} <= set(q["results"][0])
+    with Image.open(tmp_path / "sheet.png") as im:
+        assert im.format == "PNG" and im.size[0] > 5 * 128 and im.size[1] > 6 * 128
+
+
+def test_index_cli_skips_a_current_index(run):
+    before = mtimes(run)
+    result = invoke("index", "--run", run)
+    assert result.exit_code == 0, result.output
+    assert "flat index of 12 images, 64-bit codes (8 bytes per image)" in result.output
+    assert mtimes(run) == before
+
+
+def test_eval_retrieval_writes_the_four_modes(run):
+    result = invoke("eval-retrieval", "--run", run, "--rerank", 5, "--pixel-size", 16)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "eval_retrieval.json").read_text())
+    assert saved["queries"] == 6 and saved["database"] == 12
+    assert set(saved["modes"]) == {"hamming", "hamming+rerank", "fc7_euclidean", "pixels_euclidean"}
+    for mode in saved["modes"].values():
+        assert 0 <= mode["precision_at_10"] <= 1 and 0 < mode["map"] <= 1 and mode["query_ms"] > 0
+    assert saved["modes"]["hamming"]["bytes_per_image"] == 8
+    assert saved["modes"]["pixels_euclidean"]["bytes_per_image"] == 16 * 16 * 3 * 4
+    assert "hamming+rerank" in result.output
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("not_an_image", "cannot be used as a query: not an image"),
+    ("truncated", "cannot be used as a query: corrupt or truncated"),
+    ("empty_folder", "holds no images"),
+    ("k_too_large", "-k 13 is larger than the database (12 training images)"),
+])
+def test_bad_search_input_is_one_clear_error(run, data, tmp_path, case, message):
+    query, k = data / "red" / "1.jpg", 2
+    if case == "missing":
+        query = tmp_path / "nope.jpg"
+    elif case == "not_an_image":
+        query = tmp_path / "notes.jpg"
+        query.write_text("hello")
+    elif case == "truncated":
+        query = tmp_path / "cut.jpg"
+        query.write_bytes((data / "red" / "1.jpg").read_bytes()[:400])
+    elif case == "empty_folder":
+        query = tmp_path / "empty"
+        query.mkdir()
+    else:
+        k = 13
+    before = mtimes(run)
+    result = invoke("search", query, "--run", run, "-k", k, "--montage", tmp_path / "m.png")
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert mtimes(run) == before and not (tmp_path / "m.png").exists()
+
+
+def test_a_run_without_a_checkpoint_is_refused(data, tmp_path):
+    run = tmp_path / "untrained"
+    from alexnet.pipeline import dataset
+    dataset.save_manifest(dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False), run)
+    from alexnet.pipeline.stats import Stats, save_stats
+    save_stats(Stats(np.zeros((256, 256, 3)), np.zeros(3), np.eye(3), np.ones(3), np.eye(3), 12,
+                     json.loads((run / "manifest.json").read_text())["fingerprint"]), run)
+    result = invoke("search", data / "red" / "1.jpg", "--run", run)
+    assert result.exit_code == 2 and "train first" in result.output
+    assert not (run / "index").exists()
+
+
+def test_a_stale_index_is_refused_by_search_and_rebuilt_by_index(run, data):
+    best = run / "checkpoints" / "best.pt"
+    st = best.stat()
+    os.utime(best, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if training rewrote it
+    try:
+        before = mtimes(run)
+        result = invoke("search", data / "red" / "1.jpg", "--run", run)
+        assert result.exit_code == 2
+        assert "stale or incomplete (built from another checkpoint" in result.output
+        assert "alexnet index --run" in result.output and mtimes(run) == before
+        with pytest.raises(AlexnetError, match="stale"):
+            open_run_index(F.load_network(run), run)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ae, "AutoencoderConfig", QuickConfig)
+            result = invoke("index", "--run", run, "--bits", 32)
+        assert result.exit_code == 0, result.output
+        assert "rebuilding the index: built from another checkpoint" in result.output
+        assert json.loads(index_path(run).with_suffix(".json").read_text())["bits"] == 32
+        assert invoke("search", data / "red" / "1.jpg", "--run", run).exit_code == 0
+    finally:
+        os.utime(best, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("bits", ["12", "300"])
+def test_bad_bits_are_refused_before_any_work(run, bits):
+    before = mtimes(run)
+    result = invoke("index", "--run", run, "--bits", bits)
+    assert result.exit_code == 2 and "multiple of 8 between 32 and 256" in result.output
+    assert mtimes(run) == before
