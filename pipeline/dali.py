@@ -42,25 +42,27 @@ def decode(encoded, device: str):
                              output_type=types.RGB)
 
 
-def central_square(images):
-    """HWC images -> float32 (y, x) start and end of each image's central square (side = the
-    shorter side), for resize's roi_start / roi_end."""
-    shape = images.shape(dtype=types.FLOAT)
+def central_square(encoded):
+    """Encoded files -> float32 (y, x) start and end of each image's central square (side = the
+    shorter side), for resize's roi_start / roi_end. Read from the file header on the CPU, so
+    the same node serves as an argument input whether the images decode on the CPU or GPU."""
+    shape = fn.peek_image_shape(encoded, dtype=types.FLOAT)
     height, width = shape[0], shape[1]
     side = dmath.min(height, width)
     top, left = (height - side) * 0.5, (width - side) * 0.5
     return fn.stack(top, left), fn.stack(top + side, left + side)
 
 
-def centre_256(images):
-    """uint8 HWC images of any size -> uint8 256x256x3: shorter side to 256, central crop.
+def decode_centre_256(encoded, device: str):
+    """Encoded files -> uint8 256x256x3: decode, shorter side to 256, central crop.
 
     One resampling of the central square straight to 256x256: the same geometry as resizing
     the whole image and cropping, without resampling the columns (or rows) the crop discards
     and without the extra copy of a crop (measured: about 10% faster on 500x375 photos).
     """
-    start, end = central_square(images)
-    return fn.resize(images, size=(SIZE, SIZE), roi_start=start, roi_end=end, antialias=True)
+    start, end = central_square(encoded)
+    return fn.resize(decode(encoded, device), size=(SIZE, SIZE), roi_start=start, roi_end=end,
+                     antialias=True)
 
 
 def subtract_mean_image(images, mean: np.ndarray, device: str):
@@ -108,7 +110,7 @@ def _reader(files, labels, shard_id, num_shards, pad):
 def prep_pipeline(files: Sequence[str], device: str = "cpu"):
     """-> uint8 256x256x3 centre patches, for the training-set statistics."""
     encoded, _ = _reader(files, range(len(files)), 0, 1, True)
-    return centre_256(decode(encoded, device))
+    return decode_centre_256(encoded, device)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -120,7 +122,7 @@ def train_pipeline(files, labels, mean, eigvecs, eigvals, *, device="cpu", light
     mirror flag and lighting alpha, so tests can check every property on real batches.
     """
     encoded, label = _reader(files, labels, shard_id, num_shards, False)
-    images, mean = centred(centre_256(decode(encoded, device)), mean, device)
+    images, mean = centred(decode_centre_256(encoded, device), mean, device)
     shift, alpha = lighting_shift(eigvecs, eigvals, lighting_std)
     ox = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
     oy = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
@@ -137,7 +139,7 @@ def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id
                   num_shards=1):
     """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
-    images, mean = centred(centre_256(decode(encoded, device)), mean, device)
+    images, mean = centred(decode_centre_256(encoded, device), mean, device)
     if not ten_crop:
         return crop_to_chw(images, mean=mean), label
     crops = [crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean)
