@@ -53,8 +53,12 @@ TORCH_PREFETCH = 2  # DataLoader's default prefetch_factor, batches per worker
 def list_images(root: str, limit: int | None) -> tuple[list[str], list[int]]:
     """Sorted <class>/<image> files under `root` with class-index labels, every class kept."""
     classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir())
-    pairs = [(str(f), label) for label, c in enumerate(classes)
-             for f in sorted((Path(root) / c).iterdir()) if f.is_file()]
+    pairs = [
+        (str(f), label)
+        for label, c in enumerate(classes)
+        for f in sorted((Path(root) / c).iterdir())
+        if f.is_file()
+    ]
     if limit:
         pairs = pairs[:: max(1, len(pairs) // limit)][:limit]
     return [f for f, _ in pairs], [label for _, label in pairs]
@@ -98,11 +102,19 @@ def dali_decode_batches(files: list[str], batch: int) -> Iterator[int]:
 # --- (b) the DALI train pipeline ----------------------------------------------------------
 
 
-def dali_train_batches(files: list[str], labels: list[int], stats: Stats,
-                       batch: int) -> Iterator[int]:
-    pipe = train_pipeline(files, labels, stats.mean_image, stats.eigvecs, stats.eigvals,
-                          device="cpu", lighting_std=LIGHTING_STD,
-                          **pipe_options("cpu", batch, 0, CPU_THREADS))
+def dali_train_batches(
+    files: list[str], labels: list[int], stats: Stats, batch: int
+) -> Iterator[int]:
+    pipe = train_pipeline(
+        files,
+        labels,
+        stats.mean_image,
+        stats.eigvecs,
+        stats.eigvals,
+        device="cpu",
+        lighting_std=LIGHTING_STD,
+        **pipe_options("cpu", batch, 0, CPU_THREADS),
+    )
     loader = Loader(pipe)
     while True:
         for images, _ in loader:
@@ -125,7 +137,10 @@ class MeanImageCropLighting:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         top, left, h, w = T.RandomCrop.get_params(image, (CROP, CROP))
-        x = image[:, top:top + h, left:left + w].float() - self.mean[:, top:top + h, left:left + w]
+        x = (
+            image[:, top : top + h, left : left + w].float()
+            - self.mean[:, top : top + h, left : left + w]
+        )
         if torch.rand(()) < 0.5:
             x = x.flip(-1)
         alpha = torch.randn(3) * self.std
@@ -162,8 +177,14 @@ class TorchvisionTrain(PilTrain):
 
 
 def torch_batches(dataset: Dataset, batch: int) -> Iterator[int]:
-    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=CPU_THREADS,
-                        prefetch_factor=TORCH_PREFETCH, persistent_workers=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=False,
+        num_workers=CPU_THREADS,
+        prefetch_factor=TORCH_PREFETCH,
+        persistent_workers=True,
+    )
     while True:
         for images, _ in loader:
             yield len(images)
@@ -222,20 +243,28 @@ def warm_up(batches: Iterator[int], n_images: int) -> None:
 
 def bench_set(name: str, files: list[str], labels: list[int], args) -> dict[str, list]:
     """{loader: [(images/s, cores busy) per round]} for one image set."""
-    print(f"\n[{name}] {len(files)} images: computing mean image and PCA statistics ...",
-          flush=True)
-    stats = compute_stats(files, name, batch_size=min(64, len(files)), num_threads=CPU_THREADS,
-                          progress=False)
+    print(
+        f"\n[{name}] {len(files)} images: computing mean image and PCA statistics ...", flush=True
+    )
+    stats = compute_stats(
+        files, name, batch_size=min(64, len(files)), num_threads=CPU_THREADS, progress=False
+    )
     dali_queue = pipe_options("cpu", args.batch, 0)["prefetch_queue_depth"]
     torch_queue = CPU_THREADS * TORCH_PREFETCH
     makers: dict[str, Callable[[], tuple[Iterator[int], int]]] = {
         "a  DALI decode only": lambda: (dali_decode_batches(files, args.batch), dali_queue),
-        "b  DALI train pipeline": lambda: (dali_train_batches(files, labels, stats, args.batch),
-                                           dali_queue),
-        "c1 DataLoader PIL": lambda: (torch_batches(PilTrain(files, labels, stats), args.batch),
-                                      torch_queue),
+        "b  DALI train pipeline": lambda: (
+            dali_train_batches(files, labels, stats, args.batch),
+            dali_queue,
+        ),
+        "c1 DataLoader PIL": lambda: (
+            torch_batches(PilTrain(files, labels, stats), args.batch),
+            torch_queue,
+        ),
         "c2 DataLoader decode_jpeg+v2": lambda: (
-            torch_batches(TorchvisionTrain(files, labels, stats), args.batch), torch_queue),
+            torch_batches(TorchvisionTrain(files, labels, stats), args.batch),
+            torch_queue,
+        ),
     }
     loaders = {}
     for key, make in makers.items():
@@ -244,32 +273,41 @@ def bench_set(name: str, files: list[str], labels: list[int], args) -> dict[str,
     results: dict[str, list] = {key: [] for key in loaders}
     keys = list(loaders)
     for r in range(args.rounds):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             results[key].append(timed(*loaders[key], args.seconds))
-        print(f"  round {r + 1}: " + ", ".join(f"{k.split()[0]} {results[k][-1][0]:.0f}/s"
-                                               for k in keys), flush=True)
+        print(
+            f"  round {r + 1}: "
+            + ", ".join(f"{k.split()[0]} {results[k][-1][0]:.0f}/s" for k in keys),
+            flush=True,
+        )
     for it, _ in loaders.values():
         it.close()
     return results
 
 
 def report(results: dict[str, dict[str, list]]) -> str:
-    lines = ["| image set | loader | images/s (median) | min - max | cores busy |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| image set | loader | images/s (median) | min - max | cores busy |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     ratios = ["| image set | b / max(c1, c2) | b / a |", "| --- | ---: | ---: |"]
     for set_name, runs in results.items():
         med = {}
         for key, v in runs.items():
             rates = [rate for rate, _ in v]
             med[key.split()[0]] = statistics.median(rates)
-            lines.append(f"| {set_name} | {key} | {statistics.median(rates):.0f} | "
-                         f"{min(rates):.0f} - {max(rates):.0f} | "
-                         f"{statistics.median(c for _, c in v):.2f} |")
+            lines.append(
+                f"| {set_name} | {key} | {statistics.median(rates):.0f} | "
+                f"{min(rates):.0f} - {max(rates):.0f} | "
+                f"{statistics.median(c for _, c in v):.2f} |"
+            )
         vs_torch = med["b"] / max(med["c1"], med["c2"])
         vs_decode = med["b"] / med["a"]
-        ratios.append(f"| {set_name} | {vs_torch:.2f} ({'met' if vs_torch >= 1.2 else 'NOT met'}, "
-                      f"target 1.2) | {vs_decode:.2f} ({'met' if vs_decode >= 0.8 else 'NOT met'}, "
-                      f"target 0.8) |")
+        ratios.append(
+            f"| {set_name} | {vs_torch:.2f} ({'met' if vs_torch >= 1.2 else 'NOT met'}, "
+            f"target 1.2) | {vs_decode:.2f} ({'met' if vs_decode >= 0.8 else 'NOT met'}, "
+            f"target 0.8) |"
+        )
     return "\n".join(lines + [""] + ratios)
 
 
@@ -280,23 +318,29 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--sets", default="original,imagenet-sized",
-                   help="comma-separated: original, imagenet-sized")
+    p.add_argument(
+        "--sets",
+        default="original,imagenet-sized",
+        help="comma-separated: original, imagenet-sized",
+    )
     args = p.parse_args(argv)
 
     files, labels = list_images(args.data, args.images)
     if len(files) < args.batch:
         sys.exit(f"{len(files)} images is fewer than one batch of {args.batch}")
     sizes = {Image.open(f).size for f in files}
-    print(f"{len(files)} images from {args.data} ({len(sizes)} distinct sizes, "
-          f"e.g. {sorted(sizes)[0]}); "
-          f"batch {args.batch}; {os.cpu_count()} CPU cores; CUDA: {torch.cuda.is_available()}")
+    print(
+        f"{len(files)} images from {args.data} ({len(sizes)} distinct sizes, "
+        f"e.g. {sorted(sizes)[0]}); "
+        f"batch {args.batch}; {os.cpu_count()} CPU cores; CUDA: {torch.cuda.is_available()}"
+    )
     results = {}
     wanted = args.sets.split(",")
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
         if "original" in wanted:
             results[f"original {sorted(sizes)[0][0]}x{sorted(sizes)[0][1]}"] = bench_set(
-                "original", files, labels, args)
+                "original", files, labels, args
+            )
         if "imagenet-sized" in wanted:
             big = imagenet_sized(files, tmp)
             results["ImageNet-sized 500x375"] = bench_set("imagenet-sized", big, labels, args)

@@ -50,9 +50,11 @@ def main() -> None:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
-          f"GPU: {'yes' if gpu_available() else 'no'}, {os.cpu_count()} CPUs; "
-          f"single-query k={K} searches")
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
+        f"GPU: {'yes' if gpu_available() else 'no'}, {os.cpu_count()} CPUs; "
+        f"single-query k={K} searches"
+    )
 
     start = time.perf_counter()
     xb = rng.standard_normal((args.float_size, 4096), dtype=np.float32)
@@ -80,16 +82,31 @@ def main() -> None:
         index = build_index(codes, kind="hnsw")
         build = time.perf_counter() - start
         p50, p99 = latencies(index, rng.integers(0, 256, (args.queries, 8), dtype=np.uint8))
-        rows.append(("64-bit Hamming (HNSW)", args.hnsw_size, 8, build, p50, p99,
-                     measure_recall(index, codes, sample=500)))
+        rows.append(
+            (
+                "64-bit Hamming (HNSW)",
+                args.hnsw_size,
+                8,
+                build,
+                p50,
+                p99,
+                measure_recall(index, codes, sample=500),
+            )
+        )
 
-    print(f"{'index':26}{'images':>10}{'bytes/img':>10}{'build s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'recall':>8}{'mem x':>8}{'p50 x':>8}")
+    print(
+        f"{'index':26}{'images':>10}{'bytes/img':>10}{'build s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'recall':>8}{'mem x':>8}{'p50 x':>8}"
+    )
     for name, n, nbytes, build, p50, p99, recall in rows:
-        print(f"{name:26}{n:10d}{nbytes:10d}{build:9.2f}{p50:9.3f}{p99:9.3f}{recall:8.3f}"
-              f"{4096 * 4 / nbytes:8.0f}{f50 / p50:8.1f}")
-    print(f"mem x: float32 bytes per image / this index's; p50 x: the float index's p50 (at "
-          f"{args.float_size} images) / this p50 (at this row's size)")
+        print(
+            f"{name:26}{n:10d}{nbytes:10d}{build:9.2f}{p50:9.3f}{p99:9.3f}{recall:8.3f}"
+            f"{4096 * 4 / nbytes:8.0f}{f50 / p50:8.1f}"
+        )
+    print(
+        f"mem x: float32 bytes per image / this index's; p50 x: the float index's p50 (at "
+        f"{args.float_size} images) / this p50 (at this row's size)"
+    )
 
 
 if __name__ == "__main__":

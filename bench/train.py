@@ -11,14 +11,12 @@ and ours/torchvision. On a GPU the same script measures the GPU (bf16, channels-
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
-
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
 from alexnet.model.optim import PaperSGD
 from alexnet.model.train import TrainConfig, autocast, setup_world, train_loader, train_one_epoch
@@ -63,36 +61,52 @@ def main() -> None:
     args = parser.parse_args()
 
     world = setup_world()
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = dataset.scan(args.data, progress=False)
-        train = [f for f in manifest["files"] if f["split"] == "train"][: args.images]
-        manifest = {**manifest, "files": train + [f for f in manifest["files"] if f["split"] == "val"]}
-        files, _ = dataset.split_files(manifest, "train")
-        st = stats.compute_stats(files, manifest["fingerprint"], progress=False,
-                                 device="gpu" if world.device.type == "cuda" else "cpu")
-        config = TrainConfig(batch_size=args.batch)
-        steps = max(2, args.images // args.batch)
-        results = {}
-        for name, make in (("ours", lambda: AlexNet(AlexNetConfig(num_classes=10))),
-                           ("torchvision", lambda: torchvision.models.alexnet(num_classes=10))):
-            torch.manual_seed(0)
-            results[name] = model_alone(make().to(world.device), args.batch, steps, world.device)
+    manifest = dataset.scan(args.data, progress=False)
+    train = [f for f in manifest["files"] if f["split"] == "train"][: args.images]
+    manifest = {
+        **manifest,
+        "files": train + [f for f in manifest["files"] if f["split"] == "val"],
+    }
+    files, _ = dataset.split_files(manifest, "train")
+    st = stats.compute_stats(
+        files,
+        manifest["fingerprint"],
+        progress=False,
+        device="gpu" if world.device.type == "cuda" else "cpu",
+    )
+    config = TrainConfig(batch_size=args.batch)
+    steps = max(2, args.images // args.batch)
+    results = {}
+    for name, make in (
+        ("ours", lambda: AlexNet(AlexNetConfig(num_classes=10))),
+        ("torchvision", lambda: torchvision.models.alexnet(num_classes=10)),
+    ):
         torch.manual_seed(0)
-        model = AlexNet(AlexNetConfig(num_classes=10)).to(world.device)
-        if world.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        opt = PaperSGD(model.parameters())
-        train_one_epoch(model, train_loader(manifest, st, config, 0, world), opt, world,
-                        progress=False)  # warm-up epoch
-        end_to_end = train_one_epoch(model, train_loader(manifest, st, config, 1, world), opt, world,
-                                     progress=False)
-        print(f"device: {world.device}, batch {args.batch}, {len(train)} training images of {args.data}")
-        print(f"(a) model alone, synthetic tensors : {results['ours']:8.1f} img/s")
-        print(f"(b) end to end from DALI           : {end_to_end['images_per_s']:8.1f} img/s "
-              f"(waiting for data {100 * end_to_end['data_wait']:.1f}% of the time)")
-        print(f"    torchvision AlexNet, as (a)    : {results['torchvision']:8.1f} img/s")
-        print(f"b/a = {end_to_end['images_per_s'] / results['ours']:.3f}   "
-              f"ours/torchvision = {results['ours'] / results['torchvision']:.3f}")
+        results[name] = model_alone(make().to(world.device), args.batch, steps, world.device)
+    torch.manual_seed(0)
+    model = AlexNet(AlexNetConfig(num_classes=10)).to(world.device)
+    if world.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = PaperSGD(model.parameters())
+    train_one_epoch(
+        model, train_loader(manifest, st, config, 0, world), opt, world, progress=False
+    )  # warm-up epoch
+    end_to_end = train_one_epoch(
+        model, train_loader(manifest, st, config, 1, world), opt, world, progress=False
+    )
+    print(
+        f"device: {world.device}, batch {args.batch}, {len(train)} training images of {args.data}"
+    )
+    print(f"(a) model alone, synthetic tensors : {results['ours']:8.1f} img/s")
+    print(
+        f"(b) end to end from DALI           : {end_to_end['images_per_s']:8.1f} img/s "
+        f"(waiting for data {100 * end_to_end['data_wait']:.1f}% of the time)"
+    )
+    print(f"    torchvision AlexNet, as (a)    : {results['torchvision']:8.1f} img/s")
+    print(
+        f"b/a = {end_to_end['images_per_s'] / results['ours']:.3f}   "
+        f"ours/torchvision = {results['ours'] / results['torchvision']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,13 +4,11 @@ Each command parses, calls the library, prints."""
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib.metadata import version
 from pathlib import Path
 
 import click
-
 from alexnet.cli.search import eval_retrieval, index_command, register, search
 from alexnet.pipeline.errors import AlexnetError
 
@@ -36,25 +34,47 @@ def cli(ctx, quiet):
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
 
 
-run_option = click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path),
-                          default=Path("runs/default"), show_default=True,
-                          help="Folder that holds everything this run writes.")
+run_option = click.option(
+    "--run",
+    "run",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/default"),
+    show_default=True,
+    help="Folder that holds everything this run writes.",
+)
 
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @run_option
-@click.option("--val-fraction", type=float, default=0.1, show_default=True,
-              help="Share of each class held out for validation when DATA has no train/val folders.")
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Share of each class held out for validation when DATA has no train/val folders.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/val split.")
-@click.option("--min-size", type=int, default=16, show_default=True,
-              help="Images with a shorter side below this are skipped.")
+@click.option(
+    "--min-size",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Images with a shorter side below this are skipped.",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.pass_obj
 def prep(obj, data, run, val_fraction, seed, min_size, batch_size):
     """Scan and validate DATA, then compute the mean image and RGB PCA statistics."""
-    prepare(data, run, val_fraction=val_fraction, seed=seed, min_size=min_size,
-            batch_size=batch_size, progress=obj["progress"])
+    prepare(
+        data,
+        run,
+        val_fraction=val_fraction,
+        seed=seed,
+        min_size=min_size,
+        batch_size=batch_size,
+        progress=obj["progress"],
+    )
 
 
 def prepare(data: Path, run: Path, *, progress: bool, **options) -> None:
@@ -65,16 +85,26 @@ def prepare(data: Path, run: Path, *, progress: bool, **options) -> None:
     manifest = dataset.scan(data, progress=progress, **options)
     dataset.save_manifest(manifest, run)
     n = {s: sum(f["split"] == s for f in manifest["files"]) for s in ("train", "val")}
-    click.echo(f"{len(manifest['classes'])} classes, {n['train']} training and {n['val']} validation "
-               f"images ({manifest['layout']}); manifest: {run / 'manifest.json'}")
+    click.echo(
+        f"{len(manifest['classes'])} classes, {n['train']} training and {n['val']} validation "
+        f"images ({manifest['layout']}); manifest: {run / 'manifest.json'}"
+    )
     if manifest["skipped"]:
-        click.secho(f"skipped {len(manifest['skipped'])} unusable files, listed with reasons under "
-                    f"\"skipped\" in {run / 'manifest.json'}", fg="yellow")
+        click.secho(
+            f"skipped {len(manifest['skipped'])} unusable files, listed with reasons under "
+            f'"skipped" in {run / "manifest.json"}',
+            fg="yellow",
+        )
         for s in manifest["skipped"][:5]:
             click.echo(f"  {s['path']}: {s['reason']}")
     files, _ = dataset.split_files(manifest, "train")
-    result = stats.compute_stats(files, manifest["fingerprint"], batch_size=batch_size,
-                                 device=default_device(), progress=progress)
+    result = stats.compute_stats(
+        files,
+        manifest["fingerprint"],
+        batch_size=batch_size,
+        device=default_device(),
+        progress=progress,
+    )
     stats.save_stats(result, run)
     click.echo(stats.format_summary(result))
     click.echo(f"statistics: {run / 'stats.npz'} (readable: {run / 'stats.json'})")
@@ -88,21 +118,51 @@ def train_options(f):
         click.option("--epochs", type=int, default=d.epochs, show_default=True),
         click.option("--batch-size", type=int, default=d.batch_size, show_default=True),
         click.option("--lr", type=float, default=d.lr, show_default=True),
-        click.option("--optimizer", type=click.Choice(["paper", "torch"]), default=d.optimizer,
-                     show_default=True, help="The paper's update rule, or PyTorch's SGD form."),
-        click.option("--patience", type=int, default=d.patience, show_default=True,
-                     help="Epochs without a better validation top-1 before the rate drops 10x."),
-        click.option("--mean", type=click.Choice(["image", "channel"]), default=d.mean,
-                     show_default=True, help="Subtract the mean image (paper) or the channel mean."),
-        click.option("--lighting-std", type=float, default=d.lighting_std, show_default=True,
-                     help="Std of the PCA lighting alphas; 0 turns it off."),
-        click.option("--columns", type=click.Choice(["1", "2"]), default=str(d.columns),
-                     show_default=True, help="2: the paper's grouped network; 1: one column."),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["paper", "torch"]),
+            default=d.optimizer,
+            show_default=True,
+            help="The paper's update rule, or PyTorch's SGD form.",
+        ),
+        click.option(
+            "--patience",
+            type=int,
+            default=d.patience,
+            show_default=True,
+            help="Epochs without a better validation top-1 before the rate drops 10x.",
+        ),
+        click.option(
+            "--mean",
+            type=click.Choice(["image", "channel"]),
+            default=d.mean,
+            show_default=True,
+            help="Subtract the mean image (paper) or the channel mean.",
+        ),
+        click.option(
+            "--lighting-std",
+            type=float,
+            default=d.lighting_std,
+            show_default=True,
+            help="Std of the PCA lighting alphas; 0 turns it off.",
+        ),
+        click.option(
+            "--columns",
+            type=click.Choice(["1", "2"]),
+            default=str(d.columns),
+            show_default=True,
+            help="2: the paper's grouped network; 1: one column.",
+        ),
         click.option("--lrn/--no-lrn", default=d.lrn, show_default=True),
         click.option("--dropout", type=float, default=d.dropout, show_default=True),
         click.option("--seed", type=int, default=d.seed, show_default=True),
-        click.option("--threads", "num_threads", type=int, default=None,
-                     help="DALI CPU threads (default: all cores)."),
+        click.option(
+            "--threads",
+            "num_threads",
+            type=int,
+            default=None,
+            help="DALI CPU threads (default: all cores).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -130,19 +190,29 @@ def train(obj, run, resume, **kw):
 
 def print_training(run: Path, metrics: dict) -> None:
     if "top1_error" in metrics:
-        click.echo(f"epoch {metrics['epoch']}: top-1 error {100 * metrics['top1_error']:.2f}%, "
-                   f"top-5 error {100 * metrics['top5_error']:.2f}% (centre crop)")
+        click.echo(
+            f"epoch {metrics['epoch']}: top-1 error {100 * metrics['top1_error']:.2f}%, "
+            f"top-5 error {100 * metrics['top5_error']:.2f}% (centre crop)"
+        )
     if "ten_crop_top1_error" in metrics:
-        click.echo(f"10-crop: top-1 error {100 * metrics['ten_crop_top1_error']:.2f}%, "
-                   f"top-5 error {100 * metrics['ten_crop_top5_error']:.2f}%")
-    click.echo(f"checkpoints: {run / 'checkpoints'}; metrics: {run / 'metrics.jsonl'}; "
-               f"curves: {run / 'curves.png'}")
+        click.echo(
+            f"10-crop: top-1 error {100 * metrics['ten_crop_top1_error']:.2f}%, "
+            f"top-5 error {100 * metrics['ten_crop_top5_error']:.2f}%"
+        )
+    click.echo(
+        f"checkpoints: {run / 'checkpoints'}; metrics: {run / 'metrics.jsonl'}; "
+        f"curves: {run / 'curves.png'}"
+    )
 
 
 @cli.command("eval")
 @run_option
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Default: RUN/checkpoints/best.pt.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: RUN/checkpoints/best.pt.",
+)
 @click.option("--ten-crop/--no-ten-crop", default=True, show_default=True)
 def eval_(run, checkpoint, ten_crop):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
@@ -155,20 +225,36 @@ def eval_(run, checkpoint, ten_crop):
     for name in ("centre", "ten_crop"):
         if name in result:
             r = result[name]
-            click.echo(f"{name:10}{100 * r['top1_error']:13.2f}%{100 * r['top5_error']:13.2f}%"
-                       f"{r['images']:8d}")
+            click.echo(
+                f"{name:10}{100 * r['top1_error']:13.2f}%{100 * r['top5_error']:13.2f}%"
+                f"{r['images']:8d}"
+            )
     click.echo(f"written: {write_json(run / 'eval.json', result)}")
 
 
 @cli.command()
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="An image folder to use instead of the embedded Fashion-MNIST photos.")
-@click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("runs/demo"), show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An image folder to use instead of the embedded Fashion-MNIST photos.",
+)
+@click.option(
+    "--run",
+    "run",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+)
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--queries", type=int, default=3, show_default=True,
-              help="Validation images to search for at the end.")
+@click.option(
+    "--queries",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Validation images to search for at the end.",
+)
 @click.pass_context
 def demo(ctx, data, run, epochs, batch_size, queries):
     """The whole chain on embedded photos (or --data DIR): prep, a short training run, the
@@ -181,17 +267,27 @@ def demo(ctx, data, run, epochs, batch_size, queries):
         data = fashion_mnist.build(run / "data")
         click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 30 train + 10 val each)")
     prepare(data, run, progress=progress)
-    config = make_config(epochs=epochs, batch_size=batch_size, lr=0.01, optimizer="paper",
-                         patience=2, mean="image", lighting_std=0.1, columns="2", lrn=True,
-                         dropout=0.5, seed=0, num_threads=None)
+    config = make_config(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=0.01,
+        optimizer="paper",
+        patience=2,
+        mean="image",
+        lighting_std=0.1,
+        columns="2",
+        lrn=True,
+        dropout=0.5,
+        seed=0,
+        num_threads=None,
+    )
     metrics = fit(run, config, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)
     print_training(run, metrics)
     print_curve(run)
     ctx.invoke(index_command, run=run)
     val_files, _ = dataset.split_files(dataset.load_manifest(run), "val")
     picks = val_files[:: max(1, len(val_files) // queries)][:queries]
-    ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5,
-               montage=run / "search.png")
+    ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5, montage=run / "search.png")
     ctx.invoke(eval_retrieval, run=run)
 
 
@@ -201,8 +297,10 @@ def print_curve(run: Path) -> None:
 
     click.echo(f"{'epoch':>5}{'loss':>9}{'top-1 err':>11}{'top-5 err':>11}{'lr':>9}{'img/s':>8}")
     for m in read_metrics(run):
-        click.echo(f"{m['epoch']:5d}{m['loss']:9.4f}{100 * m['top1_error']:10.2f}%"
-                   f"{100 * m['top5_error']:10.2f}%{m['lr']:9.2g}{m['images_per_s']:8.1f}")
+        click.echo(
+            f"{m['epoch']:5d}{m['loss']:9.4f}{100 * m['top1_error']:10.2f}%"
+            f"{100 * m['top5_error']:10.2f}%{m['lr']:9.2g}{m['images_per_s']:8.1f}"
+        )
     click.echo(f"learning curve: {run / 'curves.png'}")
 
 

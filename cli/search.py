@@ -10,9 +10,14 @@ from pathlib import Path
 
 import click
 
-run_option = click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path),
-                          default=Path("runs/default"), show_default=True,
-                          help="Folder that holds everything this run writes.")
+run_option = click.option(
+    "--run",
+    "run",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/default"),
+    show_default=True,
+    help="Folder that holds everything this run writes.",
+)
 
 
 def _progress(ctx: click.Context) -> bool:
@@ -24,21 +29,39 @@ def _open_index(net, run: Path, progress: bool):
     from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
 
     if index_problem(run, net.source) == "missing":
-        click.echo(f"no index in {run / 'index'} yet: building it now (fc7 features of the "
-                   "training set, autoencoder, index); later searches reuse it", err=True)
+        click.echo(
+            f"no index in {run / 'index'} yet: building it now (fc7 features of the "
+            "training set, autoencoder, index); later searches reuse it",
+            err=True,
+        )
         build_run_index(net, run, progress=progress)
     return open_run_index(net, run)
 
 
 @click.command("index")
 @run_option
-@click.option("--bits", type=int, default=64, show_default=True,
-              help="Binary code length: a multiple of 8 from 32 to 256.")
-@click.option("--approx-threshold", type=int, default=200_000, show_default=True,
-              help="Above this many training images (and without a GPU) use an approximate "
-                   "HNSW index instead of exact Hamming search.")
-@click.option("--batch-size", type=int, default=64, show_default=True,
-              help="Images per batch for the fc7 features.")
+@click.option(
+    "--bits",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Binary code length: a multiple of 8 from 32 to 256.",
+)
+@click.option(
+    "--approx-threshold",
+    type=int,
+    default=200_000,
+    show_default=True,
+    help="Above this many training images (and without a GPU) use an approximate "
+    "HNSW index instead of exact Hamming search.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Images per batch for the fc7 features.",
+)
 @click.pass_context
 def index_command(ctx, run, bits, approx_threshold, batch_size):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
@@ -54,14 +77,22 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
     problem = index_problem(run, net.source)
     if problem not in (None, "missing"):
         click.echo(f"rebuilding the index: {problem}", err=True)
-    meta = build_run_index(net, run, bits=bits, approx_threshold=approx_threshold,
-                           batch_size=batch_size, progress=_progress(ctx))
+    meta = build_run_index(
+        net,
+        run,
+        bits=bits,
+        approx_threshold=approx_threshold,
+        batch_size=batch_size,
+        progress=_progress(ctx),
+    )
     r = meta["autoencoder_report"]
-    click.echo(f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit codes "
-               f"({meta['bits'] // 8} bytes per image), recall@10 {meta['recall_at_10']:.3f}; "
-               f"autoencoder reconstruction MSE {r['reconstruction_mse']:.4f} (standardised), "
-               f"mean |bit balance - 0.5| {r['mean_abs_balance_offset']:.3f}, "
-               f"{r['bits_always_on_or_off']} constant bits")
+    click.echo(
+        f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit codes "
+        f"({meta['bits'] // 8} bytes per image), recall@10 {meta['recall_at_10']:.3f}; "
+        f"autoencoder reconstruction MSE {r['reconstruction_mse']:.4f} (standardised), "
+        f"mean |bit balance - 0.5| {r['mean_abs_balance_offset']:.3f}, "
+        f"{r['bits_always_on_or_off']} constant bits"
+    )
     click.echo(f"written: {index_path(run)}")
 
 
@@ -69,11 +100,20 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @run_option
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query.")
-@click.option("--rerank", type=int, default=0, show_default=True,
-              help="Re-rank the R nearest by Hamming distance by float fc7 distance (0: off).")
+@click.option(
+    "--rerank",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Re-rank the R nearest by Hamming distance by float fc7 distance (0: off).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--montage", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a PNG contact sheet of each query and its results.")
+@click.option(
+    "--montage",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG contact sheet of each query and its results.",
+)
 @click.pass_context
 def search(ctx, images, run, k, rerank, as_json, montage):
     """The training images most similar to each IMAGE (files or folders of images)."""
@@ -93,24 +133,46 @@ def search(ctx, images, run, k, rerank, as_json, montage):
     classes = net.manifest["classes"]
     rows = []
     for q, file in enumerate(files):
-        ham = hamming(codes[q:q + 1], ri.codes[I[q]])[0]
-        results = [{"rank": r + 1, "id": int(i), "path": db_paths[i],
-                    "class": classes[db_labels[i]], "hamming": int(ham[r]),
-                    "distance": float(D[q, r])} for r, i in enumerate(I[q])]
+        ham = hamming(codes[q : q + 1], ri.codes[I[q]])[0]
+        results = [
+            {
+                "rank": r + 1,
+                "id": int(i),
+                "path": db_paths[i],
+                "class": classes[db_labels[i]],
+                "hamming": int(ham[r]),
+                "distance": float(D[q, r]),
+            }
+            for r, i in enumerate(I[q])
+        ]
         rows.append({"query": file, "results": results})
     if as_json:
-        click.echo(json.dumps({"run": str(run), "k": k, "rerank": rerank,
-                               "distance": "fc7 euclidean" if rerank else "hamming",
-                               "queries": rows}, indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "run": str(run),
+                    "k": k,
+                    "rerank": rerank,
+                    "distance": "fc7 euclidean" if rerank else "hamming",
+                    "queries": rows,
+                },
+                indent=1,
+            )
+        )
     else:
         for row in rows:
             click.echo(f"query: {row['query']}")
-            click.echo(f"{'rank':>5}{'hamming':>9}" + (f"{'fc7 L2':>10}" if rerank else "")
-                       + "  class  path")
+            click.echo(
+                f"{'rank':>5}{'hamming':>9}"
+                + (f"{'fc7 L2':>10}" if rerank else "")
+                + "  class  path"
+            )
             for res in row["results"]:
-                click.echo(f"{res['rank']:5d}{res['hamming']:9d}"
-                           + (f"{res['distance']:10.3f}" if rerank else "")
-                           + f"  {res['class']}  {res['path']}")
+                click.echo(
+                    f"{res['rank']:5d}{res['hamming']:9d}"
+                    + (f"{res['distance']:10.3f}" if rerank else "")
+                    + f"  {res['class']}  {res['path']}"
+                )
     if montage:
         from alexnet.retrieval.montage import make_montage
 
@@ -120,13 +182,26 @@ def search(ctx, images, run, k, rerank, as_json, montage):
 @click.command("eval-retrieval")
 @run_option
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Precision at k.")
-@click.option("--rerank", type=int, default=100, show_default=True,
-              help="Shortlist length for the Hamming + fc7 re-rank mode.")
-@click.option("--pixel-size", type=click.Choice(["16", "32", "64", "128", "256"]), default="32",
-              show_default=True, help="Side the 256x256 centre patches are averaged down to for "
-                                      "the raw-pixel mode.")
-@click.option("--max-queries", type=int, default=None,
-              help="Use a seeded sample of this many validation images (default: all).")
+@click.option(
+    "--rerank",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Shortlist length for the Hamming + fc7 re-rank mode.",
+)
+@click.option(
+    "--pixel-size",
+    type=click.Choice(["16", "32", "64", "128", "256"]),
+    default="32",
+    show_default=True,
+    help="Side the 256x256 centre patches are averaged down to for the raw-pixel mode.",
+)
+@click.option(
+    "--max-queries",
+    type=int,
+    default=None,
+    help="Use a seeded sample of this many validation images (default: all).",
+)
 @click.pass_context
 def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries):
     """Validation images as queries against the training set: precision@k and mAP of binary
@@ -138,8 +213,14 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries):
         raise click.BadParameter("must be at least 1", param_hint="-k")
     net = load_network(run)
     ri = _open_index(net, run, _progress(ctx))
-    result = evaluate_retrieval(ri, k=k, rerank_top=rerank, pixel_size=int(pixel_size),
-                                max_queries=max_queries, progress=_progress(ctx))
+    result = evaluate_retrieval(
+        ri,
+        k=k,
+        rerank_top=rerank,
+        pixel_size=int(pixel_size),
+        max_queries=max_queries,
+        progress=_progress(ctx),
+    )
     click.echo(format_table(result))
     click.echo(f"written: {write_result(result, run)}")
 

@@ -24,8 +24,9 @@ class AlexNetConfig:
     dropout: float = 0.5
 
 
-def local_response_norm(size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA,
-                        k: float = LRN_K) -> nn.LocalResponseNorm:
+def local_response_norm(
+    size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA, k: float = LRN_K
+) -> nn.LocalResponseNorm:
     """The paper's LRN: b = a / (k + alpha * sum of a^2 over `size` channels)^beta.
 
     PyTorch's LocalResponseNorm divides alpha by `size`, so the paper's alpha is passed

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 
@@ -28,8 +27,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise AlexnetError(f"{path} is not a readable checkpoint ({type(e).__name__}): "
-                           "retrain, or pass another --checkpoint") from e
+        raise AlexnetError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}): "
+            "retrain, or pass another --checkpoint"
+        ) from e
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise AlexnetError(f"{path} was not written by this version of alexnet: retrain")
     return state

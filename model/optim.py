@@ -51,9 +51,15 @@ class PlateauSchedule:
     """Divide the learning rate by `factor` when validation top-1 error has not improved for
     `patience` epochs, at most `max_drops` times ("reduced three times prior to termination")."""
 
-    def __init__(self, optimizer: Optimizer, patience: int = 2, factor: float = 10.0,
-                 max_drops: int = 3):
-        self.optimizer, self.patience, self.factor, self.max_drops = optimizer, patience, factor, max_drops
+    def __init__(
+        self, optimizer: Optimizer, patience: int = 2, factor: float = 10.0, max_drops: int = 3
+    ):
+        self.optimizer, self.patience, self.factor, self.max_drops = (
+            optimizer,
+            patience,
+            factor,
+            max_drops,
+        )
         self.best = float("inf")
         self.bad_epochs = 0
         self.drops = 0

@@ -20,9 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-from alexnet.pipeline.dali import (Loader, check_batch_size, default_device, eval_pipeline,
-                                   pipe_options, train_pipeline)
+from alexnet.pipeline.dali import (
+    Loader,
+    check_batch_size,
+    default_device,
+    eval_pipeline,
+    pipe_options,
+    train_pipeline,
+)
 from alexnet.pipeline.dataset import load_manifest, split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
@@ -59,8 +64,9 @@ RESUMABLE = {"epochs", "num_threads"}
 
 
 def model_config(config: TrainConfig, num_classes: int) -> AlexNetConfig:
-    return AlexNetConfig(num_classes=num_classes, columns=config.columns, lrn=config.lrn,
-                         dropout=config.dropout)
+    return AlexNetConfig(
+        num_classes=num_classes, columns=config.columns, lrn=config.lrn, dropout=config.dropout
+    )
 
 
 def config_from_dict(d: dict) -> TrainConfig:
@@ -105,8 +111,14 @@ def all_sum(values: list[float], world: World) -> list[float]:
 # --- data --------------------------------------------------------------------------------
 
 
-def train_loader(manifest: dict, stats: Stats, config: TrainConfig, epoch: int, world: World,
-                 skip_batches: int = 0) -> Loader:
+def train_loader(
+    manifest: dict,
+    stats: Stats,
+    config: TrainConfig,
+    epoch: int,
+    world: World,
+    skip_batches: int = 0,
+) -> Loader:
     """This rank's batches of one epoch: a fresh permutation per (seed, epoch), equal shards.
 
     The order and the augmentation depend on (seed, epoch, rank) alone, so a resumed run sees
@@ -116,14 +128,25 @@ def train_loader(manifest: dict, stats: Stats, config: TrainConfig, epoch: int, 
     per_rank = len(files) // world.size
     check_batch_size(per_rank, config.batch_size, "training" + (" shard" if world.size > 1 else ""))
     order = np.random.default_rng([config.seed, epoch]).permutation(len(files))
-    mine = order[world.rank * per_rank:(world.rank + 1) * per_rank][skip_batches * config.batch_size:]
+    mine = order[world.rank * per_rank : (world.rank + 1) * per_rank][
+        skip_batches * config.batch_size :
+    ]
     device = "gpu" if world.device.type == "cuda" else "cpu"
-    pipe = train_pipeline([files[i] for i in mine], [labels[i] for i in mine],
-                          stats.mean(config.mean), stats.eigvecs, stats.eigvals, device=device,
-                          lighting_std=config.lighting_std,
-                          **pipe_options(device, config.batch_size,
-                                         seed_for(config.seed, epoch, world.rank, skip_batches),
-                                         config.num_threads))
+    pipe = train_pipeline(
+        [files[i] for i in mine],
+        [labels[i] for i in mine],
+        stats.mean(config.mean),
+        stats.eigvecs,
+        stats.eigvals,
+        device=device,
+        lighting_std=config.lighting_std,
+        **pipe_options(
+            device,
+            config.batch_size,
+            seed_for(config.seed, epoch, world.rank, skip_batches),
+            config.num_threads,
+        ),
+    )
     return Loader(pipe, torch_device=world.device)
 
 
@@ -132,15 +155,29 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % 2**31)
 
 
-def eval_loader(manifest: dict, stats: Stats, config: TrainConfig, world: World, *,
-                split: str = "val", ten_crop: bool = False) -> Loader:
+def eval_loader(
+    manifest: dict,
+    stats: Stats,
+    config: TrainConfig,
+    world: World,
+    *,
+    split: str = "val",
+    ten_crop: bool = False,
+) -> Loader:
     files, labels = split_files(manifest, split)
     check_batch_size(len(files), 1, "validation")
     device = "gpu" if world.device.type == "cuda" else "cpu"
     batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
-    pipe = eval_pipeline(files, labels, stats.mean(config.mean), device=device, ten_crop=ten_crop,
-                         shard_id=world.rank, num_shards=world.size,
-                         **pipe_options(device, batch, config.seed, config.num_threads))
+    pipe = eval_pipeline(
+        files,
+        labels,
+        stats.mean(config.mean),
+        device=device,
+        ten_crop=ten_crop,
+        shard_id=world.rank,
+        num_shards=world.size,
+        **pipe_options(device, batch, config.seed, config.num_threads),
+    )
     return Loader(pipe, torch_device=world.device)
 
 
@@ -173,8 +210,16 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def train_one_epoch(model, loader: Loader, optimizer, world: World, *, stop: StopFlag | None = None,
-                    progress: bool = True, desc: str = "train") -> dict:
+def train_one_epoch(
+    model,
+    loader: Loader,
+    optimizer,
+    world: World,
+    *,
+    stop: StopFlag | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict:
     """One pass over `loader`. Returns mean loss, images/s, the share of time spent waiting for
     data, and the number of batches done (fewer than len(loader) when stopped)."""
     from tqdm import tqdm
@@ -203,8 +248,12 @@ def train_one_epoch(model, loader: Loader, optimizer, world: World, *, stop: Sto
     bar.close()
     seconds = time.perf_counter() - start
     loss_sum, count = all_sum([total_loss, images], world)
-    return {"loss": loss_sum / max(count, 1), "images_per_s": count / seconds,
-            "data_wait": waited / seconds, "batches": batches}
+    return {
+        "loss": loss_sum / max(count, 1),
+        "images_per_s": count / seconds,
+        "data_wait": waited / seconds,
+        "batches": batches,
+    }
 
 
 @torch.no_grad()
@@ -215,8 +264,9 @@ def evaluate(model, loader: Loader, world: World, *, progress: bool = False) -> 
 
     model.eval()
     top1 = top5 = count = 0.0
-    for x, y in tqdm(loader, desc="eval", unit="batch", leave=False,
-                     disable=not (progress and world.main)):
+    for x, y in tqdm(
+        loader, desc="eval", unit="batch", leave=False, disable=not (progress and world.main)
+    ):
         crops = x.shape[1] if x.dim() == 5 else 1
         with autocast(world.device):
             logits = model(x.flatten(0, 1) if crops > 1 else x)
@@ -246,19 +296,32 @@ def build_model(config: TrainConfig, num_classes: int, world: World):
 
 def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
     old = config_from_dict(saved["config"])
-    changed = [f"{f.name} {getattr(old, f.name)} -> {getattr(config, f.name)}" for f in fields(config)
-               if f.name not in RESUMABLE and getattr(old, f.name) != getattr(config, f.name)]
+    changed = [
+        f"{f.name} {getattr(old, f.name)} -> {getattr(config, f.name)}"
+        for f in fields(config)
+        if f.name not in RESUMABLE and getattr(old, f.name) != getattr(config, f.name)
+    ]
     if changed:
-        raise AlexnetError(f"{path} was trained with other settings ({'; '.join(changed)}): "
-                           "resume with the same settings, or train into a new --run")
+        raise AlexnetError(
+            f"{path} was trained with other settings ({'; '.join(changed)}): "
+            "resume with the same settings, or train into a new --run"
+        )
     if saved["fingerprint"] != manifest["fingerprint"]:
-        raise AlexnetError(f"{path} was trained on other data than the current manifest "
-                           f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
-                           "train into a new --run")
+        raise AlexnetError(
+            f"{path} was trained on other data than the current manifest "
+            f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
+            "train into a new --run"
+        )
 
 
-def fit(run: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = False,
-        progress: bool = True, final_ten_crop: bool = True) -> dict:
+def fit(
+    run: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    final_ten_crop: bool = True,
+) -> dict:
     """Train on RUN's manifest and statistics; return the last epoch's metrics."""
     run = Path(run)
     world = setup_world()
@@ -270,8 +333,9 @@ def fit(run: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = 
 
     torch.manual_seed(config.seed)
     model = build_model(config, num_classes, world)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum,
-                               config.weight_decay)
+    optimizer = make_optimizer(
+        config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay
+    )
     schedule = PlateauSchedule(optimizer, config.patience, max_drops=config.max_drops)
     epoch, skip = 0, 0
     if resume:
@@ -283,27 +347,45 @@ def fit(run: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = 
         epoch, skip = saved["epoch"], saved["step"]
         torch.set_rng_state(saved["rng"]["torch"])
         if world.main:
-            log.info("resuming %s at epoch %d%s", last_path, epoch + 1, f", batch {skip}" if skip else "")
+            log.info(
+                "resuming %s at epoch %d%s", last_path, epoch + 1, f", batch {skip}" if skip else ""
+            )
     elif last_path.exists():
-        raise AlexnetError(f"{last_path} exists: pass --resume to continue that run, or choose a new --run")
+        raise AlexnetError(
+            f"{last_path} exists: pass --resume to continue that run, or choose a new --run"
+        )
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     net = model.module if world.size > 1 else model
 
     def checkpoint(epoch: int, step: int) -> dict:
-        return {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "epoch": epoch, "step": step,
-                "config": asdict(config), "num_classes": num_classes,
-                "classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
-                "rng": {"torch": torch.get_rng_state()}}
+        return {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "config": asdict(config),
+            "num_classes": num_classes,
+            "classes": manifest["classes"],
+            "fingerprint": manifest["fingerprint"],
+            "rng": {"torch": torch.get_rng_state()},
+        }
 
     history = read_metrics(run) if resume else []
     metrics: dict = {}
     with StopFlag() as stop:
         while epoch < config.epochs:
             loader = train_loader(manifest, stats, config, epoch, world, skip)
-            result = train_one_epoch(model, loader, optimizer, world, stop=stop, progress=progress,
-                                     desc=f"epoch {epoch + 1}/{config.epochs}")
+            result = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                world,
+                stop=stop,
+                progress=progress,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+            )
             if stop.set:
                 step = skip + result["batches"]
                 if world.main:
@@ -315,8 +397,14 @@ def fit(run: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = 
             improved = val["top1_error"] < schedule.best
             schedule.step(val["top1_error"])
             epoch += 1
-            metrics = {"epoch": epoch, "loss": result["loss"], **val, "lr": lr,
-                       "images_per_s": result["images_per_s"], "data_wait": result["data_wait"]}
+            metrics = {
+                "epoch": epoch,
+                "loss": result["loss"],
+                **val,
+                "lr": lr,
+                "images_per_s": result["images_per_s"],
+                "data_wait": result["data_wait"],
+            }
             history.append(metrics)
             if world.main:
                 write_metrics(run, history)
@@ -324,15 +412,30 @@ def fit(run: str | Path, config: TrainConfig = TrainConfig(), *, resume: bool = 
                 save_checkpoint(last_path, state)
                 if improved:
                     save_checkpoint(ckpt_dir / "best.pt", state)
-                log.info("epoch %d  loss %.4f  top-1 %.2f%%  top-5 %.2f%%  lr %g  %.0f img/s  wait %.0f%%",
-                         epoch, metrics["loss"], 100 * val["top1_error"], 100 * val["top5_error"], lr,
-                         metrics["images_per_s"], 100 * metrics["data_wait"])
+                log.info(
+                    "epoch %d  loss %.4f  top-1 %.2f%%  top-5 %.2f%%  lr %g  %.0f img/s  "
+                    "wait %.0f%%",
+                    epoch,
+                    metrics["loss"],
+                    100 * val["top1_error"],
+                    100 * val["top5_error"],
+                    lr,
+                    metrics["images_per_s"],
+                    100 * metrics["data_wait"],
+                )
     if final_ten_crop:
         ten = evaluate(model, eval_loader(manifest, stats, config, world, ten_crop=True), world)
-        metrics = {**metrics, "ten_crop_top1_error": ten["top1_error"],
-                   "ten_crop_top5_error": ten["top5_error"]}
+        metrics = {
+            **metrics,
+            "ten_crop_top1_error": ten["top1_error"],
+            "ten_crop_top5_error": ten["top5_error"],
+        }
         if world.main:
-            log.info("10-crop  top-1 %.2f%%  top-5 %.2f%%", 100 * ten["top1_error"], 100 * ten["top5_error"])
+            log.info(
+                "10-crop  top-1 %.2f%%  top-5 %.2f%%",
+                100 * ten["top1_error"],
+                100 * ten["top5_error"],
+            )
     return metrics
 
 
@@ -340,8 +443,10 @@ class Interrupted(AlexnetError):
     exit_code = 130  # what a shell reports for Ctrl-C
 
     def __init__(self, path: Path, epoch: int, step: int):
-        super().__init__(f"stopped in epoch {epoch + 1} after batch {step}; saved {path}. "
-                         "Continue with the same command plus --resume")
+        super().__init__(
+            f"stopped in epoch {epoch + 1} after batch {step}; saved {path}. "
+            "Continue with the same command plus --resume"
+        )
 
 
 # --- metrics and curves ------------------------------------------------------------------
@@ -384,8 +489,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_checkpoint(run: str | Path, checkpoint: str | Path | None = None, *,
-                        ten_crop: bool = True) -> dict:
+def evaluate_checkpoint(
+    run: str | Path, checkpoint: str | Path | None = None, *, ten_crop: bool = True
+) -> dict:
     """Top-1/top-5 error of a checkpoint on RUN's validation set (centre crop, and 10-crop)."""
     run = Path(run)
     path = Path(checkpoint) if checkpoint else run / "checkpoints" / "best.pt"
@@ -393,15 +499,23 @@ def evaluate_checkpoint(run: str | Path, checkpoint: str | Path | None = None, *
     manifest, stats = load_run_data(run)
     saved = load_checkpoint(path)
     config = config_from_dict(saved["config"])
-    if saved.get("num_classes") != len(manifest["classes"]) or saved.get("classes") != manifest["classes"]:
-        raise AlexnetError(f"{path} was trained on other classes than {run}/manifest.json: "
-                           "pass a checkpoint of this run")
+    if (
+        saved.get("num_classes") != len(manifest["classes"])
+        or saved.get("classes") != manifest["classes"]
+    ):
+        raise AlexnetError(
+            f"{path} was trained on other classes than {run}/manifest.json: "
+            "pass a checkpoint of this run"
+        )
     model = build_model(config, len(manifest["classes"]), world)
     model.load_state_dict(saved["model"])
-    result = {"checkpoint": str(path), "epoch": saved["epoch"],
-              "centre": evaluate(model, eval_loader(manifest, stats, config, world), world)}
+    result = {
+        "checkpoint": str(path),
+        "epoch": saved["epoch"],
+        "centre": evaluate(model, eval_loader(manifest, stats, config, world), world),
+    }
     if ten_crop:
-        result["ten_crop"] = evaluate(model, eval_loader(manifest, stats, config, world, ten_crop=True),
-                                      world)
+        result["ten_crop"] = evaluate(
+            model, eval_loader(manifest, stats, config, world, ten_crop=True), world
+        )
     return result
-

@@ -29,7 +29,7 @@ READER = "Reader"
 
 
 def default_device() -> str:
-    """"gpu" when CUDA is usable, else "cpu"; every GPU-only speed-up keys off this."""
+    """ "gpu" when CUDA is usable, else "cpu"; every GPU-only speed-up keys off this."""
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
@@ -38,8 +38,9 @@ def default_device() -> str:
 
 def decode(encoded, device: str):
     """Encoded files -> uint8 HWC RGB images (greyscale, CMYK and alpha become RGB)."""
-    return fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
-                             output_type=types.RGB)
+    return fn.decoders.image(
+        encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
+    )
 
 
 def central_square(encoded):
@@ -61,8 +62,9 @@ def decode_centre_256(encoded, device: str):
     and without the extra copy of a crop (measured: about 10% faster on 500x375 photos).
     """
     start, end = central_square(encoded)
-    return fn.resize(decode(encoded, device), size=(SIZE, SIZE), roi_start=start, roi_end=end,
-                     antialias=True)
+    return fn.resize(
+        decode(encoded, device), size=(SIZE, SIZE), roi_start=start, roi_end=end, antialias=True
+    )
 
 
 def subtract_mean_image(images, mean: np.ndarray, device: str):
@@ -85,9 +87,16 @@ def lighting_shift(eigvecs: np.ndarray, eigvals: np.ndarray, std: float):
 
 def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0):
     """256x256x3 -> float32 3x224x224: crop at relative position, optional mirror, minus mean."""
-    return fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=pos_x, crop_pos_y=pos_y,
-                                    mirror=mirror, mean=mean, dtype=types.FLOAT,
-                                    output_layout="CHW")
+    return fn.crop_mirror_normalize(
+        images,
+        crop=(CROP, CROP),
+        crop_pos_x=pos_x,
+        crop_pos_y=pos_y,
+        mirror=mirror,
+        mean=mean,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+    )
 
 
 def centred(images, mean: np.ndarray, device: str):
@@ -101,9 +110,16 @@ def centred(images, mean: np.ndarray, device: str):
 
 
 def _reader(files, labels, shard_id, num_shards, pad):
-    return fn.readers.file(files=list(files), labels=list(labels), random_shuffle=False,
-                           shard_id=shard_id, num_shards=num_shards, pad_last_batch=pad,
-                           stick_to_shard=True, name=READER)
+    return fn.readers.file(
+        files=list(files),
+        labels=list(labels),
+        random_shuffle=False,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=pad,
+        stick_to_shard=True,
+        name=READER,
+    )
 
 
 @pipeline_def(enable_conditionals=False)
@@ -114,8 +130,19 @@ def prep_pipeline(files: Sequence[str], device: str = "cpu"):
 
 
 @pipeline_def(enable_conditionals=False)
-def train_pipeline(files, labels, mean, eigvecs, eigvals, *, device="cpu", lighting_std=0.1,
-                   shard_id=0, num_shards=1, debug=False):
+def train_pipeline(
+    files,
+    labels,
+    mean,
+    eigvecs,
+    eigvals,
+    *,
+    device="cpu",
+    lighting_std=0.1,
+    shard_id=0,
+    num_shards=1,
+    debug=False,
+):
     """-> float32 3x224x224 random crops, mirrored with p=1/2, minus mean, plus PCA lighting.
 
     With `debug`, also returns each image's crop offset (x, y in pixels of the 256 patch),
@@ -127,23 +154,30 @@ def train_pipeline(files, labels, mean, eigvecs, eigvals, *, device="cpu", light
     ox = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
     oy = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
     mirror = fn.random.coin_flip(probability=0.5)
-    out = crop_to_chw(images, pos_x=ox / MAX_OFFSET, pos_y=oy / MAX_OFFSET, mirror=mirror,
-                      mean=types.Constant(mean) - shift)
+    out = crop_to_chw(
+        images,
+        pos_x=ox / MAX_OFFSET,
+        pos_y=oy / MAX_OFFSET,
+        mirror=mirror,
+        mean=types.Constant(mean) - shift,
+    )
     if debug:
         return out, label, fn.stack(ox, oy), mirror, alpha
     return out, label
 
 
 @pipeline_def(enable_conditionals=False)
-def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id=0,
-                  num_shards=1):
+def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id=0, num_shards=1):
     """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
     if not ten_crop:
         return crop_to_chw(images, mean=mean), label
-    crops = [crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean)
-             for m in (0, 1) for x, y in TEN_CROP_POSITIONS]
+    crops = [
+        crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean)
+        for m in (0, 1)
+        for x, y in TEN_CROP_POSITIONS
+    ]
     return fn.stack(*crops), label
 
 
@@ -152,8 +186,13 @@ def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id
 
 def pipe_options(device: str, batch_size: int, seed: int, num_threads: int | None = None) -> dict:
     device_id = torch.cuda.current_device() if device == "gpu" else None
-    return dict(batch_size=batch_size, num_threads=num_threads or os.cpu_count() or 1,
-                device_id=device_id, seed=seed % (2**31), prefetch_queue_depth=2)
+    return dict(
+        batch_size=batch_size,
+        num_threads=num_threads or os.cpu_count() or 1,
+        device_id=device_id,
+        seed=seed % (2**31),
+        prefetch_queue_depth=2,
+    )
 
 
 class Loader:
@@ -167,9 +206,13 @@ class Loader:
         self.pipe = pipe
         self.outputs = list(outputs)
         self.torch_device = torch.device(torch_device or "cpu")
-        self._it = DALIGenericIterator([pipe], self.outputs, reader_name=READER,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL,
-                                       auto_reset=True)
+        self._it = DALIGenericIterator(
+            [pipe],
+            self.outputs,
+            reader_name=READER,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=True,
+        )
 
     def __len__(self) -> int:
         return -(-self.size // self.pipe.max_batch_size)
@@ -192,7 +235,11 @@ class Loader:
 
 def check_batch_size(n_images: int, batch_size: int, what: str) -> None:
     if n_images == 0:
-        raise AlexnetError(f"the {what} set is empty: check the data folder and rerun `alexnet prep`")
+        raise AlexnetError(
+            f"the {what} set is empty: check the data folder and rerun `alexnet prep`"
+        )
     if batch_size > n_images:
-        raise AlexnetError(f"--batch-size {batch_size} is larger than the {what} set "
-                           f"({n_images} images): use --batch-size {n_images} or less")
+        raise AlexnetError(
+            f"--batch-size {batch_size} is larger than the {what} set "
+            f"({n_images} images): use --batch-size {n_images} or less"
+        )

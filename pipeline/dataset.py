@@ -54,7 +54,9 @@ def _class_files(folder: Path) -> list[Path]:
 
 def _layout(data: Path) -> tuple[str, dict[str, Path]]:
     if not data.is_dir():
-        raise AlexnetError(f"{data} is not a folder: pass an ImageFolder tree (DATA/<class>/<image>)")
+        raise AlexnetError(
+            f"{data} is not a folder: pass an ImageFolder tree (DATA/<class>/<image>)"
+        )
     if (data / "train").is_dir():
         splits = {"train": data / "train"}
         for name in ("val", "validation"):
@@ -80,7 +82,9 @@ def scan(
     layout, splits = _layout(data)
     classes = sorted(d.name for d in splits.get("train", data).iterdir() if d.is_dir())
     if not classes:
-        raise AlexnetError(f"{splits.get('train', data)} has no class folders: expected <class>/<image> below it")
+        raise AlexnetError(
+            f"{splits.get('train', data)} has no class folders: expected <class>/<image> below it"
+        )
     index = {c: i for i, c in enumerate(classes)}
 
     candidates: list[tuple[str, int, str]] = []  # (path, label, split or "all")
@@ -88,31 +92,50 @@ def scan(
     for split, root in splits.items():
         for d in sorted(p for p in root.iterdir() if p.is_dir()):
             if d.name not in index:
-                raise AlexnetError(f"class folder {d} has no counterpart in {splits['train']}: "
-                                   "rename or remove it")
+                raise AlexnetError(
+                    f"class folder {d} has no counterpart in {splits['train']}: rename or remove it"
+                )
             for f in _class_files(d):
                 rel = str(f.relative_to(data))
                 if f.suffix.lower() in EXTENSIONS:
                     candidates.append((rel, index[d.name], split))
                 else:
-                    skipped.append({"path": rel, "reason": f"unsupported extension {f.suffix or '(none)'}"})
+                    skipped.append(
+                        {"path": rel, "reason": f"unsupported extension {f.suffix or '(none)'}"}
+                    )
         for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
-            skipped.append({"path": str(f.relative_to(data)), "reason": "not inside a class folder"})
+            skipped.append(
+                {"path": str(f.relative_to(data)), "reason": "not inside a class folder"}
+            )
 
     paths = [str(data / rel) for rel, _, _ in candidates]
     workers = workers or min(8, os.cpu_count() or 1)
     with ProcessPoolExecutor(workers) as pool:
-        reasons = list(tqdm(pool.map(check_image, paths, [min_size] * len(paths), chunksize=16),
-                            total=len(paths), desc="checking images", unit="img", disable=not progress))
+        reasons = list(
+            tqdm(
+                pool.map(check_image, paths, [min_size] * len(paths), chunksize=16),
+                total=len(paths),
+                desc="checking images",
+                unit="img",
+                disable=not progress,
+            )
+        )
 
     files: list[dict] = []
-    for (rel, label, split), reason, path in zip(candidates, reasons, paths):
+    for (rel, label, split), reason, path in zip(candidates, reasons, paths, strict=True):
         if reason:
             skipped.append({"path": rel, "reason": reason})
         else:
             st = os.stat(path)
-            files.append({"path": rel, "label": label, "split": split, "bytes": st.st_size,
-                          "mtime_ns": st.st_mtime_ns})
+            files.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    "split": split,
+                    "bytes": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                }
+            )
     split_needed = "all" in splits
     if split_needed:
         _split_train_val(files, val_fraction, seed)
@@ -121,12 +144,16 @@ def scan(
     for f in files:
         counts[classes[f["label"]]][f["split"]] += 1
     if not files:
-        raise AlexnetError(f"no usable images in {data} ({len(skipped)} files skipped): "
-                           "expected .jpg/.jpeg/.png/.bmp files in <class> folders")
+        raise AlexnetError(
+            f"no usable images in {data} ({len(skipped)} files skipped): "
+            "expected .jpg/.jpeg/.png/.bmp files in <class> folders"
+        )
     empty = [c for c in classes if counts[c]["train"] == 0]
     if empty:
-        raise AlexnetError(f"class folder(s) with no usable training images: {', '.join(empty)} in "
-                           f"{splits.get('train', data)}; add images or remove the folder(s)")
+        raise AlexnetError(
+            f"class folder(s) with no usable training images: {', '.join(empty)} in "
+            f"{splits.get('train', data)}; add images or remove the folder(s)"
+        )
     manifest = {
         "version": MANIFEST_VERSION,
         "root": str(data),
@@ -160,7 +187,9 @@ def fingerprint(manifest: dict) -> str:
     """A hash of the classes and of every usable file's path, label, split, size and mtime."""
     h = hashlib.sha256(json.dumps(manifest["classes"]).encode())
     for f in manifest["files"]:
-        h.update(f"{f['path']}\t{f['label']}\t{f['split']}\t{f['bytes']}\t{f['mtime_ns']}\n".encode())
+        h.update(
+            f"{f['path']}\t{f['label']}\t{f['split']}\t{f['bytes']}\t{f['mtime_ns']}\n".encode()
+        )
     return h.hexdigest()[:16]
 
 
@@ -170,14 +199,21 @@ def save_manifest(manifest: dict, run: str | Path) -> Path:
 
 def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
     """Read RUN/manifest.json; with `check_files`, refuse it when the data changed since prep."""
-    manifest = read_json(Path(run) / "manifest.json", "manifest", "run `alexnet prep DATA --run RUN` first")
+    manifest = read_json(
+        Path(run) / "manifest.json", "manifest", "run `alexnet prep DATA --run RUN` first"
+    )
     try:
-        intact = manifest["version"] == MANIFEST_VERSION and fingerprint(manifest) == manifest["fingerprint"]
+        intact = (
+            manifest["version"] == MANIFEST_VERSION
+            and fingerprint(manifest) == manifest["fingerprint"]
+        )
     except (KeyError, TypeError):
         intact = False
     if not intact:
-        raise AlexnetError(f"{run}/manifest.json was edited or comes from another version: "
-                           "rerun `alexnet prep DATA --run RUN`")
+        raise AlexnetError(
+            f"{run}/manifest.json was edited or comes from another version: "
+            "rerun `alexnet prep DATA --run RUN`"
+        )
     if check_files:
         root = Path(manifest["root"])
         for f in manifest["files"]:
@@ -185,11 +221,14 @@ def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
             try:
                 st = p.stat()
             except OSError:
-                raise AlexnetError(f"{p} listed in {run}/manifest.json is gone: the data changed since "
-                                   "prep; rerun `alexnet prep`") from None
+                raise AlexnetError(
+                    f"{p} listed in {run}/manifest.json is gone: the data changed since "
+                    "prep; rerun `alexnet prep`"
+                ) from None
             if (st.st_size, st.st_mtime_ns) != (f["bytes"], f["mtime_ns"]):
-                raise AlexnetError(f"{p} changed since prep (size or modification time): "
-                                   "rerun `alexnet prep`")
+                raise AlexnetError(
+                    f"{p} changed since prep (size or modification time): rerun `alexnet prep`"
+                )
     return manifest
 
 

@@ -16,8 +16,18 @@ from PIL import Image
 from .errors import AlexnetError
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
-CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-           "ankle-boot"]
+CLASSES = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -29,8 +39,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def build(out: str | Path, *, train_per_class: int = 30, val_per_class: int = 10,
-          source: Path = SOURCE) -> Path:
+def build(
+    out: str | Path, *, train_per_class: int = 30, val_per_class: int = 10, source: Path = SOURCE
+) -> Path:
     """Write the subset to `out` (skipped when it is already complete) and return it."""
     out = Path(out)
     marker = out / ".complete"
@@ -38,8 +49,10 @@ def build(out: str | Path, *, train_per_class: int = 30, val_per_class: int = 10
         return out
     images_file = source / "train-images-idx3-ubyte.gz"
     if not images_file.is_file():
-        raise AlexnetError(f"{images_file} is missing: install the demo photos with "
-                           "`apt-get install dataset-fashion-mnist`, or pass --data DIR")
+        raise AlexnetError(
+            f"{images_file} is missing: install the demo photos with "
+            "`apt-get install dataset-fashion-mnist`, or pass --data DIR"
+        )
     images = read_idx(images_file)
     labels = read_idx(source / "train-labels-idx1-ubyte.gz")
     for label, name in enumerate(CLASSES):

@@ -23,7 +23,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise AlexnetError(f"cannot write to {path.parent}: {e.strerror}; choose a writable --run folder") from e
+        raise AlexnetError(
+            f"cannot write to {path.parent}: {e.strerror}; choose a writable --run folder"
+        ) from e
     os.close(fd)
     try:
         write(tmp)

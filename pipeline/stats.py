@@ -22,8 +22,9 @@ STATS_VERSION = 1
 
 @dataclass(frozen=True)
 class Stats:
-    """Mean image (256x256x3), channel mean (3), covariance (3x3), eigenvalues (descending) and
-    eigenvectors (columns), all in 0-255 pixel units, of `count` images of manifest `fingerprint`."""
+    """Statistics of `count` images of the manifest `fingerprint`, in 0-255 pixel units: mean
+    image (256x256x3), channel mean (3), covariance (3x3), eigenvalues (descending) and
+    eigenvectors (columns)."""
 
     mean_image: np.ndarray
     channel_mean: np.ndarray
@@ -76,18 +77,28 @@ class Accumulator:
         eigvecs = eigvecs[:, order]
         largest = eigvecs[np.abs(eigvecs).argmax(axis=0), range(3)]
         eigvecs = eigvecs * np.sign(largest)  # a stable sign: largest component positive
-        return Stats(mean_image, channel_mean, cov, eigvals[order], eigvecs, self.count, fingerprint)
+        return Stats(
+            mean_image, channel_mean, cov, eigvals[order], eigvecs, self.count, fingerprint
+        )
 
 
-def compute_stats(files: list[str], fingerprint: str, *, batch_size: int = 64, device: str = "cpu",
-                  num_threads: int | None = None, progress: bool = True) -> Stats:
+def compute_stats(
+    files: list[str],
+    fingerprint: str,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> Stats:
     """Stream `files` through the prep pipeline and return their statistics."""
     from tqdm import tqdm
 
     if not files:
         raise AlexnetError("no training images to compute statistics from")
-    pipe = prep_pipeline(files, device=device, **pipe_options(device, min(batch_size, len(files)), 0,
-                                                              num_threads))
+    pipe = prep_pipeline(
+        files, device=device, **pipe_options(device, min(batch_size, len(files)), 0, num_threads)
+    )
     acc = Accumulator()
     with tqdm(total=len(files), desc="prep statistics", unit="img", disable=not progress) as bar:
         for (images,) in Loader(pipe, outputs=("images",)):
@@ -98,12 +109,15 @@ def compute_stats(files: list[str], fingerprint: str, *, batch_size: int = 64, d
 
 def save_stats(stats: Stats, run: str | Path) -> Path:
     run = Path(run)
-    arrays = {k: getattr(stats, k) for k in ("mean_image", "channel_mean", "cov", "eigvals", "eigvecs")}
+    arrays = {
+        k: getattr(stats, k) for k in ("mean_image", "channel_mean", "cov", "eigvals", "eigvecs")
+    }
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays, count=stats.count, fingerprint=stats.fingerprint,
-                     version=STATS_VERSION)
+            np.savez(
+                f, **arrays, count=stats.count, fingerprint=stats.fingerprint, version=STATS_VERSION
+            )
 
     write_json(run / "stats.json", stats.summary())
     return atomic_write(run / "stats.npz", write)
@@ -118,22 +132,34 @@ def load_stats(run: str | Path, fingerprint: str) -> Stats:
         with np.load(path) as z:
             if int(z["version"]) != STATS_VERSION:
                 raise AlexnetError(f"{path} comes from another version: rerun `alexnet prep`")
-            stats = Stats(z["mean_image"], z["channel_mean"], z["cov"], z["eigvals"], z["eigvecs"],
-                          int(z["count"]), str(z["fingerprint"]))
+            stats = Stats(
+                z["mean_image"],
+                z["channel_mean"],
+                z["cov"],
+                z["eigvals"],
+                z["eigvecs"],
+                int(z["count"]),
+                str(z["fingerprint"]),
+            )
     except (OSError, KeyError, ValueError) as e:
         raise AlexnetError(f"{path} is unreadable ({e}): rerun `alexnet prep`") from e
     if stats.fingerprint != fingerprint:
-        raise AlexnetError(f"{path} was computed for other data (fingerprint {stats.fingerprint}, "
-                           f"manifest {fingerprint}): rerun `alexnet prep` for this run")
+        raise AlexnetError(
+            f"{path} was computed for other data (fingerprint {stats.fingerprint}, "
+            f"manifest {fingerprint}): rerun `alexnet prep` for this run"
+        )
     return stats
 
 
 def format_summary(stats: Stats) -> str:
     s = stats.summary()
-    lines = [f"images            {s['images']}",
-             f"channel mean RGB  {s['channel_mean_rgb']}",
-             f"channel std RGB   {s['channel_std_rgb']}",
-             f"eigenvalues       {s['eigenvalues']}"]
-    lines += [f"eigenvector {i + 1}     {[row[i] for row in s['eigenvectors_columns']]}"
-              for i in range(3)]
+    lines = [
+        f"images            {s['images']}",
+        f"channel mean RGB  {s['channel_mean_rgb']}",
+        f"channel std RGB   {s['channel_std_rgb']}",
+        f"eigenvalues       {s['eigenvalues']}",
+    ]
+    lines += [
+        f"eigenvector {i + 1}     {[row[i] for row in s['eigenvectors_columns']]}" for i in range(3)
+    ]
     return "\n".join(lines)

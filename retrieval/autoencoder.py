@@ -59,8 +59,9 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         if self.bits % 8 or not 32 <= self.bits <= 256:
-            raise AlexnetError("--bits must be a multiple of 8 between 32 and 256, "
-                               f"got {self.bits}")
+            raise AlexnetError(
+                f"--bits must be a multiple of 8 between 32 and 256, got {self.bits}"
+            )
 
 
 class Binarise(torch.autograd.Function):
@@ -84,13 +85,17 @@ class Autoencoder(nn.Module):
         self.config = config
         h1, h2 = config.hidden
         self.encoder = nn.Sequential(
-            nn.Linear(config.dim, h1), nn.ReLU(),
-            nn.Linear(h1, h2), nn.ReLU(),
+            nn.Linear(config.dim, h1),
+            nn.ReLU(),
+            nn.Linear(h1, h2),
+            nn.ReLU(),
             nn.Linear(h2, config.bits),  # code-layer inputs z; the bits are 1[z > 0]
         )
         self.decoder = nn.Sequential(
-            nn.Linear(config.bits, h2), nn.ReLU(),
-            nn.Linear(h2, h1), nn.ReLU(),
+            nn.Linear(config.bits, h2),
+            nn.ReLU(),
+            nn.Linear(h2, h1),
+            nn.ReLU(),
             nn.Linear(h1, config.dim),  # standardised fc7, linear output
         )
         # the training features' per-dimension mean and std, saved with the weights
@@ -111,7 +116,7 @@ def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.zeros(features.shape[1])
     s2 = np.zeros(features.shape[1])
     for i in range(0, len(features), CHUNK):
-        x = np.asarray(features[i:i + CHUNK], np.float64)
+        x = np.asarray(features[i : i + CHUNK], np.float64)
         s += x.sum(0)
         s2 += (x * x).sum(0)
     mean = s / len(features)
@@ -119,8 +124,9 @@ def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)  # dead units: no 0/0
 
 
-def train_autoencoder(features: np.ndarray, config: AutoencoderConfig = AutoencoderConfig(), *,
-                      progress: bool = True) -> Autoencoder:
+def train_autoencoder(
+    features: np.ndarray, config: AutoencoderConfig = AutoencoderConfig(), *, progress: bool = True
+) -> Autoencoder:
     """Train on float (N, dim) features (memory-mapped is fine); returns the model, in eval mode.
 
     Seeded: the same features and config give the same weights (on the same machine and
@@ -145,7 +151,9 @@ def train_autoencoder(features: np.ndarray, config: AutoencoderConfig = Autoenco
         for _ in range(epochs):
             order = rng.permutation(len(features))
             for b in range(steps):
-                rows = np.sort(order[b * batch:(b + 1) * batch])  # sorted: sequential memmap reads
+                rows = np.sort(
+                    order[b * batch : (b + 1) * batch]
+                )  # sorted: sequential memmap reads
                 x = model.standardise(features[rows])
                 y, z = model(x)
                 loss = nn.functional.mse_loss(y, x)
@@ -155,8 +163,12 @@ def train_autoencoder(features: np.ndarray, config: AutoencoderConfig = Autoenco
                 optimizer.step()
                 bar.update()
                 bar.set_postfix(mse=f"{loss.item():.4f}")
-    log.info("autoencoder: %d steps of %d, last batch reconstruction MSE %.4f", epochs * steps,
-             batch, loss.item())
+    log.info(
+        "autoencoder: %d steps of %d, last batch reconstruction MSE %.4f",
+        epochs * steps,
+        batch,
+        loss.item(),
+    )
     return model.eval()
 
 
@@ -164,7 +176,7 @@ def train_autoencoder(features: np.ndarray, config: AutoencoderConfig = Autoenco
 def _code_bits(model: Autoencoder, features: np.ndarray):
     """Yields (code bits as bool (n, bits), reconstruction squared-error sum) per chunk."""
     for i in range(0, len(features), CHUNK):
-        x = model.standardise(features[i:i + CHUNK])
+        x = model.standardise(features[i : i + CHUNK])
         bits = model.encoder(x) > 0
         err = ((model.decoder(bits.float()) - x) ** 2).sum().item()
         yield bits.numpy(), err
@@ -185,29 +197,38 @@ def report(model: Autoencoder, features: np.ndarray) -> dict:
         on += bits.sum(0)
         err += e
     balance = on / len(features)
-    return {"images": len(features),
-            "bit_balance": np.round(balance, 4).tolist(),
-            "bits_always_on_or_off": int(((balance == 0) | (balance == 1)).sum()),
-            "mean_abs_balance_offset": float(np.abs(balance - 0.5).mean()),
-            "reconstruction_mse": err / (len(features) * features.shape[1])}
+    return {
+        "images": len(features),
+        "bit_balance": np.round(balance, 4).tolist(),
+        "bits_always_on_or_off": int(((balance == 0) | (balance == 1)).sum()),
+        "mean_abs_balance_offset": float(np.abs(balance - 0.5).mean()),
+        "reconstruction_mse": err / (len(features) * features.shape[1]),
+    }
 
 
 def autoencoder_state(model: Autoencoder, **extra) -> dict:
     """The dict saved as RUN/index/autoencoder.pt: version, config, weights, and `extra`."""
-    return {"version": AUTOENCODER_VERSION, "config": asdict(model.config),
-            "model": model.state_dict(), **extra}
+    return {
+        "version": AUTOENCODER_VERSION,
+        "config": asdict(model.config),
+        "model": model.state_dict(),
+        **extra,
+    }
 
 
 def model_from_state(state: dict) -> Autoencoder:
     names = {f.name for f in fields(AutoencoderConfig)}
-    config = AutoencoderConfig(**{k: tuple(v) if k == "hidden" else v
-                                  for k, v in state["config"].items() if k in names})
+    config = AutoencoderConfig(
+        **{k: tuple(v) if k == "hidden" else v for k, v in state["config"].items() if k in names}
+    )
     model = Autoencoder(config)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
-        raise AlexnetError(f"the autoencoder's weights do not fit its config ({e}): rebuild with "
-                           "`alexnet index --run RUN`") from e
+        raise AlexnetError(
+            f"the autoencoder's weights do not fit its config ({e}): rebuild with "
+            "`alexnet index --run RUN`"
+        ) from e
     return model.eval()
 
 
@@ -220,8 +241,10 @@ def load_autoencoder(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise AlexnetError(f"{path} is not a readable autoencoder ({type(e).__name__}): "
-                           "rebuild with `alexnet index --run RUN`") from e
+        raise AlexnetError(
+            f"{path} is not a readable autoencoder ({type(e).__name__}): "
+            "rebuild with `alexnet index --run RUN`"
+        ) from e
     if not isinstance(state, dict) or state.get("version") != AUTOENCODER_VERSION:
         raise AlexnetError(f"{path} comes from another version: rebuild with `alexnet index`")
     return state

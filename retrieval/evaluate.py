@@ -62,18 +62,20 @@ def rank_by(distances: np.ndarray, tie_order: np.ndarray) -> np.ndarray:
 
 
 def squared_l2(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    return ((queries**2).sum(1)[:, None] - 2 * queries @ database.T + (database**2).sum(1)[None])
+    return (queries**2).sum(1)[:, None] - 2 * queries @ database.T + (database**2).sum(1)[None]
 
 
-def pixel_vectors(files: list[str], size: int = 32, *, batch_size: int = 32,
-                  num_threads: int | None = None) -> np.ndarray:
+def pixel_vectors(
+    files: list[str], size: int = 32, *, batch_size: int = 32, num_threads: int | None = None
+) -> np.ndarray:
     """float32 (n, size*size*3): the prep pipeline's 256x256 centre patches, area-averaged."""
     if SIZE % size:
         raise AlexnetError(f"--pixel-size must divide {SIZE}, got {size}")
     f = SIZE // size
     device = default_device()
-    pipe = prep_pipeline(files, device=device,
-                         **pipe_options(device, min(batch_size, len(files)), 0, num_threads))
+    pipe = prep_pipeline(
+        files, device=device, **pipe_options(device, min(batch_size, len(files)), 0, num_threads)
+    )
     out = []
     for (images,) in Loader(pipe, outputs=("images",)):
         x = images.cpu().numpy().astype(np.float32).reshape(len(images), size, f, size, f, 3)
@@ -87,16 +89,25 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def evaluate_retrieval(ri: RunIndex, *, k: int = 10, rerank_top: int = 100, pixel_size: int = 32,
-                       max_queries: int | None = None, seed: int = 0,
-                       progress: bool = True) -> dict:
+def evaluate_retrieval(
+    ri: RunIndex,
+    *,
+    k: int = 10,
+    rerank_top: int = 100,
+    pixel_size: int = 32,
+    max_queries: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Precision@k, mAP, bytes per image and query time of the four modes (module docstring)."""
     net: Network = ri.net
     db_files, db_labels = split_files(net.manifest, "train")
     q_files, q_labels = split_files(net.manifest, "val")
     if not q_files:
-        raise AlexnetError("the run has no validation images to use as queries: "
-                           "rerun `alexnet prep` with --val-fraction above 0")
+        raise AlexnetError(
+            "the run has no validation images to use as queries: "
+            "rerun `alexnet prep` with --val-fraction above 0"
+        )
     rng = np.random.default_rng(seed)
     if max_queries and len(q_files) > max_queries:
         keep = np.sort(rng.choice(len(q_files), max_queries, replace=False))
@@ -110,8 +121,13 @@ def evaluate_retrieval(ri: RunIndex, *, k: int = 10, rerank_top: int = 100, pixe
     q_fc7 = query_features(net, q_files, progress=progress)
     q_codes = ae.encode(ri.autoencoder, q_fc7)
     db_fc7 = np.asarray(ri.features, np.float32)
-    log.info("raw pixels at %dx%d of %d training and %d validation images", pixel_size, pixel_size,
-             n, len(q_files))
+    log.info(
+        "raw pixels at %dx%d of %d training and %d validation images",
+        pixel_size,
+        pixel_size,
+        n,
+        len(q_files),
+    )
     threads = net.config.num_threads
     db_pix = pixel_vectors(db_files, pixel_size, num_threads=threads)
     q_pix = pixel_vectors(q_files, pixel_size, num_threads=threads)
@@ -129,8 +145,12 @@ def evaluate_retrieval(ri: RunIndex, *, k: int = 10, rerank_top: int = 100, pixe
         "pixels_euclidean": _timed(lambda: pix_index.search(q_pix, k))[0],
     }
     code_bytes = ri.codes.shape[1]
-    bytes_per_image = {"hamming": code_bytes, "hamming+rerank": code_bytes + 2 * DIM,
-                       "fc7_euclidean": 4 * DIM, "pixels_euclidean": 4 * db_pix.shape[1]}
+    bytes_per_image = {
+        "hamming": code_bytes,
+        "hamming+rerank": code_bytes + 2 * DIM,
+        "fc7_euclidean": 4 * DIM,
+        "pixels_euclidean": 4 * db_pix.shape[1],
+    }
 
     precision = {m: [] for m in times}
     aps = {m: [] for m in times}
@@ -149,27 +169,44 @@ def evaluate_retrieval(ri: RunIndex, *, k: int = 10, rerank_top: int = 100, pixe
             precision[mode].append(relevant[:, :k].mean(1))
             aps[mode].append(average_precision(relevant))
 
-    modes = {m: {f"precision_at_{k}": float(np.concatenate(precision[m]).mean()),
-                 "map": float(np.concatenate(aps[m]).mean()),
-                 "bytes_per_image": int(bytes_per_image[m]),
-                 "query_ms": 1000 * times[m] / len(q_files)} for m in times}
-    return {"checkpoint": str(net.checkpoint), "queries": len(q_files), "database": n, "k": k,
-            "bits": int(code_bytes * 8), "rerank": rerank_top, "pixel_size": pixel_size,
-            "index": ri.meta.get("kind"), "chance_precision": float(np.mean(
-                [np.mean(db_labels == c) for c in q_labels])), "modes": modes}
+    modes = {
+        m: {
+            f"precision_at_{k}": float(np.concatenate(precision[m]).mean()),
+            "map": float(np.concatenate(aps[m]).mean()),
+            "bytes_per_image": int(bytes_per_image[m]),
+            "query_ms": 1000 * times[m] / len(q_files),
+        }
+        for m in times
+    }
+    return {
+        "checkpoint": str(net.checkpoint),
+        "queries": len(q_files),
+        "database": n,
+        "k": k,
+        "bits": int(code_bytes * 8),
+        "rerank": rerank_top,
+        "pixel_size": pixel_size,
+        "index": ri.meta.get("kind"),
+        "chance_precision": float(np.mean([np.mean(db_labels == c) for c in q_labels])),
+        "modes": modes,
+    }
 
 
 def format_table(result: dict) -> str:
     k = result["k"]
-    lines = [f"{result['queries']} validation queries against {result['database']} training "
-             "images; "
-             f"{result['bits']}-bit codes, re-rank top {result['rerank']}, pixels at "
-             f"{result['pixel_size']}x{result['pixel_size']}; chance precision "
-             f"{result['chance_precision']:.3f}",
-             f"{'mode':18}{f'P@{k}':>8}{'mAP':>8}{'bytes/img':>11}{'ms/query':>10}"]
+    lines = [
+        f"{result['queries']} validation queries against {result['database']} training "
+        "images; "
+        f"{result['bits']}-bit codes, re-rank top {result['rerank']}, pixels at "
+        f"{result['pixel_size']}x{result['pixel_size']}; chance precision "
+        f"{result['chance_precision']:.3f}",
+        f"{'mode':18}{f'P@{k}':>8}{'mAP':>8}{'bytes/img':>11}{'ms/query':>10}",
+    ]
     for mode, r in result["modes"].items():
-        lines.append(f"{mode:18}{r[f'precision_at_{k}']:8.3f}{r['map']:8.3f}{r['bytes_per_image']:11d}"
-                     f"{r['query_ms']:10.3f}")
+        lines.append(
+            f"{mode:18}{r[f'precision_at_{k}']:8.3f}{r['map']:8.3f}{r['bytes_per_image']:11d}"
+            f"{r['query_ms']:10.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -24,8 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from alexnet.model.checkpoint import load_checkpoint
-from alexnet.model.train import (TrainConfig, World, autocast, build_model, config_from_dict,
-                                 eval_loader)
+from alexnet.model.train import (
+    TrainConfig,
+    World,
+    autocast,
+    build_model,
+    config_from_dict,
+    eval_loader,
+)
 from alexnet.pipeline.dali import Loader, default_device, eval_pipeline, pipe_options
 from alexnet.pipeline.dataset import EXTENSIONS, check_image, load_manifest, split_files
 from alexnet.pipeline.errors import AlexnetError
@@ -87,10 +93,15 @@ def load_network(run: str | Path, checkpoint: str | Path | None = None) -> Netwo
     saved = load_checkpoint(path)
     classes = manifest["classes"]
     if saved.get("num_classes") != len(classes) or saved.get("classes") != classes:
-        raise AlexnetError(f"{path} was trained on other classes than {run}/manifest.json: "
-                           "pass a checkpoint of this run")
-    device = torch.device("cuda", torch.cuda.current_device()) if default_device() == "gpu" \
+        raise AlexnetError(
+            f"{path} was trained on other classes than {run}/manifest.json: "
+            "pass a checkpoint of this run"
+        )
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if default_device() == "gpu"
         else torch.device("cpu")
+    )
     world = World(device=device)
     config = config_from_dict(saved["config"])
     model = build_model(config, len(manifest["classes"]), world)
@@ -127,12 +138,16 @@ def features_current(run: str | Path, source: dict) -> bool:
         shape = np.load(path, mmap_mode="r").shape
     except (AlexnetError, OSError, ValueError):
         return False
-    return (meta.get("version") == FEATURES_VERSION and meta.get("source") == source
-            and shape == (meta.get("count"), DIM))
+    return (
+        meta.get("version") == FEATURES_VERSION
+        and meta.get("source") == source
+        and shape == (meta.get("count"), DIM)
+    )
 
 
-def extract_features(net: Network, run: str | Path, *, batch_size: int = 64,
-                     progress: bool = True) -> Path:
+def extract_features(
+    net: Network, run: str | Path, *, batch_size: int = 64, progress: bool = True
+) -> Path:
     """fc7 of every training image, in manifest order -> RUN/index/features.f16.npy."""
     from tqdm import tqdm
 
@@ -147,7 +162,7 @@ def extract_features(net: Network, run: str | Path, *, batch_size: int = 64,
         done = 0
         with tqdm(total=len(files), desc="fc7 features", unit="img", disable=not progress) as bar:
             for h in fc7_batches(net, loader):
-                out[done:done + len(h)] = to_float16(h)
+                out[done : done + len(h)] = to_float16(h)
                 done += len(h)
                 bar.update(len(h))
         if done != len(files):
@@ -156,8 +171,16 @@ def extract_features(net: Network, run: str | Path, *, batch_size: int = 64,
         del out
 
     atomic_write(path, write)
-    write_json(sidecar, {"version": FEATURES_VERSION, "source": net.source, "count": len(files),
-                         "dim": DIM, "dtype": "float16"})
+    write_json(
+        sidecar,
+        {
+            "version": FEATURES_VERSION,
+            "source": net.source,
+            "count": len(files),
+            "dim": DIM,
+            "dtype": "float16",
+        },
+    )
     log.info("fc7 features of %d training images: %s", len(files), path)
     return path
 
@@ -175,8 +198,11 @@ def image_files(paths: Sequence[str | Path]) -> list[str]:
     files: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file()
-                           and f.suffix.lower() in EXTENSIONS and not f.name.startswith("."))
+            found = sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
+            )
             if not found:
                 raise AlexnetError(f"{p} holds no images ({', '.join(sorted(EXTENSIONS))})")
             files += found
@@ -193,8 +219,9 @@ def image_files(paths: Sequence[str | Path]) -> list[str]:
     return files
 
 
-def query_features(net: Network, files: Sequence[str], *, batch_size: int = 32,
-                   progress: bool = False) -> np.ndarray:
+def query_features(
+    net: Network, files: Sequence[str], *, batch_size: int = 32, progress: bool = False
+) -> np.ndarray:
     """float32 (len(files), 4096) fc7 vectors through the evaluation centre crop, batched.
 
     Rounded through float16 like the stored features, so a training image queried against
@@ -205,11 +232,21 @@ def query_features(net: Network, files: Sequence[str], *, batch_size: int = 32,
     if not files:
         return np.zeros((0, DIM), np.float32)
     device = "gpu" if net.world.device.type == "cuda" else "cpu"
-    pipe = eval_pipeline(list(files), [0] * len(files), net.stats.mean(net.config.mean),
-                         device=device, ten_crop=False,
-                         **pipe_options(device, min(batch_size, len(files)), net.config.seed,
-                                        net.config.num_threads))
+    pipe = eval_pipeline(
+        list(files),
+        [0] * len(files),
+        net.stats.mean(net.config.mean),
+        device=device,
+        ten_crop=False,
+        **pipe_options(
+            device, min(batch_size, len(files)), net.config.seed, net.config.num_threads
+        ),
+    )
     loader = Loader(pipe, torch_device=net.world.device)
-    out = [to_float16(h) for h in tqdm(fc7_batches(net, loader), desc="query fc7", unit="batch",
-                                       disable=not progress)]
+    out = [
+        to_float16(h)
+        for h in tqdm(
+            fc7_batches(net, loader), desc="query fc7", unit="batch", disable=not progress
+        )
+    ]
     return np.concatenate(out).astype(np.float32)

@@ -35,8 +35,15 @@ from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, read_json, write_json
 
 from . import autoencoder as ae
-from .features import (Network, checkpoint_identity, extract_features, features_current,
-                       features_path, index_dir, load_features)
+from .features import (
+    Network,
+    checkpoint_identity,
+    extract_features,
+    features_current,
+    features_path,
+    index_dir,
+    load_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +67,9 @@ def hamming(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return POPCOUNT[queries[:, None, :] ^ codes[None, :, :]].sum(-1, dtype=np.int32)
 
 
-def build_index(codes: np.ndarray, *, kind: str = "auto",
-                approx_threshold: int = APPROX_THRESHOLD) -> faiss.IndexBinary:
+def build_index(
+    codes: np.ndarray, *, kind: str = "auto", approx_threshold: int = APPROX_THRESHOLD
+) -> faiss.IndexBinary:
     """A CPU binary index over packed uint8 codes (N, bits / 8); ids 0..N-1 in row order."""
     if codes.dtype != np.uint8 or codes.ndim != 2:
         raise ValueError(f"codes must be a 2-d uint8 array, got {codes.dtype} {codes.shape}")
@@ -108,8 +116,9 @@ def search(index: faiss.IndexBinary, queries: np.ndarray, k: int) -> tuple[np.nd
     return D.astype(np.int32), I.astype(np.int64)
 
 
-def rerank(features: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
-           k: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank(
+    features: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-order each row of `candidates` by Euclidean distance of float features; keep k.
 
     `features` is the (memory-mapped) database, `queries` the float query vectors; ids < 0
@@ -122,12 +131,13 @@ def rerank(features: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
         ids = np.sort(ids[ids >= 0])  # sorted: sequential reads from the memory map
         d = np.sqrt(((np.asarray(features[ids], np.float32) - x) ** 2).sum(1))
         best = np.argsort(d, kind="stable")[:k]
-        D[q, :len(best)], I[q, :len(best)] = d[best], ids[best]
+        D[q, : len(best)], I[q, : len(best)] = d[best], ids[best]
     return D, I
 
 
-def measure_recall(index: faiss.IndexBinary, codes: np.ndarray, *, k: int = 10,
-                   sample: int = 1000, seed: int = 0) -> float:
+def measure_recall(
+    index: faiss.IndexBinary, codes: np.ndarray, *, k: int = 10, sample: int = 1000, seed: int = 0
+) -> float:
     """Recall@k of `index` against exact search, on a sample of the database as queries.
 
     Tie-aware: with short codes many images share a distance, so a result counts as found
@@ -198,8 +208,11 @@ def index_problem(run: str | Path, source: dict) -> str | None:
         return "built for another manifest (the data changed since)"
     if meta.get("source") != source:
         return f"built from another checkpoint ({meta['source'].get('checkpoint')})"
-    for path, key in ((autoencoder_path(run), "autoencoder"), (codes_path(run), "codes"),
-                      (index_path(run), "index")):
+    for path, key in (
+        (autoencoder_path(run), "autoencoder"),
+        (codes_path(run), "codes"),
+        (index_path(run), "index"),
+    ):
         if not path.is_file() or file_identity(path) != meta.get(key):
             return f"{path.name} is missing or was rewritten after the index"
     if not features_current(run, source):
@@ -207,9 +220,16 @@ def index_problem(run: str | Path, source: dict) -> str | None:
     return None
 
 
-def build_run_index(net: Network, run: str | Path, *, bits: int | None = None,
-                    approx_threshold: int = APPROX_THRESHOLD, batch_size: int = 64,
-                    ae_config: ae.AutoencoderConfig | None = None, progress: bool = True) -> dict:
+def build_run_index(
+    net: Network,
+    run: str | Path,
+    *,
+    bits: int | None = None,
+    approx_threshold: int = APPROX_THRESHOLD,
+    batch_size: int = 64,
+    ae_config: ae.AutoencoderConfig | None = None,
+    progress: bool = True,
+) -> dict:
     """Features, autoencoder, codes and index of RUN, each step skipped when already current.
 
     `bits` None keeps a current autoencoder of any width (else trains the default 64).
@@ -235,10 +255,15 @@ def build_run_index(net: Network, run: str | Path, *, bits: int | None = None,
         ae.save_autoencoder(state, autoencoder_path(run))
         retrained = True
         r = state["report"]
-        log.info("autoencoder (%d bits): reconstruction MSE %.4f (standardised; 1.0 = the mean); "
-                 "bits on: min %.2f, max %.2f of images; %d bits constant",
-                 config.bits, r["reconstruction_mse"], min(r["bit_balance"]),
-                 max(r["bit_balance"]), r["bits_always_on_or_off"])
+        log.info(
+            "autoencoder (%d bits): reconstruction MSE %.4f (standardised; 1.0 = the mean); "
+            "bits on: min %.2f, max %.2f of images; %d bits constant",
+            config.bits,
+            r["reconstruction_mse"],
+            min(r["bit_balance"]),
+            max(r["bit_balance"]),
+            r["bits_always_on_or_off"],
+        )
 
     if not retrained and index_problem(run, source) is None:
         meta = read_json(index_path(run).with_suffix(".json"), "index description", "")
@@ -250,17 +275,31 @@ def build_run_index(net: Network, run: str | Path, *, bits: int | None = None,
     save_codes(codes, codes_path(run))
     start = time.perf_counter()
     index = build_index(codes, approx_threshold=approx_threshold)
-    meta = {"version": INDEX_VERSION, "source": source, "kind": index_kind(index),
-            "count": int(index.ntotal), "bits": int(codes.shape[1] * 8),
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "recall_at_10": 1.0 if index_kind(index) == "flat" else measure_recall(index, codes),
-            "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"}}
+    meta = {
+        "version": INDEX_VERSION,
+        "source": source,
+        "kind": index_kind(index),
+        "count": int(index.ntotal),
+        "bits": int(codes.shape[1] * 8),
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "recall_at_10": 1.0 if index_kind(index) == "flat" else measure_recall(index, codes),
+        "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
+    }
     atomic_write(index_path(run), lambda tmp: faiss.write_index_binary(index, tmp))
-    meta.update(autoencoder=file_identity(autoencoder_path(run)),
-                codes=file_identity(codes_path(run)), index=file_identity(index_path(run)))
+    meta.update(
+        autoencoder=file_identity(autoencoder_path(run)),
+        codes=file_identity(codes_path(run)),
+        index=file_identity(index_path(run)),
+    )
     write_json(index_path(run).with_suffix(".json"), meta)
-    log.info("%s index of %d %d-bit codes (recall@10 %.3f): %s", meta["kind"], meta["count"],
-             meta["bits"], meta["recall_at_10"], index_path(run))
+    log.info(
+        "%s index of %d %d-bit codes (recall@10 %.3f): %s",
+        meta["kind"],
+        meta["count"],
+        meta["bits"],
+        meta["recall_at_10"],
+        index_path(run),
+    )
     return meta
 
 
@@ -283,11 +322,13 @@ class RunIndex:
         if k < 1:
             raise AlexnetError(f"-k must be at least 1, got {k}")
         if k > self.index.ntotal:
-            raise AlexnetError(f"-k {k} is larger than the database ({self.index.ntotal} training "
-                               "images)")
+            raise AlexnetError(
+                f"-k {k} is larger than the database ({self.index.ntotal} training images)"
+            )
 
-    def query(self, vectors: np.ndarray, k: int,
-              rerank_top: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def query(
+        self, vectors: np.ndarray, k: int, rerank_top: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Float fc7 query vectors -> (D, I) of the k best training images.
 
         - rerank_top 0: D are Hamming distances between the codes.
@@ -307,14 +348,18 @@ def open_run_index(net: Network, run: str | Path) -> RunIndex:
     run = Path(run)
     problem = index_problem(run, net.source)
     if problem:
-        raise AlexnetError(f"the index in {index_dir(run)} is stale or incomplete ({problem}): "
-                           f"rebuild it with `alexnet index --run {run}`")
+        raise AlexnetError(
+            f"the index in {index_dir(run)} is stale or incomplete ({problem}): "
+            f"rebuild it with `alexnet index --run {run}`"
+        )
     try:
         index = faiss.read_index_binary(str(index_path(run)))
     except RuntimeError as e:
-        raise AlexnetError(f"{index_path(run)} is unreadable: rebuild it with `alexnet index "
-                           f"--run {run}`") from e
+        raise AlexnetError(
+            f"{index_path(run)} is unreadable: rebuild it with `alexnet index --run {run}`"
+        ) from e
     meta = read_json(index_path(run).with_suffix(".json"), "index description", "")
     model = ae.model_from_state(ae.load_autoencoder(autoencoder_path(run)))
-    return RunIndex(net, model, np.load(codes_path(run)),
-                    index, to_device(index), load_features(run), meta)
+    return RunIndex(
+        net, model, np.load(codes_path(run)), index, to_device(index), load_features(run), meta
+    )

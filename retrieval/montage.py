@@ -31,8 +31,15 @@ def make_montage(rows: Sequence[dict], path: str | Path, *, tile: int = 128) -> 
     for r, row in enumerate(rows):
         y = PAD + r * (tile + CAPTION + PAD)
         cells = [(row["query"], "query", Path(row["query"]).name[:18], "#1f5fbf")]
-        cells += [(res["path"], str(res["class"])[:18], f"#{i + 1}  d={_number(res['distance'])}",
-                   "#999999") for i, res in enumerate(row["results"])]
+        cells += [
+            (
+                res["path"],
+                str(res["class"])[:18],
+                f"#{i + 1}  d={_number(res['distance'])}",
+                "#999999",
+            )
+            for i, res in enumerate(row["results"])
+        ]
         for c, (image, line1, line2, colour) in enumerate(cells):
             x = PAD + c * (tile + PAD)
             sheet.paste(_tile(image, tile), (x, y))

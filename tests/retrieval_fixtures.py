@@ -40,8 +40,9 @@ def make_images(root: Path, per_class: int = 6) -> Path:
     for label, name in enumerate(CLASSES):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(class_image(label, 100 * label + i)).save(root / name / f"{i}.jpg",
-                                                                    quality=90)
+            Image.fromarray(class_image(label, 100 * label + i)).save(
+                root / name / f"{i}.jpg", quality=90
+            )
     return root
 
 
@@ -50,8 +51,12 @@ def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
     manifest = dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False)
     dataset.save_manifest(manifest, run)
     files, _ = dataset.split_files(manifest, "train")
-    stats.save_stats(stats.compute_stats(files, manifest["fingerprint"], batch_size=8,
-                                         num_threads=1, progress=False), run)
+    stats.save_stats(
+        stats.compute_stats(
+            files, manifest["fingerprint"], batch_size=8, num_threads=1, progress=False
+        ),
+        run,
+    )
     save_untrained_checkpoint(run, manifest, seed=seed)
     return run
 
@@ -63,11 +68,17 @@ def save_untrained_checkpoint(run: Path, manifest: dict, *, seed: int = 0) -> No
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()
-    state = {"model": model.state_dict(),
-             "optimizer": torch.optim.SGD(model.parameters(), lr=0.01).state_dict(),
-             "schedule": {"best": None, "bad_epochs": 0, "drops": 0}, "epoch": 1, "step": 0,
-             "config": asdict(config), "num_classes": len(manifest["classes"]),
-             "classes": manifest["classes"], "fingerprint": manifest["fingerprint"],
-             "rng": {"torch": torch.get_rng_state()}}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01).state_dict(),
+        "schedule": {"best": None, "bad_epochs": 0, "drops": 0},
+        "epoch": 1,
+        "step": 0,
+        "config": asdict(config),
+        "num_classes": len(manifest["classes"]),
+        "classes": manifest["classes"],
+        "fingerprint": manifest["fingerprint"],
+        "rng": {"torch": torch.get_rng_state()},
+    }
     for name in ("best.pt", "last.pt"):
         save_checkpoint(run / "checkpoints" / name, state)

@@ -37,7 +37,8 @@ def test_prep_reports_planted_bad_files_and_keeps_the_rest(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (40, 50, 4), dtype=np.uint8)).save(cls / "alpha.png")
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).convert("CMYK").save(
-        cls / "cmyk.jpg")
+        cls / "cmyk.jpg"
+    )
     Image.fromarray(rng.integers(0, 255, (1, 1, 3), dtype=np.uint8)).save(cls / "one.jpg")
     result = invoke("prep", data, "--run", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -47,12 +48,17 @@ def test_prep_reports_planted_bad_files_and_keeps_the_rest(tmp_path):
     assert (tmp_path / "run" / "stats.npz").is_file()
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: p, "is not a folder"),
-    (lambda p: p.mkdir() or p, "has no class folders"),
-    (lambda p: (p / "a").mkdir(parents=True) or (p / "a" / "x.jpg").write_text("x") and p,
-     "no usable images"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p, "is not a folder"),
+        (lambda p: p.mkdir() or p, "has no class folders"),
+        (
+            lambda p: (p / "a").mkdir(parents=True) or (p / "a" / "x.jpg").write_text("x") and p,
+            "no usable images",
+        ),
+    ],
+)
 def test_prep_bad_trees_exit_2_without_traceback(tmp_path, setup, message):
     result = invoke("prep", setup(tmp_path / "data"), "--run", tmp_path / "run")
     assert result.exit_code == 2
@@ -84,9 +90,23 @@ def test_missing_demo_photos_are_a_clear_error(tmp_path):
 def test_installed_script_runs_the_demo_chain(tmp_path):
     data = make_images(tmp_path / "data", classes=2, train=4, val=2)
     script = Path(sys.executable).with_name("alexnet")
-    done = subprocess.run([str(script), "demo", "--data", str(data), "--run", str(tmp_path / "run"),
-                           "--epochs", "1", "--batch-size", "4"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            str(script),
+            "demo",
+            "--data",
+            str(data),
+            "--run",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "10-crop: top-1 error" in done.stdout
     assert "learning curve:" in done.stdout and "query:" in done.stdout

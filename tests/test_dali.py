@@ -70,7 +70,7 @@ def centred(patch: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 def crop_hwc(img: np.ndarray, x: int, y: int, mirror: bool) -> np.ndarray:
-    out = img[y:y + CROP, x:x + CROP]
+    out = img[y : y + CROP, x : x + CROP]
     return out[:, ::-1] if mirror else out
 
 
@@ -78,13 +78,15 @@ def crop_hwc(img: np.ndarray, x: int, y: int, mirror: bool) -> np.ndarray:
 
 
 @pytest.mark.parametrize("mode", ["image", "channel"])
-def test_train_output_is_mirrored_crop_of_centred_patch_plus_lighting(files, patches, lighting,
-                                                                      mode):
+def test_train_output_is_mirrored_crop_of_centred_patch_plus_lighting(
+    files, patches, lighting, mode
+):
     eigvecs, eigvals = lighting
     mean = MEANS[mode]
     labels = list(range(len(files)))  # label = index, to find each output's patch
-    pipe = train_pipeline(files, labels, mean, eigvecs, eigvals, device="cpu", debug=True,
-                          **opts(5, seed=11))
+    pipe = train_pipeline(
+        files, labels, mean, eigvecs, eigvals, device="cpu", debug=True, **opts(5, seed=11)
+    )
     images, labs, offsets, mirrors, alphas = run(pipe, DEBUG_OUTPUTS)
     assert images.shape == (len(files), 3, CROP, CROP) and images.dtype == np.float32
     assert sorted(labs.tolist()) == labels  # one pass: every image once
@@ -110,8 +112,16 @@ def test_train_output_is_mirrored_crop_of_centred_patch_plus_lighting(files, pat
 def test_train_augmentation_statistics_over_many_reads(files, lighting):
     """40 passes over 12 photos: 480 draws each of x, y, mirror, and 1440 of alpha."""
     eigvecs, eigvals = lighting
-    pipe = train_pipeline(files, list(range(len(files))), MEANS["channel"], eigvecs, eigvals,
-                          device="cpu", debug=True, **opts(12, seed=5))
+    pipe = train_pipeline(
+        files,
+        list(range(len(files))),
+        MEANS["channel"],
+        eigvecs,
+        eigvals,
+        device="cpu",
+        debug=True,
+        **opts(12, seed=5),
+    )
     loader = Loader(pipe, outputs=DEBUG_OUTPUTS)
     labels, offsets, mirrors, alphas = [], [], [], []
     for _ in range(40):
@@ -142,8 +152,16 @@ def test_same_seed_same_batches_other_seed_other_batches(files, lighting):
     eigvecs, eigvals = lighting
 
     def epoch(seed, debug=True):
-        pipe = train_pipeline(files, list(range(len(files))), MEANS["image"], eigvecs, eigvals,
-                              device="cpu", debug=debug, **opts(4, seed=seed))
+        pipe = train_pipeline(
+            files,
+            list(range(len(files))),
+            MEANS["image"],
+            eigvecs,
+            eigvals,
+            device="cpu",
+            debug=debug,
+            **opts(4, seed=seed),
+        )
         return run(pipe, DEBUG_OUTPUTS if debug else ("images", "labels"))
 
     a, b, c = epoch(7), epoch(7), epoch(8)
@@ -160,8 +178,17 @@ def test_same_seed_same_batches_other_seed_other_batches(files, lighting):
 
 def test_lighting_std_zero_gives_the_plain_crop(files, patches, lighting):
     eigvecs, eigvals = lighting
-    pipe = train_pipeline(files[:4], list(range(4)), MEANS["channel"], eigvecs, eigvals,
-                          device="cpu", lighting_std=0.0, debug=True, **opts(4))
+    pipe = train_pipeline(
+        files[:4],
+        list(range(4)),
+        MEANS["channel"],
+        eigvecs,
+        eigvals,
+        device="cpu",
+        lighting_std=0.0,
+        debug=True,
+        **opts(4),
+    )
     images, labs, offsets, mirrors, alphas = run(pipe, DEBUG_OUTPUTS)
     assert np.all(alphas == 0)
     for out, label, (x, y), m in zip(images, labs, offsets.astype(int), mirrors, strict=True):
@@ -200,8 +227,12 @@ def test_eval_ten_crops_are_corners_centre_and_mirrors(files, patches, mode):
     for out, label in zip(images, labs, strict=True):
         img = centred(patches[label], mean)
         for k, (m, (x, y)) in enumerate([(m, p) for m in (False, True) for p in positions]):
-            np.testing.assert_allclose(out[k].transpose(1, 2, 0), crop_hwc(img, x, y, m),
-                                       atol=ATOL, err_msg=f"image {label} crop {k}")
+            np.testing.assert_allclose(
+                out[k].transpose(1, 2, 0),
+                crop_hwc(img, x, y, m),
+                atol=ATOL,
+                err_msg=f"image {label} crop {k}",
+            )
         # the 10 crops are distinct views
         assert min(np.abs(out[i] - out[j]).mean() for i in range(10) for j in range(i)) > 1
 
@@ -222,8 +253,16 @@ def test_eval_two_shards_cover_every_image_once(files, patches, ten_crop):
     n = 7
     seen, images = [], {}
     for shard in (0, 1):
-        pipe = eval_pipeline(files[:n], list(range(n)), MEANS["channel"], device="cpu",
-                             ten_crop=ten_crop, shard_id=shard, num_shards=2, **opts(3))
+        pipe = eval_pipeline(
+            files[:n],
+            list(range(n)),
+            MEANS["channel"],
+            device="cpu",
+            ten_crop=ten_crop,
+            shard_id=shard,
+            num_shards=2,
+            **opts(3),
+        )
         out, labs = run(pipe)
         assert len(out) == len(labs) > 0
         seen += labs.tolist()
@@ -240,11 +279,19 @@ def test_eval_two_shards_cover_every_image_once(files, patches, ten_crop):
 def test_loader_size_is_what_one_pass_yields(files, lighting, kind):
     n = 7
     if kind == "train":
-        pipe = train_pipeline(files[:n], list(range(n)), MEANS["channel"], *lighting,
-                              device="cpu", **opts(3))
+        pipe = train_pipeline(
+            files[:n], list(range(n)), MEANS["channel"], *lighting, device="cpu", **opts(3)
+        )
     else:
-        pipe = eval_pipeline(files[:n], list(range(n)), MEANS["channel"], device="cpu",
-                             shard_id=0, num_shards=2, **opts(3))
+        pipe = eval_pipeline(
+            files[:n],
+            list(range(n)),
+            MEANS["channel"],
+            device="cpu",
+            shard_id=0,
+            num_shards=2,
+            **opts(3),
+        )
     loader = Loader(pipe)
     yielded = sum(len(lab) for _, lab in loader)
     assert loader.size == yielded

@@ -197,12 +197,25 @@ def test_bad_files_are_skipped_with_a_reason_and_odd_modes_are_kept(tmp_path, re
 
     m = run_scan(data, val_fraction=0.0)
     assert m["classes"] == ["bad", "good"]
-    assert sorted(by_path(m)) == ["bad/ok.png", "good/cmyk.jpg", "good/exactly 16.png",
-                                  "good/grey.jpg", "good/palette.png", "good/rgb.jpg",
-                                  "good/rgba.png"]
+    assert sorted(by_path(m)) == [
+        "bad/ok.png",
+        "good/cmyk.jpg",
+        "good/exactly 16.png",
+        "good/grey.jpg",
+        "good/palette.png",
+        "good/rgb.jpg",
+        "good/rgba.png",
+    ]
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
-    assert sorted(reasons) == ["bad/notes.txt", "bad/text.jpg", "bad/thin.png", "bad/tiny.png",
-                               "bad/truncated.jpg", "bad/zero.jpg", "stray.jpg"]
+    assert sorted(reasons) == [
+        "bad/notes.txt",
+        "bad/text.jpg",
+        "bad/thin.png",
+        "bad/tiny.png",
+        "bad/truncated.jpg",
+        "bad/zero.jpg",
+        "stray.jpg",
+    ]
     assert reasons["bad/zero.jpg"] == "empty file"
     assert reasons["bad/truncated.jpg"].startswith("corrupt or truncated")
     assert reasons["bad/text.jpg"].startswith("not an image")
@@ -306,8 +319,10 @@ def test_fingerprint_tracks_the_files(class_tree):
     changed = run_scan(class_tree, val_fraction=0.3)
     assert changed["fingerprint"] != m["fingerprint"]
     target.unlink()
-    assert run_scan(class_tree, val_fraction=0.3)["fingerprint"] not in (m["fingerprint"],
-                                                                        changed["fingerprint"])
+    assert run_scan(class_tree, val_fraction=0.3)["fingerprint"] not in (
+        m["fingerprint"],
+        changed["fingerprint"],
+    )
 
 
 def test_load_manifest_round_trip_and_refusals(class_tree, tmp_path):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from alexnet.model.alexnet import AlexNet, AlexNetConfig, local_response_norm
 
 
@@ -11,12 +10,15 @@ def test_parameter_count_matches_the_paper():
     assert sum(p.numel() for p in AlexNet().parameters()) == 60_965_224
 
 
-@pytest.mark.parametrize("config", [
-    AlexNetConfig(num_classes=10),
-    AlexNetConfig(num_classes=10, columns=1),
-    AlexNetConfig(num_classes=10, lrn=False),
-    AlexNetConfig(num_classes=7, dropout=0.2),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        AlexNetConfig(num_classes=10),
+        AlexNetConfig(num_classes=10, columns=1),
+        AlexNetConfig(num_classes=10, lrn=False),
+        AlexNetConfig(num_classes=7, dropout=0.2),
+    ],
+)
 def test_forward_backward_every_option(config):
     torch.manual_seed(0)
     model = AlexNet(config)
@@ -32,7 +34,9 @@ def test_forward_backward_every_option(config):
 
 
 def test_one_column_has_full_connectivity():
-    convs = [m for m in AlexNet(AlexNetConfig(columns=1)).features if isinstance(m, torch.nn.Conv2d)]
+    convs = [
+        m for m in AlexNet(AlexNetConfig(columns=1)).features if isinstance(m, torch.nn.Conv2d)
+    ]
     assert all(c.groups == 1 for c in convs)
     grouped = [m.groups for m in AlexNet().features if isinstance(m, torch.nn.Conv2d)]
     assert grouped == [1, 2, 1, 2, 2]

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from alexnet.model.optim import PaperSGD, PlateauSchedule, make_optimizer
 
 
@@ -12,13 +11,13 @@ def test_paper_sgd_matches_hand_computation_across_a_rate_change():
     grads = [[0.5, -1.0], [0.25, 0.5], [-1.0, 2.0], [0.1, 0.1]]
     rates = [0.1, 0.1, 0.01, 0.01]  # the rate drops before step 3
     hw, hv = [1.0, -2.0], [0.0, 0.0]
-    for g, lr in zip(grads, rates):
+    for g, lr in zip(grads, rates, strict=True):
         for group in opt.param_groups:
             group["lr"] = lr
         w.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
-        hv = [0.9 * v - 0.0005 * lr * wi - lr * gi for v, wi, gi in zip(hv, hw, g)]
-        hw = [wi + v for wi, v in zip(hw, hv)]
+        hv = [0.9 * v - 0.0005 * lr * wi - lr * gi for v, wi, gi in zip(hv, hw, g, strict=True)]
+        hw = [wi + v for wi, v in zip(hw, hv, strict=True)]
         assert w.tolist() == pytest.approx(hw, abs=1e-15)
 
 

@@ -20,8 +20,13 @@ from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import features as F
-from alexnet.retrieval.index import (build_run_index, codes_path, index_path, index_problem,
-                                     open_run_index)
+from alexnet.retrieval.index import (
+    build_run_index,
+    codes_path,
+    index_path,
+    index_problem,
+    open_run_index,
+)
 from click.testing import CliRunner
 from PIL import Image
 from retrieval_fixtures import make_images, make_run
@@ -73,8 +78,14 @@ def test_search_builds_the_index_on_first_use(built):
     run, result = built
     assert result.exit_code == 0, result.output
     assert "building it now" in result.output
-    for name in ("features.f16.npy", "features.json", "autoencoder.pt", "codes.u8.npy",
-                 "codes.faissindex", "codes.json"):
+    for name in (
+        "features.f16.npy",
+        "features.json",
+        "autoencoder.pt",
+        "codes.u8.npy",
+        "codes.faissindex",
+        "codes.json",
+    ):
         assert (run / "index" / name).is_file(), name
     assert not [p for p in (run / "index").iterdir() if p.name.endswith(".tmp")]
     meta = json.loads((run / "index" / "codes.json").read_text())
@@ -138,8 +149,19 @@ def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
     assert lines[0] == f"query: {data / 'green' / '0.jpg'}"
     assert lines[2].split()[:2] == ["1", "0"] and lines[2].endswith("green/0.jpg")
 
-    result = invoke("search", data / "blue", "--run", run, "-k", 4, "--rerank", 8, "--json",
-                    "--montage", tmp_path / "sheet.png")
+    result = invoke(
+        "search",
+        data / "blue",
+        "--run",
+        run,
+        "-k",
+        4,
+        "--rerank",
+        8,
+        "--json",
+        "--montage",
+        tmp_path / "sheet.png",
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert [Path(q["query"]).name for q in out["queries"]] == [f"{i}.jpg" for i in range(6)]
@@ -173,13 +195,16 @@ def test_eval_retrieval_writes_the_four_modes(run):
     assert "hamming+rerank" in result.output
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("not_an_image", "cannot be used as a query: not an image"),
-    ("truncated", "cannot be used as a query: corrupt or truncated"),
-    ("empty_folder", "holds no images"),
-    ("k_too_large", "-k 13 is larger than the database (12 training images)"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("not_an_image", "cannot be used as a query: not an image"),
+        ("truncated", "cannot be used as a query: corrupt or truncated"),
+        ("empty_folder", "holds no images"),
+        ("k_too_large", "-k 13 is larger than the database (12 training images)"),
+    ],
+)
 def test_bad_search_input_is_one_clear_error(run, data, tmp_path, case, message):
     query, k = data / "red" / "1.jpg", 2
     if case == "missing":
@@ -205,10 +230,22 @@ def test_bad_search_input_is_one_clear_error(run, data, tmp_path, case, message)
 def test_a_run_without_a_checkpoint_is_refused(data, tmp_path):
     run = tmp_path / "untrained"
     from alexnet.pipeline import dataset
+
     dataset.save_manifest(dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False), run)
     from alexnet.pipeline.stats import Stats, save_stats
-    save_stats(Stats(np.zeros((256, 256, 3)), np.zeros(3), np.eye(3), np.ones(3), np.eye(3), 12,
-                     json.loads((run / "manifest.json").read_text())["fingerprint"]), run)
+
+    save_stats(
+        Stats(
+            np.zeros((256, 256, 3)),
+            np.zeros(3),
+            np.eye(3),
+            np.ones(3),
+            np.eye(3),
+            12,
+            json.loads((run / "manifest.json").read_text())["fingerprint"],
+        ),
+        run,
+    )
     result = invoke("search", data / "red" / "1.jpg", "--run", run)
     assert result.exit_code == 2 and "train first" in result.output
     assert not (run / "index").exists()

@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 import torch
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.retrieval.autoencoder import (Autoencoder, AutoencoderConfig, Binarise,
-                                           autoencoder_state, encode, load_autoencoder,
-                                           model_from_state, report, save_autoencoder,
-                                           train_autoencoder)
+from alexnet.retrieval.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    Binarise,
+    autoencoder_state,
+    encode,
+    load_autoencoder,
+    model_from_state,
+    report,
+    save_autoencoder,
+    train_autoencoder,
+)
 
 QUICK = AutoencoderConfig(epochs=1, min_steps=2, batch_size=16)
 

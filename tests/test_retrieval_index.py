@@ -6,8 +6,15 @@ import faiss
 import numpy as np
 import pytest
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.retrieval.index import (auto_kind, build_index, hamming, index_kind, measure_recall,
-                                     rerank, search)
+from alexnet.retrieval.index import (
+    auto_kind,
+    build_index,
+    hamming,
+    index_kind,
+    measure_recall,
+    rerank,
+    search,
+)
 
 
 def popcount_distances(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -30,17 +30,28 @@ from PIL import Image
 
 # (width, height, how it is saved): portrait, landscape, square, a small one that is upscaled,
 # a JPEG, a greyscale JPEG, a very wide one
-SPECS = [(300, 500, "png"), (500, 300, "png"), (256, 256, "png"), (100, 80, "png"),
-         (640, 480, "jpg"), (333, 257, "grey.jpg"), (1000, 260, "png")]
+SPECS = [
+    (300, 500, "png"),
+    (500, 300, "png"),
+    (256, 256, "png"),
+    (100, 80, "png"),
+    (640, 480, "jpg"),
+    (333, 257, "grey.jpg"),
+    (1000, 260, "png"),
+]
 
 
 def smooth_image(w: int, h: int, seed: int) -> np.ndarray:
     """uint8 HxWx3: per-channel gradients and a low-frequency wave, colours mixed at random."""
     rng = np.random.default_rng(seed)
     v, u = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    chans = [rng.uniform(0.2, 1) * u + rng.uniform(0.2, 1) * v
-             + 0.3 * np.sin(2 * np.pi * (rng.uniform(1, 3) * u + rng.uniform(1, 3) * v)
-                            + rng.uniform(0, 6)) for _ in range(3)]
+    chans = [
+        rng.uniform(0.2, 1) * u
+        + rng.uniform(0.2, 1) * v
+        + 0.3
+        * np.sin(2 * np.pi * (rng.uniform(1, 3) * u + rng.uniform(1, 3) * v) + rng.uniform(0, 6))
+        for _ in range(3)
+    ]
     z = np.stack(chans, -1) @ rng.normal(size=(3, 3))
     return ((z - z.min()) / (z.max() - z.min()) * 235 + 10).astype(np.uint8)
 
@@ -76,7 +87,7 @@ def reference_patch(path: str) -> np.ndarray:
         nw, nh = max(256, half_up(w * scale)), max(256, half_up(h * scale))
         im = im.resize((nw, nh), Image.Resampling.BILINEAR)
         left, top = half_up((nw - 256) / 2), half_up((nh - 256) / 2)
-        return np.asarray(im, dtype=np.float64)[top:top + 256, left:left + 256]
+        return np.asarray(im, dtype=np.float64)[top : top + 256, left : left + 256]
 
 
 def reference_stats(files: list[str]) -> dict:
@@ -86,8 +97,13 @@ def reference_stats(files: list[str]) -> dict:
     channel_mean = pixels.mean(axis=0)
     cov = (pixels - channel_mean).T @ (pixels - channel_mean) / len(pixels)
     eigvals, eigvecs = np.linalg.eigh(cov)
-    return {"mean_image": mean_image, "channel_mean": channel_mean, "cov": cov,
-            "eigvals": eigvals[::-1], "eigvecs": eigvecs[:, ::-1]}
+    return {
+        "mean_image": mean_image,
+        "channel_mean": channel_mean,
+        "cov": cov,
+        "eigvals": eigvals[::-1],
+        "eigvecs": eigvecs[:, ::-1],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +153,9 @@ def test_compute_stats_matches_numpy_and_pil(stats, image_files):
 
 
 def test_channel_mean_is_the_mean_of_the_mean_image(stats):
-    np.testing.assert_allclose(stats.channel_mean, stats.mean_image.reshape(-1, 3).mean(axis=0),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        stats.channel_mean, stats.mean_image.reshape(-1, 3).mean(axis=0), rtol=1e-12
+    )
     assert stats.mean("image") is stats.mean_image
     assert stats.mean("channel") is stats.channel_mean
     with pytest.raises(AlexnetError, match="mean mode"):

@@ -111,8 +111,9 @@ def alexnet_cmd(*args: str) -> list[str]:
 
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_resume_finishes(run):
-    cmd = alexnet_cmd("train", "--run", str(run), "--epochs", "3", "--batch-size", "2",
-                      "--threads", "1")
+    cmd = alexnet_cmd(
+        "train", "--run", str(run), "--epochs", "3", "--batch-size", "2", "--threads", "1"
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 900
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
@@ -131,9 +132,18 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(run):
 @pytest.mark.slow
 def test_torchrun_two_processes_one_epoch(run):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--no-python", "--",
-           *alexnet_cmd("train", "--run", str(run), "--epochs", "1", "--batch-size", "2",
-                        "--threads", "1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--no-python",
+        "--",
+        *alexnet_cmd(
+            "train", "--run", str(run), "--epochs", "1", "--batch-size", "2", "--threads", "1"
+        ),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = (run / "metrics.jsonl").read_text().splitlines()
