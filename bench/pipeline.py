@@ -32,14 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from alexnet.pipeline.dali import CROP, SIZE, Loader, pipe_options, train_pipeline
-from alexnet.pipeline.stats import Stats, compute_stats
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
+
+from alexnet.pipeline.dali import CROP, SIZE, Loader, pipe_options, train_pipeline
+from alexnet.pipeline.stats import Stats, compute_stats
 
 DEFAULT_DATA = "/work/shared/data/imagenette-mini/train"
 LIGHTING_STD = 0.1

@@ -22,6 +22,7 @@ import time
 
 import faiss
 import numpy as np
+
 from alexnet.retrieval.index import build_index, gpu_available, measure_recall, to_device
 
 K = 10

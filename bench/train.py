@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
 from alexnet.model.optim import PaperSGD
 from alexnet.model.train import TrainConfig, autocast, setup_world, train_loader, train_one_epoch

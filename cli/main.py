@@ -9,6 +9,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import click
+
+from alexnet.cli.options import run_option
 from alexnet.cli.search import eval_retrieval, index_command, register, search
 from alexnet.pipeline.errors import AlexnetError
 
@@ -32,16 +34,6 @@ def cli(ctx, quiet):
     """AlexNet (Krizhevsky et al., 2012): DALI pipelines, a paper-exact trainer, fc7 retrieval."""
     ctx.obj = {"progress": not quiet}
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
-
-
-run_option = click.option(
-    "--run",
-    "run",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/default"),
-    show_default=True,
-    help="Folder that holds everything this run writes.",
-)
 
 
 @cli.command()

@@ -9,28 +9,37 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 
 VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    state = {**state, "version": VERSION}
+def save_state(path: str | Path, state: dict, version: int = VERSION) -> Path:
+    """Write one dict of tensors and plain values atomically, stamped with `version`."""
+    state = {**state, "version": version}
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_state(path: str | Path, what: str, fix: str, version: int = VERSION) -> dict:
+    """Read a dict written by `save_state` (weights only), or fail saying how to remake it."""
     path = Path(path)
     if not path.is_file():
-        raise AlexnetError(f"{path} is missing: train first with `alexnet train --run RUN`")
+        raise AlexnetError(f"{path} is missing: {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
-        raise AlexnetError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}): "
-            "retrain, or pass another --checkpoint"
-        ) from e
-    if not isinstance(state, dict) or state.get("version") != VERSION:
-        raise AlexnetError(f"{path} was not written by this version of alexnet: retrain")
+        raise AlexnetError(f"{path} is not a readable {what} ({type(e).__name__}): {fix}") from e
+    if not isinstance(state, dict) or state.get("version") != version:
+        raise AlexnetError(f"{path} was not written by this version of alexnet: {fix}")
     return state
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    return save_state(path, state)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    fix = "train first with `alexnet train --run RUN`, or pass another --checkpoint"
+    return load_state(path, "checkpoint", fix)

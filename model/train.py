@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
 from alexnet.pipeline.dali import (
     Loader,
     check_batch_size,

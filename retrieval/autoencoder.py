@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write
 from torch import nn
+
+from alexnet.model.checkpoint import load_state, save_state
+from alexnet.pipeline.errors import AlexnetError
 
 log = logging.getLogger(__name__)
 
@@ -233,18 +234,10 @@ def model_from_state(state: dict) -> Autoencoder:
 
 
 def save_autoencoder(state: dict, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return save_state(path, state, AUTOENCODER_VERSION)
 
 
 def load_autoencoder(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise AlexnetError(
-            f"{path} is not a readable autoencoder ({type(e).__name__}): "
-            "rebuild with `alexnet index --run RUN`"
-        ) from e
-    if not isinstance(state, dict) or state.get("version") != AUTOENCODER_VERSION:
-        raise AlexnetError(f"{path} comes from another version: rebuild with `alexnet index`")
-    return state
+    return load_state(
+        path, "autoencoder", "rebuild it with `alexnet index --run RUN`", AUTOENCODER_VERSION
+    )

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from alexnet.pipeline.dali import SIZE, Loader, default_device, pipe_options, prep_pipeline
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.train import (
     TrainConfig,

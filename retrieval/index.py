@@ -31,6 +31,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, read_json, write_json
 

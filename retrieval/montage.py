@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from alexnet.pipeline.files import atomic_write
 from PIL import Image, ImageDraw, ImageOps
+
+from alexnet.pipeline.files import atomic_write
 
 CAPTION = 28  # pixels below each tile for two lines of text
 PAD = 6

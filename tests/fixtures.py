@@ -3,8 +3,9 @@
 from pathlib import Path
 
 import numpy as np
-from alexnet.pipeline import dataset, stats
 from PIL import Image
+
+from alexnet.pipeline import dataset, stats
 
 
 def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 3) -> Path:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import nn
+
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
 from alexnet.model.checkpoint import save_checkpoint
 from alexnet.model.train import TrainConfig
 from alexnet.pipeline import dataset, stats
-from PIL import Image
-from torch import nn
 
 CLASSES = ("red", "green", "blue")
 

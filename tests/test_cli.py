@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from alexnet.cli.main import cli
-from alexnet.pipeline import fashion_mnist
-from alexnet.pipeline.errors import AlexnetError
 from click.testing import CliRunner
 from fixtures import make_images
 from PIL import Image
+
+from alexnet.cli.main import cli
+from alexnet.pipeline import fashion_mnist
+from alexnet.pipeline.errors import AlexnetError
 
 
 def invoke(*args):

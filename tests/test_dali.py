@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from alexnet.pipeline.dali import (
     CROP,
     MAX_OFFSET,

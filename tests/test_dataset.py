@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from alexnet.pipeline.dali import Loader, pipe_options, prep_pipeline
 from alexnet.pipeline.dataset import fingerprint, load_manifest, save_manifest, scan, split_files
 from alexnet.pipeline.errors import AlexnetError
-from PIL import Image
 
 
 def img(path: Path, size=(24, 20), colour=(200, 60, 30), mode="RGB", seed=None, **save) -> Path:

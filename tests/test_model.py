@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from alexnet.model.alexnet import AlexNet, AlexNetConfig, local_response_norm
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from alexnet.model.optim import PaperSGD, PlateauSchedule, make_optimizer
 
 

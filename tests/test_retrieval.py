@@ -14,6 +14,10 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from PIL import Image
+from retrieval_fixtures import make_images, make_run
+
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
 from alexnet.pipeline.dataset import split_files
@@ -27,9 +31,6 @@ from alexnet.retrieval.index import (
     index_problem,
     open_run_index,
 )
-from click.testing import CliRunner
-from PIL import Image
-from retrieval_fixtures import make_images, make_run
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval.autoencoder import (
     Autoencoder,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval.index import (
     auto_kind,

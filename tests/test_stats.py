@@ -23,10 +23,11 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from alexnet.pipeline.dali import Loader, pipe_options, prep_pipeline
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.stats import Accumulator, Stats, compute_stats, load_stats, save_stats
-from PIL import Image
 
 # (width, height, how it is saved): portrait, landscape, square, a small one that is upscaled,
 # a JPEG, a greyscale JPEG, a very wide one

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures import make_images, prep_run
+
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.train import TrainConfig, evaluate_checkpoint, fit
 from alexnet.pipeline import dataset
 from alexnet.pipeline.errors import AlexnetError
-from fixtures import make_images, prep_run
 
 TINY = TrainConfig(epochs=1, batch_size=4, patience=1, num_threads=1)
 
