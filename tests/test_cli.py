@@ -114,3 +114,12 @@ def test_installed_script_runs_the_demo_chain(tmp_path):
     assert "precision" in done.stdout.lower()
     for name in ("curves.png", "search.png", "eval_retrieval.json", "index/codes.faissindex"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_unwritable_run_folder_is_a_clear_error(tmp_path):
+    data = make_images(tmp_path / "data", classes=2, train=2, val=1)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run folder's parent should be")
+    result = invoke("prep", data, "--run", blocker / "run")
+    assert result.exit_code == 2
+    assert "cannot write to" in result.output and "Traceback" not in result.output
