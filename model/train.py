@@ -201,6 +201,10 @@ class StopFlag:
         self.set = True
         log.warning("stopping after this batch and saving a checkpoint (Ctrl-C again to abort)")
 
+    def agreed(self, world: World) -> bool:
+        """Whether any rank was asked to stop: all ranks leave after the same batch."""
+        return all_sum([float(self.set)], world)[0] > 0 if world.size > 1 else self.set
+
     def __exit__(self, *exc):
         for s, handler in self._old.items():
             signal.signal(s, handler)
@@ -222,11 +226,11 @@ def train_one_epoch(
     desc: str = "train",
 ) -> dict:
     """One pass over `loader`. Returns mean loss, images/s, the share of time spent waiting for
-    data, and the number of batches done (fewer than len(loader) when stopped)."""
+    data, the number of batches done, and whether a stop (on any rank) ended the pass early."""
     from tqdm import tqdm
 
     model.train()
-    total_loss, images, batches, waited = 0.0, 0, 0, 0.0
+    total_loss, images, batches, waited, stopped = 0.0, 0, 0, 0.0, False
     start = tick = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and world.main), leave=False)
     for x, y in bar:
@@ -244,7 +248,8 @@ def train_one_epoch(
         rate = images * world.size / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{total_loss / images:.3f}", img_s=f"{rate:.0f}")
         tick = time.perf_counter()
-        if stop is not None and stop.set:
+        if stop is not None and stop.agreed(world):
+            stopped = True
             break
     bar.close()
     seconds = time.perf_counter() - start
@@ -254,6 +259,7 @@ def train_one_epoch(
         "images_per_s": count / seconds,
         "data_wait": waited / seconds,
         "batches": batches,
+        "stopped": stopped,
     }
 
 
@@ -387,7 +393,7 @@ def fit(
                 progress=progress,
                 desc=f"epoch {epoch + 1}/{config.epochs}",
             )
-            if stop.set:
+            if result["stopped"]:
                 step = skip + result["batches"]
                 if world.main:
                     save_checkpoint(last_path, checkpoint(epoch, step))
