@@ -42,7 +42,9 @@ from torchvision.transforms import v2
 from alexnet.pipeline.dali import CROP, SIZE, Loader, pipe_options, train_pipeline
 from alexnet.pipeline.stats import Stats, compute_stats
 
-DEFAULT_DATA = "/work/shared/data/imagenette-mini/train"
+DEFAULT_DATA = str(
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini" / "train"
+)
 LIGHTING_STD = 0.1
 CPU_THREADS = 2  # the machine's cores: DALI threads and DataLoader workers alike
 TORCH_PREFETCH = 2  # DataLoader's default prefetch_factor, batches per worker

@@ -259,10 +259,12 @@ def demo(ctx, data, run, epochs, batch_size, queries):
         data = fashion_mnist.build(run / "data")
         click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 30 train + 10 val each)")
     prepare(data, run, progress=progress)
+    # The paper's rate (0.01) with its initialisation collapses to a uniform output on small
+    # batches of a small set within the first steps (BENCHMARKS.md); 0.001 learns.
     config = make_config(
         epochs=epochs,
         batch_size=batch_size,
-        lr=0.01,
+        lr=0.001,
         optimizer="paper",
         patience=2,
         mean="image",
