@@ -33,7 +33,12 @@ class Group(click.Group):
 def cli(ctx, quiet):
     """AlexNet (Krizhevsky et al., 2012): DALI pipelines, a paper-exact trainer, fc7 retrieval."""
     ctx.obj = {"progress": not quiet}
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    # Our own progress lines only; other libraries' loggers stay at their defaults.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("alexnet")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 @cli.command()

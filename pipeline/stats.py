@@ -74,12 +74,11 @@ class Accumulator:
         cov = self.outer_sum / pixels - np.outer(channel_mean, channel_mean)
         eigvals, eigvecs = np.linalg.eigh(cov)
         order = np.argsort(eigvals)[::-1]
+        eigvals = np.maximum(eigvals[order], 0.0)  # a covariance has none below 0 but rounding
         eigvecs = eigvecs[:, order]
         largest = eigvecs[np.abs(eigvecs).argmax(axis=0), range(3)]
         eigvecs = eigvecs * np.sign(largest)  # a stable sign: largest component positive
-        return Stats(
-            mean_image, channel_mean, cov, eigvals[order], eigvecs, self.count, fingerprint
-        )
+        return Stats(mean_image, channel_mean, cov, eigvals, eigvecs, self.count, fingerprint)
 
 
 def compute_stats(

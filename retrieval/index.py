@@ -293,7 +293,7 @@ def build_run_index(
         index=file_identity(index_path(run)),
     )
     write_json(index_path(run).with_suffix(".json"), meta)
-    log.info(
+    log.debug(
         "%s index of %d %d-bit codes (recall@10 %.3f): %s",
         meta["kind"],
         meta["count"],
