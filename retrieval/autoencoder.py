@@ -152,9 +152,8 @@ def train_autoencoder(
         for _ in range(epochs):
             order = rng.permutation(len(features))
             for b in range(steps):
-                rows = np.sort(
-                    order[b * batch : (b + 1) * batch]
-                )  # sorted: sequential memmap reads
+                # sorted: sequential reads from the memory map
+                rows = np.sort(order[b * batch : (b + 1) * batch])
                 x = model.standardise(features[rows])
                 y, z = model(x)
                 loss = nn.functional.mse_loss(y, x)
