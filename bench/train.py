@@ -73,7 +73,7 @@ def main() -> None:
         files,
         manifest["fingerprint"],
         progress=False,
-        device="gpu" if world.device.type == "cuda" else "cpu",
+        device=world.dali_device,
     )
     config = TrainConfig(batch_size=args.batch)
     steps = max(2, args.images // args.batch)

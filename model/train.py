@@ -88,6 +88,11 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dali_device(self) -> str:
+        """Where the DALI pipelines run: "gpu" beside a CUDA device, else "cpu"."""
+        return "gpu" if self.device.type == "cuda" else "cpu"
+
 
 def setup_world() -> World:
     """One process, or one of torchrun's: gloo on CPU, nccl on GPUs, one GPU per local rank."""
@@ -132,7 +137,7 @@ def train_loader(
     mine = order[world.rank * per_rank : (world.rank + 1) * per_rank][
         skip_batches * config.batch_size :
     ]
-    device = "gpu" if world.device.type == "cuda" else "cpu"
+    device = world.dali_device
     pipe = train_pipeline(
         [files[i] for i in mine],
         [labels[i] for i in mine],
@@ -167,7 +172,7 @@ def eval_loader(
 ) -> Loader:
     files, labels = split_files(manifest, split)
     check_batch_size(len(files), 1, "validation")
-    device = "gpu" if world.device.type == "cuda" else "cpu"
+    device = world.dali_device
     batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
     pipe = eval_pipeline(
         files,

@@ -232,7 +232,7 @@ def query_features(
 
     if not files:
         return np.zeros((0, DIM), np.float32)
-    device = "gpu" if net.world.device.type == "cuda" else "cpu"
+    device = net.world.dali_device
     pipe = eval_pipeline(
         list(files),
         [0] * len(files),
