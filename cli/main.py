@@ -74,11 +74,10 @@ def prep(obj, data, run, val_fraction, seed, min_size, batch_size):
     )
 
 
-def prepare(data: Path, run: Path, *, progress: bool, **options) -> None:
+def prepare(data: Path, run: Path, *, progress: bool, batch_size: int = 64, **options) -> None:
     from alexnet.pipeline import dataset, stats
     from alexnet.pipeline.dali import default_device
 
-    batch_size = options.pop("batch_size", 64)
     manifest = dataset.scan(data, progress=progress, **options)
     dataset.save_manifest(manifest, run)
     n = {s: sum(f["split"] == s for f in manifest["files"]) for s in ("train", "val")}
@@ -256,7 +255,7 @@ def eval_(run, checkpoint, ten_crop):
 def demo(ctx, data, run, epochs, batch_size, queries):
     """The whole chain on embedded photos (or --data DIR): prep, a short training run, the
     retrieval index, a few searches with a montage, and the retrieval evaluation."""
-    from alexnet.model.train import fit
+    from alexnet.model.train import TrainConfig, fit
     from alexnet.pipeline import dataset, fashion_mnist
 
     progress = ctx.obj["progress"]
@@ -266,20 +265,7 @@ def demo(ctx, data, run, epochs, batch_size, queries):
     prepare(data, run, progress=progress)
     # The paper's rate (0.01) with its initialisation collapses to a uniform output on small
     # batches of a small set within the first steps (BENCHMARKS.md); 0.001 learns.
-    config = make_config(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=0.001,
-        optimizer="paper",
-        patience=2,
-        mean="image",
-        lighting_std=0.1,
-        columns="2",
-        lrn=True,
-        dropout=0.5,
-        seed=0,
-        num_threads=None,
-    )
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.001)
     metrics = fit(run, config, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)
     print_training(run, metrics)
     print_curve(run)
