@@ -75,14 +75,14 @@ class Network:
         return source_identity(self.manifest, self.checkpoint)
 
 
-def checkpoint_identity(path: str | Path) -> dict:
+def file_identity(path: str | Path) -> dict:
     """Name, size and modification time: changes whenever training rewrites the file."""
     st = Path(path).stat()
     return {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def source_identity(manifest: dict, checkpoint: str | Path) -> dict:
-    return {"manifest": manifest["fingerprint"], "checkpoint": checkpoint_identity(checkpoint)}
+    return {"manifest": manifest["fingerprint"], "checkpoint": file_identity(checkpoint)}
 
 
 def load_network(run: str | Path, checkpoint: str | Path | None = None) -> Network:

@@ -38,10 +38,10 @@ from alexnet.pipeline.files import atomic_write, read_json, write_json
 from . import autoencoder as ae
 from .features import (
     Network,
-    checkpoint_identity,
     extract_features,
     features_current,
     features_path,
+    file_identity,
     index_dir,
     load_features,
 )
@@ -175,10 +175,6 @@ def save_codes(codes: np.ndarray, path: Path) -> Path:
             np.save(f, codes)
 
     return atomic_write(path, write)
-
-
-def file_identity(path: Path) -> dict:
-    return checkpoint_identity(path)
 
 
 def _autoencoder_current(run: Path, source: dict, bits: int | None) -> bool:
