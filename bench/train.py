@@ -11,6 +11,7 @@ and ours/torchvision. On a GPU the same script measures the GPU (bf16, channels-
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,9 +20,12 @@ import torch.nn.functional as F
 import torchvision
 
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
+from alexnet.model.config import TrainConfig
+from alexnet.model.distributed import autocast, setup_world
+from alexnet.model.loaders import train_loader
 from alexnet.model.optim import PaperSGD
-from alexnet.model.train import TrainConfig, autocast, setup_world, train_loader, train_one_epoch
-from alexnet.pipeline import dataset, stats
+from alexnet.model.train import train_one_epoch
+from alexnet.pipeline.prep import prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
 
@@ -62,19 +66,13 @@ def main() -> None:
     args = parser.parse_args()
 
     world = setup_world()
-    manifest = dataset.scan(args.data, progress=False)
+    with tempfile.TemporaryDirectory() as run:
+        manifest, st = prepare(args.data, run, progress=False)
     train = [f for f in manifest["files"] if f["split"] == "train"][: args.images]
     manifest = {
         **manifest,
         "files": train + [f for f in manifest["files"] if f["split"] == "val"],
     }
-    files, _ = dataset.split_files(manifest, "train")
-    st = stats.compute_stats(
-        files,
-        manifest["fingerprint"],
-        progress=False,
-        device=world.dali_device,
-    )
     config = TrainConfig(batch_size=args.batch)
     steps = max(2, args.images // args.batch)
     results = {}

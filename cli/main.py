@@ -1,6 +1,7 @@
 """`alexnet`: prep, train, eval, demo (+ index, search, eval-retrieval from cli/search.py).
 
-Each command parses, calls the library, prints."""
+Each command parses, calls the library, prints. The library is imported inside the commands,
+so `alexnet --help` does not load torch, DALI or faiss."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import click
 
-from alexnet.cli.options import run_option
+from alexnet.cli.options import progress, run_option
 from alexnet.cli.search import eval_retrieval, index_command, register, search
+from alexnet.model.config import TrainConfig
+from alexnet.pipeline import defaults as P
 from alexnet.pipeline.errors import AlexnetError
 
 
@@ -47,68 +50,58 @@ def cli(ctx, quiet):
 @click.option(
     "--val-fraction",
     type=float,
-    default=0.1,
+    default=P.VAL_FRACTION,
     show_default=True,
     help="Share of each class held out for validation when DATA has no train/val folders.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/val split.")
+@click.option(
+    "--seed", type=int, default=P.SPLIT_SEED, show_default=True, help="Seed of the train/val split."
+)
 @click.option(
     "--min-size",
     type=int,
-    default=16,
+    default=P.MIN_SIZE,
     show_default=True,
-    help="Images with a shorter side below this are skipped.",
+    help="Images with a shorter side below this many pixels are skipped.",
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.pass_obj
-def prep(obj, data, run, val_fraction, seed, min_size, batch_size):
+@click.option(
+    "--batch-size",
+    type=int,
+    default=P.PREP_BATCH,
+    show_default=True,
+    help="Images per batch of the statistics pass.",
+)
+@click.pass_context
+def prep(ctx, data, run, **options):
     """Scan and validate DATA, then compute the mean image and RGB PCA statistics."""
-    prepare(
-        data,
-        run,
-        val_fraction=val_fraction,
-        seed=seed,
-        min_size=min_size,
-        batch_size=batch_size,
-        progress=obj["progress"],
-    )
+    run_prep(data, run, progress=progress(ctx), **options)
 
 
-def prepare(data: Path, run: Path, *, progress: bool, batch_size: int = 64, **options) -> None:
-    from alexnet.pipeline import dataset, stats
-    from alexnet.pipeline.dali import default_device
+def run_prep(data: Path, run: Path, **options) -> None:
+    from alexnet.pipeline.layout import RunPaths
+    from alexnet.pipeline.prep import prepare
+    from alexnet.pipeline.stats import format_summary
 
-    manifest = dataset.scan(data, progress=progress, **options)
-    dataset.save_manifest(manifest, run)
+    paths = RunPaths(run)
+    manifest, stats = prepare(data, run, **options)
     n = {s: sum(f["split"] == s for f in manifest["files"]) for s in ("train", "val")}
     click.echo(
         f"{len(manifest['classes'])} classes, {n['train']} training and {n['val']} validation "
-        f"images ({manifest['layout']}); manifest: {run / 'manifest.json'}"
+        f"images ({manifest['layout']}); manifest: {paths.manifest}"
     )
     if manifest["skipped"]:
         click.secho(
             f"skipped {len(manifest['skipped'])} unusable files, listed with reasons under "
-            f'"skipped" in {run / "manifest.json"}',
+            f'"skipped" in {paths.manifest}',
             fg="yellow",
         )
         for s in manifest["skipped"][:5]:
             click.echo(f"  {s['path']}: {s['reason']}")
-    files, _ = dataset.split_files(manifest, "train")
-    result = stats.compute_stats(
-        files,
-        manifest["fingerprint"],
-        batch_size=batch_size,
-        device=default_device(),
-        progress=progress,
-    )
-    stats.save_stats(result, run)
-    click.echo(stats.format_summary(result))
-    click.echo(f"statistics: {run / 'stats.npz'} (readable: {run / 'stats.json'})")
+    click.echo(format_summary(stats))
+    click.echo(f"statistics: {paths.stats} (readable: {paths.stats_summary})")
 
 
 def train_options(f):
-    from alexnet.model.train import TrainConfig
-
     d = TrainConfig()
     options = [
         click.option("--epochs", type=int, default=d.epochs, show_default=True),
@@ -166,8 +159,6 @@ def train_options(f):
 
 
 def make_config(**kw):
-    from alexnet.model.train import TrainConfig
-
     return TrainConfig(**{**kw, "columns": int(kw["columns"])})
 
 
@@ -175,16 +166,19 @@ def make_config(**kw):
 @run_option
 @train_options
 @click.option("--resume", is_flag=True, help="Continue from RUN/checkpoints/last.pt.")
-@click.pass_obj
-def train(obj, run, resume, **kw):
+@click.pass_context
+def train(ctx, run, resume, **kw):
     """Train AlexNet on RUN's data (after `alexnet prep`), with checkpoints and curves."""
     from alexnet.model.train import fit
 
-    metrics = fit(run, make_config(**kw), resume=resume, progress=obj["progress"])
+    metrics = fit(run, make_config(**kw), resume=resume, progress=progress(ctx))
     print_training(run, metrics)
 
 
 def print_training(run: Path, metrics: dict) -> None:
+    from alexnet.pipeline.layout import RunPaths
+
+    paths = RunPaths(run)
     if "top1_error" in metrics:
         click.echo(
             f"epoch {metrics['epoch']}: top-1 error {100 * metrics['top1_error']:.2f}%, "
@@ -196,8 +190,7 @@ def print_training(run: Path, metrics: dict) -> None:
             f"top-5 error {100 * metrics['ten_crop_top5_error']:.2f}%"
         )
     click.echo(
-        f"checkpoints: {run / 'checkpoints'}; metrics: {run / 'metrics.jsonl'}; "
-        f"curves: {run / 'curves.png'}"
+        f"checkpoints: {paths.checkpoints}; metrics: {paths.metrics}; curves: {paths.curves}"
     )
 
 
@@ -213,7 +206,7 @@ def print_training(run: Path, metrics: dict) -> None:
 def eval_(run, checkpoint, ten_crop):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
     from alexnet.model.train import evaluate_checkpoint
-    from alexnet.pipeline.files import write_json
+    from alexnet.pipeline.layout import RunPaths
 
     result = evaluate_checkpoint(run, checkpoint, ten_crop=ten_crop)
     click.echo(f"{result['checkpoint']} (epoch {result['epoch']})")
@@ -225,7 +218,7 @@ def eval_(run, checkpoint, ten_crop):
                 f"{name:10}{100 * r['top1_error']:13.2f}%{100 * r['top5_error']:13.2f}%"
                 f"{r['images']:8d}"
             )
-    click.echo(f"written: {write_json(run / 'eval.json', result)}")
+    click.echo(f"written: {RunPaths(run).eval}")
 
 
 @cli.command()
@@ -255,30 +248,33 @@ def eval_(run, checkpoint, ten_crop):
 def demo(ctx, data, run, epochs, batch_size, queries):
     """The whole chain on embedded photos (or --data DIR): prep, a short training run, the
     retrieval index, a few searches with a montage, and the retrieval evaluation."""
-    from alexnet.model.train import TrainConfig, fit
+    from alexnet.model.train import fit
     from alexnet.pipeline import dataset, fashion_mnist
+    from alexnet.pipeline.layout import RunPaths
 
-    progress = ctx.obj["progress"]
+    paths = RunPaths(run)
+    show = progress(ctx)
     if data is None:
-        data = fashion_mnist.build(run / "data")
+        data = fashion_mnist.build(paths.demo_data)
         click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 30 train + 10 val each)")
-    prepare(data, run, progress=progress)
+    run_prep(data, run, progress=show)
     # The paper's rate (0.01) with its initialisation collapses to a uniform output on small
     # batches of a small set within the first steps (BENCHMARKS.md); 0.001 learns.
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.001)
-    metrics = fit(run, config, resume=(run / "checkpoints" / "last.pt").exists(), progress=progress)
+    metrics = fit(run, config, resume=paths.last.exists(), progress=show)
     print_training(run, metrics)
     print_curve(run)
     ctx.invoke(index_command, run=run)
     val_files, _ = dataset.split_files(dataset.load_manifest(run), "val")
     picks = val_files[:: max(1, len(val_files) // queries)][:queries]
-    ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5, montage=run / "search.png")
+    ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5, montage=paths.montage)
     ctx.invoke(eval_retrieval, run=run)
 
 
 def print_curve(run: Path) -> None:
     """The learning curve as a table, beside the PNG that plots it."""
-    from alexnet.model.train import read_metrics
+    from alexnet.model.metrics import read_metrics
+    from alexnet.pipeline.layout import RunPaths
 
     click.echo(f"{'epoch':>5}{'loss':>9}{'top-1 err':>11}{'top-5 err':>11}{'lr':>9}{'img/s':>8}")
     for m in read_metrics(run):
@@ -286,7 +282,7 @@ def print_curve(run: Path) -> None:
             f"{m['epoch']:5d}{m['loss']:9.4f}{100 * m['top1_error']:10.2f}%"
             f"{100 * m['top5_error']:10.2f}%{m['lr']:9.2g}{m['images_per_s']:8.1f}"
         )
-    click.echo(f"learning curve: {run / 'curves.png'}")
+    click.echo(f"learning curve: {RunPaths(run).curves}")
 
 
 register(cli)

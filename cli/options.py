@@ -1,4 +1,4 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the progress switch set by `alexnet -q`."""
 
 from pathlib import Path
 
@@ -12,3 +12,8 @@ run_option = click.option(
     show_default=True,
     help="Folder that holds everything this run writes.",
 )
+
+
+def progress(ctx: click.Context) -> bool:
+    """Whether to draw progress bars (off with `alexnet -q`)."""
+    return bool((ctx.find_root().obj or {}).get("progress", True))

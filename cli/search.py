@@ -10,25 +10,14 @@ from pathlib import Path
 
 import click
 
-from alexnet.cli.options import run_option
+from alexnet.cli.options import progress, run_option
+from alexnet.retrieval import defaults as R
 
 
-def _progress(ctx: click.Context) -> bool:
-    return bool((ctx.find_root().obj or {}).get("progress", True))
-
-
-def _open_index(net, run: Path, progress: bool):
-    """RUN's index, built first (saying so) when there is none; a stale one is refused."""
-    from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
-
-    if index_problem(run, net.source) == "missing":
-        click.echo(
-            f"no index in {run / 'index'} yet: building it now (fc7 features of the "
-            "training set, autoencoder, index); later searches reuse it",
-            err=True,
-        )
-        build_run_index(net, run, progress=progress)
-    return open_run_index(net, run)
+def check_bits(ctx, param, bits: int) -> int:
+    if bits % 8 or not R.MIN_BITS <= bits <= R.MAX_BITS:
+        raise click.BadParameter(f"must be a multiple of 8 from {R.MIN_BITS} to {R.MAX_BITS}")
+    return bits
 
 
 @click.command("index")
@@ -36,14 +25,15 @@ def _open_index(net, run: Path, progress: bool):
 @click.option(
     "--bits",
     type=int,
-    default=64,
+    default=R.BITS,
     show_default=True,
-    help="Binary code length: a multiple of 8 from 32 to 256.",
+    callback=check_bits,
+    help=f"Binary code length: a multiple of 8 from {R.MIN_BITS} to {R.MAX_BITS}.",
 )
 @click.option(
     "--approx-threshold",
     type=int,
-    default=200_000,
+    default=R.APPROX_THRESHOLD,
     show_default=True,
     help="Above this many training images (and without a GPU) use an approximate "
     "HNSW index instead of exact Hamming search.",
@@ -51,7 +41,7 @@ def _open_index(net, run: Path, progress: bool):
 @click.option(
     "--batch-size",
     type=int,
-    default=64,
+    default=R.FEATURE_BATCH,
     show_default=True,
     help="Images per batch for the fc7 features.",
 )
@@ -61,22 +51,14 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
 
     Each step is skipped when its output is current; a stale index is rebuilt.
     """
-    from alexnet.retrieval.autoencoder import AutoencoderConfig
-    from alexnet.retrieval.features import load_network
-    from alexnet.retrieval.index import build_run_index, index_path, index_problem
+    from alexnet.retrieval.api import index_run
 
-    AutoencoderConfig(bits=bits)  # refuse a bad --bits before any work
-    net = load_network(run)
-    problem = index_problem(run, net.source)
-    if problem not in (None, "missing"):
-        click.echo(f"rebuilding the index: {problem}", err=True)
-    meta = build_run_index(
-        net,
+    meta = index_run(
         run,
         bits=bits,
         approx_threshold=approx_threshold,
         batch_size=batch_size,
-        progress=_progress(ctx),
+        progress=progress(ctx),
     )
     r = meta["autoencoder_report"]
     click.echo(
@@ -86,17 +68,17 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
         f"mean |bit balance - 0.5| {r['mean_abs_balance_offset']:.3f}, "
         f"{r['bits_always_on_or_off']} constant bits"
     )
-    click.echo(f"written: {index_path(run)}")
+    click.echo(f"written: {meta['path']}")
 
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @run_option
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("-k", "k", type=int, default=R.K, show_default=True, help="Results per query.")
 @click.option(
     "--rerank",
     type=int,
-    default=0,
+    default=R.SEARCH_RERANK,
     show_default=True,
     help="Re-rank the R nearest by Hamming distance by float fc7 distance (0: off).",
 )
@@ -110,50 +92,18 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
 @click.pass_context
 def search(ctx, images, run, k, rerank, as_json, montage):
     """The training images most similar to each IMAGE (files or folders of images)."""
-    from alexnet.pipeline.dataset import split_files
-    from alexnet.retrieval.autoencoder import encode
-    from alexnet.retrieval.features import image_files, load_network, query_features
-    from alexnet.retrieval.index import hamming
+    from alexnet.retrieval.api import image_files, open_index
+    from alexnet.retrieval.api import search as run_search
 
+    if k < 1:
+        raise click.BadParameter("must be at least 1", param_hint="-k")
     files = image_files(images)
-    net = load_network(run)
-    ri = _open_index(net, run, _progress(ctx))
-    ri.check_k(k)
-    vectors = query_features(net, files)
-    D, I = ri.query(vectors, k, rerank)
-    codes = encode(ri.autoencoder, vectors)
-    db_paths, db_labels = split_files(net.manifest, "train")  # index ids are positions here
-    classes = net.manifest["classes"]
-    rows = []
-    for q, file in enumerate(files):
-        ham = hamming(codes[q : q + 1], ri.codes[I[q]])[0]
-        results = [
-            {
-                "rank": r + 1,
-                "id": int(i),
-                "path": db_paths[i],
-                "class": classes[db_labels[i]],
-                "hamming": int(ham[r]),
-                "distance": float(D[q, r]),
-            }
-            for r, i in enumerate(I[q])
-        ]
-        rows.append({"query": file, "results": results})
+    ri = open_index(run, progress=progress(ctx))
+    result = run_search(ri, files, k=k, rerank_top=rerank)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "run": str(run),
-                    "k": k,
-                    "rerank": rerank,
-                    "distance": "fc7 euclidean" if rerank else "hamming",
-                    "queries": rows,
-                },
-                indent=1,
-            )
-        )
+        click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:
-        for row in rows:
+        for row in result["queries"]:
             click.echo(f"query: {row['query']}")
             click.echo(
                 f"{'rank':>5}{'hamming':>9}"
@@ -169,23 +119,23 @@ def search(ctx, images, run, k, rerank, as_json, montage):
     if montage:
         from alexnet.retrieval.montage import make_montage
 
-        click.echo(f"montage: {make_montage(rows, montage)}", err=as_json)
+        click.echo(f"montage: {make_montage(result['queries'], montage)}", err=as_json)
 
 
 @click.command("eval-retrieval")
 @run_option
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Precision at k.")
+@click.option("-k", "k", type=int, default=R.K, show_default=True, help="Precision at k.")
 @click.option(
     "--rerank",
     type=int,
-    default=100,
+    default=R.EVAL_RERANK,
     show_default=True,
     help="Shortlist length for the Hamming + fc7 re-rank mode.",
 )
 @click.option(
     "--pixel-size",
     type=click.Choice(["16", "32", "64", "128", "256"]),
-    default="32",
+    default=str(R.PIXEL_SIZE),
     show_default=True,
     help="Side the 256x256 centre patches are averaged down to for the raw-pixel mode.",
 )
@@ -199,20 +149,19 @@ def search(ctx, images, run, k, rerank, as_json, montage):
 def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries):
     """Validation images as queries against the training set: precision@k and mAP of binary
     codes, codes + re-rank, float fc7 and raw pixels; writes RUN/eval_retrieval.json."""
+    from alexnet.retrieval.api import open_index
     from alexnet.retrieval.evaluate import evaluate_retrieval, format_table, write_result
-    from alexnet.retrieval.features import load_network
 
     if k < 1:
         raise click.BadParameter("must be at least 1", param_hint="-k")
-    net = load_network(run)
-    ri = _open_index(net, run, _progress(ctx))
+    ri = open_index(run, progress=progress(ctx))
     result = evaluate_retrieval(
         ri,
         k=k,
         rerank_top=rerank,
         pixel_size=int(pixel_size),
         max_queries=max_queries,
-        progress=_progress(ctx),
+        progress=progress(ctx),
     )
     click.echo(format_table(result))
     click.echo(f"written: {write_result(result, run)}")

@@ -1,4 +1,5 @@
-"""Checkpoints: one dict {model, optimizer, schedule, epoch, step, config, rng, version}.
+"""Checkpoints: one dict {model, optimizer, schedule, epoch, step, config, classes,
+fingerprint, rng, version}, and the network rebuilt from one.
 
 Written to a temporary file and moved into place, loaded with `weights_only=True`; the config
 is a plain dict so a checkpoint can be checked against the current settings before use.
@@ -6,12 +7,16 @@ is a plain dict so a checkpoint can be checked against the current settings befo
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+
+from .alexnet import AlexNet, AlexNetConfig
+from .config import TrainConfig
 
 VERSION = 1
 
@@ -36,6 +41,31 @@ def load_state(path: str | Path, what: str, fix: str, version: int = VERSION) ->
     return state
 
 
+def checkpoint_state(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    manifest: dict,
+    *,
+    optimizer: torch.optim.Optimizer,
+    schedule: dict,
+    epoch: int,
+    step: int = 0,
+) -> dict:
+    """The dict a checkpoint holds: `step` batches into `epoch` (0: the epoch is complete)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule,
+        "epoch": epoch,
+        "step": step,
+        "config": asdict(config),
+        "num_classes": len(manifest["classes"]),
+        "classes": manifest["classes"],
+        "fingerprint": manifest["fingerprint"],
+        "rng": {"torch": torch.get_rng_state()},
+    }
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     return save_state(path, state)
 
@@ -43,3 +73,15 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     fix = "train first with `alexnet train --run RUN`, or pass another --checkpoint"
     return load_state(path, "checkpoint", fix)
+
+
+def build_network(config: TrainConfig, num_classes: int, device: torch.device) -> AlexNet:
+    """The network `config` describes, on `device` (channels-last on GPUs)."""
+    model = AlexNet(
+        AlexNetConfig(
+            num_classes=num_classes, columns=config.columns, lrn=config.lrn, dropout=config.dropout
+        )
+    ).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model

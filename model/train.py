@@ -4,220 +4,36 @@ Batches of 128 from the DALI train pipeline, the paper's SGD rule, the learning 
 by 10 when validation top-1 error stops improving, top-1/top-5 error on centre crops every
 epoch and the 10-crop average at the end. Everything a run writes lives under RUN/; with
 torchrun, every rank reads its own shard and rank 0 alone writes.
+
+The pieces live beside this file: config.py (the settings), distributed.py (devices, ranks,
+the stop flag), loaders.py (which images each rank reads), checkpoint.py (what is saved),
+metrics.py (metrics.jsonl and curves.png), inference.py (a trained run loaded for use).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from alexnet.pipeline.dali import (
-    Loader,
-    check_batch_size,
-    default_device,
-    eval_pipeline,
-    pipe_options,
-    train_pipeline,
-)
-from alexnet.pipeline.dataset import load_manifest, split_files
+from alexnet.pipeline.dali import Loader, check_batch_size
+from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write
-from alexnet.pipeline.stats import Stats, load_stats
+from alexnet.pipeline.files import write_json
+from alexnet.pipeline.layout import RunPaths
 
-from .alexnet import AlexNet, AlexNetConfig
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import build_network, checkpoint_state, load_checkpoint, save_checkpoint
+from .config import TrainConfig, changed_settings, config_from_dict
+from .distributed import StopFlag, World, all_sum, autocast, setup_world
+from .inference import load_run_data, load_trained
+from .loaders import eval_loader, train_loader
+from .metrics import read_metrics, write_metrics
 from .optim import PlateauSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 90
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "paper"  # or "torch": PyTorch's SGD form
-    patience: int = 2  # epochs without a better validation top-1 before the rate drops
-    max_drops: int = 3
-    mean: str = "image"  # or "channel"
-    lighting_std: float = 0.1
-    columns: int = 2
-    lrn: bool = True
-    dropout: float = 0.5
-    seed: int = 0
-    num_threads: int | None = None  # DALI CPU threads; None: all cores
-
-
-# Settings that may differ between a run and its resumption.
-RESUMABLE = {"epochs", "num_threads"}
-
-
-def model_config(config: TrainConfig, num_classes: int) -> AlexNetConfig:
-    return AlexNetConfig(
-        num_classes=num_classes, columns=config.columns, lrn=config.lrn, dropout=config.dropout
-    )
-
-
-def config_from_dict(d: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in names})
-
-
-# --- distributed -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    size: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def dali_device(self) -> str:
-        """Where the DALI pipelines run: "gpu" beside a CUDA device, else "cpu"."""
-        return "gpu" if self.device.type == "cuda" else "cpu"
-
-
-def setup_world() -> World:
-    """One process, or one of torchrun's: gloo on CPU, nccl on GPUs, one GPU per local rank."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    gpu = default_device() == "gpu"
-    if gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if gpu else "gloo")
-    return World(int(os.environ.get("RANK", "0")), size, device)
-
-
-def all_sum(values: list[float], world: World) -> list[float]:
-    if world.size == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=world.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-# --- data --------------------------------------------------------------------------------
-
-
-def train_loader(
-    manifest: dict,
-    stats: Stats,
-    config: TrainConfig,
-    epoch: int,
-    world: World,
-    skip_batches: int = 0,
-) -> Loader:
-    """This rank's batches of one epoch: a fresh permutation per (seed, epoch), equal shards.
-
-    The order and the augmentation depend on (seed, epoch, rank) alone, so a resumed run sees
-    the same data as an uninterrupted one.
-    """
-    files, labels = split_files(manifest, "train")
-    per_rank = len(files) // world.size
-    check_batch_size(per_rank, config.batch_size, "training" + (" shard" if world.size > 1 else ""))
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(files))
-    mine = order[world.rank * per_rank : (world.rank + 1) * per_rank][
-        skip_batches * config.batch_size :
-    ]
-    device = world.dali_device
-    pipe = train_pipeline(
-        [files[i] for i in mine],
-        [labels[i] for i in mine],
-        stats.mean(config.mean),
-        stats.eigvecs,
-        stats.eigvals,
-        device=device,
-        lighting_std=config.lighting_std,
-        **pipe_options(
-            device,
-            config.batch_size,
-            seed_for(config.seed, epoch, world.rank, skip_batches),
-            config.num_threads,
-        ),
-    )
-    return Loader(pipe, torch_device=world.device)
-
-
-def seed_for(*keys: int) -> int:
-    """A DALI seed that depends on `keys` alone."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % 2**31)
-
-
-def eval_loader(
-    manifest: dict,
-    stats: Stats,
-    config: TrainConfig,
-    world: World,
-    *,
-    split: str = "val",
-    ten_crop: bool = False,
-) -> Loader:
-    files, labels = split_files(manifest, split)
-    check_batch_size(len(files), 1, "validation")
-    device = world.dali_device
-    batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
-    pipe = eval_pipeline(
-        files,
-        labels,
-        stats.mean(config.mean),
-        device=device,
-        ten_crop=ten_crop,
-        shard_id=world.rank,
-        num_shards=world.size,
-        **pipe_options(device, batch, config.seed, config.num_threads),
-    )
-    return Loader(pipe, torch_device=world.device)
-
-
-# --- one epoch, one evaluation -----------------------------------------------------------
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the trainer saves a checkpoint at the next batch and exits."""
-
-    def __init__(self):
-        self.set = False
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.set = True
-        log.warning("stopping after this batch and saving a checkpoint (Ctrl-C again to abort)")
-
-    def agreed(self, world: World) -> bool:
-        """Whether any rank was asked to stop: all ranks leave after the same batch."""
-        return all_sum([float(self.set)], world)[0] > 0 if world.size > 1 else self.set
-
-    def __exit__(self, *exc):
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPUs; a no-op context on the CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def train_one_epoch(
@@ -294,25 +110,8 @@ def evaluate(model, loader: Loader, world: World, *, progress: bool = False) -> 
 # --- the whole run -----------------------------------------------------------------------
 
 
-def load_run_data(run: Path) -> tuple[dict, Stats]:
-    manifest = load_manifest(run)
-    return manifest, load_stats(run, manifest["fingerprint"])
-
-
-def build_model(config: TrainConfig, num_classes: int, world: World):
-    model = AlexNet(model_config(config, num_classes)).to(world.device)
-    if world.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
-    old = config_from_dict(saved["config"])
-    changed = [
-        f"{f.name} {getattr(old, f.name)} -> {getattr(config, f.name)}"
-        for f in fields(config)
-        if f.name not in RESUMABLE and getattr(old, f.name) != getattr(config, f.name)
-    ]
+    changed = changed_settings(config_from_dict(saved["config"]), config)
     if changed:
         raise AlexnetError(
             f"{path} was trained with other settings ({'; '.join(changed)}): "
@@ -328,31 +127,29 @@ def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path
 
 def fit(
     run: str | Path,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     *,
     resume: bool = False,
     progress: bool = True,
     final_ten_crop: bool = True,
 ) -> dict:
     """Train on RUN's manifest and statistics; return the last epoch's metrics."""
-    run = Path(run)
+    config = config or TrainConfig()
+    paths = RunPaths(run)
     world = setup_world()
     manifest, stats = load_run_data(run)
-    num_classes = len(manifest["classes"])
     check_batch_size(len(split_files(manifest, "val")[0]), 1, "validation")
-    ckpt_dir = run / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
 
     torch.manual_seed(config.seed)
-    model = build_model(config, num_classes, world)
+    model = build_network(config, len(manifest["classes"]), world.device)
     optimizer = make_optimizer(
         config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay
     )
     schedule = PlateauSchedule(optimizer, config.patience, max_drops=config.max_drops)
     epoch, skip = 0, 0
     if resume:
-        saved = load_checkpoint(last_path)
-        check_resumable(saved, config, manifest, last_path)
+        saved = load_checkpoint(paths.last)
+        check_resumable(saved, config, manifest, paths.last)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -360,29 +157,29 @@ def fit(
         torch.set_rng_state(saved["rng"]["torch"])
         if world.main:
             log.info(
-                "resuming %s at epoch %d%s", last_path, epoch + 1, f", batch {skip}" if skip else ""
+                "resuming %s at epoch %d%s",
+                paths.last,
+                epoch + 1,
+                f", batch {skip}" if skip else "",
             )
-    elif last_path.exists():
+    elif paths.last.exists():
         raise AlexnetError(
-            f"{last_path} exists: pass --resume to continue that run, or choose a new --run"
+            f"{paths.last} exists: pass --resume to continue that run, or choose a new --run"
         )
+    net = model
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    net = model.module if world.size > 1 else model
 
-    def checkpoint(epoch: int, step: int) -> dict:
-        return {
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "config": asdict(config),
-            "num_classes": num_classes,
-            "classes": manifest["classes"],
-            "fingerprint": manifest["fingerprint"],
-            "rng": {"torch": torch.get_rng_state()},
-        }
+    def checkpoint(epoch: int, step: int = 0) -> dict:
+        return checkpoint_state(
+            net,
+            config,
+            manifest,
+            optimizer=optimizer,
+            schedule=schedule.state_dict(),
+            epoch=epoch,
+            step=step,
+        )
 
     history = read_metrics(run) if resume else []
     metrics: dict = {}
@@ -401,8 +198,8 @@ def fit(
             if result["stopped"]:
                 step = skip + result["batches"]
                 if world.main:
-                    save_checkpoint(last_path, checkpoint(epoch, step))
-                raise Interrupted(last_path, epoch, step)
+                    save_checkpoint(paths.last, checkpoint(epoch, step))
+                raise Interrupted(paths.last, epoch, step)
             skip = 0
             val = evaluate(model, eval_loader(manifest, stats, config, world), world)
             lr = schedule.lr
@@ -420,10 +217,10 @@ def fit(
             history.append(metrics)
             if world.main:
                 write_metrics(run, history)
-                state = checkpoint(epoch, 0)
-                save_checkpoint(last_path, state)
+                state = checkpoint(epoch)
+                save_checkpoint(paths.last, state)
                 if improved:
-                    save_checkpoint(ckpt_dir / "best.pt", state)
+                    save_checkpoint(paths.best, state)
                 log.info(
                     "epoch %d  loss %.4f  top-1 %.2f%%  top-5 %.2f%%  lr %g  %.0f img/s  "
                     "wait %.0f%%",
@@ -461,73 +258,24 @@ class Interrupted(AlexnetError):
         )
 
 
-# --- metrics and curves ------------------------------------------------------------------
-
-
-def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_metrics(run: Path, history: list[dict]) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text("".join(json.dumps(m) + "\n" for m in history))
-
-    atomic_write(run / "metrics.jsonl", write)
-    plot_curves(history, run / "curves.png")
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Training loss and validation top-1/top-5 error against epochs, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [m["epoch"] for m in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [m["loss"] for m in history], "o-")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax2.plot(epochs, [100 * m["top1_error"] for m in history], "o-", label="top-1")
-    ax2.plot(epochs, [100 * m["top5_error"] for m in history], "s-", label="top-5")
-    ax2.set(xlabel="epoch", ylabel="validation error (%)", title="error", ylim=(0, 100))
-    ax2.legend()
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
 def evaluate_checkpoint(
     run: str | Path, checkpoint: str | Path | None = None, *, ten_crop: bool = True
 ) -> dict:
-    """Top-1/top-5 error of a checkpoint on RUN's validation set (centre crop, and 10-crop)."""
-    run = Path(run)
-    path = Path(checkpoint) if checkpoint else run / "checkpoints" / "best.pt"
+    """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set, centre
+    crop and 10-crop; written to RUN/eval.json."""
     world = setup_world()
-    manifest, stats = load_run_data(run)
-    saved = load_checkpoint(path)
-    config = config_from_dict(saved["config"])
-    if (
-        saved.get("num_classes") != len(manifest["classes"])
-        or saved.get("classes") != manifest["classes"]
-    ):
-        raise AlexnetError(
-            f"{path} was trained on other classes than {run}/manifest.json: "
-            "pass a checkpoint of this run"
-        )
-    model = build_model(config, len(manifest["classes"]), world)
-    model.load_state_dict(saved["model"])
+    trained = load_trained(run, checkpoint, world)
+
+    def loader(ten: bool) -> Loader:
+        return eval_loader(trained.manifest, trained.stats, trained.config, world, ten_crop=ten)
+
     result = {
-        "checkpoint": str(path),
-        "epoch": saved["epoch"],
-        "centre": evaluate(model, eval_loader(manifest, stats, config, world), world),
+        "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
+        "centre": evaluate(trained.model, loader(False), world),
     }
     if ten_crop:
-        result["ten_crop"] = evaluate(
-            model, eval_loader(manifest, stats, config, world, ten_crop=True), world
-        )
+        result["ten_crop"] = evaluate(trained.model, loader(True), world)
+    if world.main:
+        write_json(trained.paths.eval, result)
     return result

@@ -1,1 +1,31 @@
-"""Datasets, training-set statistics and the DALI pipelines that feed every later stage."""
+"""Datasets, training-set statistics and the DALI pipelines that feed every later stage.
+
+dataset   scan and validate an ImageFolder tree -> RUN/manifest.json
+stats     mean image, channel mean, RGB covariance and PCA -> RUN/stats.npz
+prep      `alexnet prep` as one function: scan, manifest, statistics
+dali      the DALI graphs (prep, train, eval, query) and the torch-side Loader
+layout    RunPaths: every file under RUN/, named once
+files     atomic writes, JSON, file identities; errors: AlexnetError
+defaults  the prep settings' defaults (light: no DALI, no torch)
+"""
+
+from .lazy import lazy_exports
+
+_EXPORTS = {
+    "AlexnetError": "errors",
+    "IndexPaths": "layout",
+    "Loader": "dali",
+    "RunPaths": "layout",
+    "Stats": "stats",
+    "compute_stats": "stats",
+    "eval_pipeline": "dali",
+    "load_manifest": "dataset",
+    "load_stats": "stats",
+    "prepare": "prep",
+    "query_pipeline": "dali",
+    "scan": "dataset",
+    "split_files": "dataset",
+    "train_pipeline": "dali",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

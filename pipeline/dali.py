@@ -181,6 +181,16 @@ def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id
     return fn.stack(*crops), label
 
 
+@pipeline_def(enable_conditionals=False)
+def query_pipeline(batches, mean, *, device="cpu"):
+    """Encoded images from `batches` (an iterable of lists of uint8 byte arrays, e.g. files
+    read by the caller or uploads) -> float32 3x224x224 centre crops, exactly as
+    eval_pipeline makes them from files; ends when `batches` does."""
+    encoded = fn.external_source(source=batches, dtype=types.UINT8, ndim=1, cycle=False)
+    images, mean = centred(decode_centre_256(encoded, device), mean, device)
+    return crop_to_chw(images, mean=mean)
+
+
 # --- the PyTorch side --------------------------------------------------------------------
 
 
@@ -199,20 +209,27 @@ class Loader:
     """Iterate a pipeline as (images, labels) torch tensors on `device`, one epoch per pass.
 
     Evaluation pipelines pad their shard's last batch; the padding is cut off here, so every
-    image of the shard is seen exactly once.
+    image of the shard is seen exactly once. A pipeline without a file reader (query_pipeline)
+    is read once, until its source ends.
     """
 
     def __init__(self, pipe, outputs: Sequence[str] = ("images", "labels"), torch_device=None):
         self.pipe = pipe
         self.outputs = list(outputs)
         self.torch_device = torch.device(torch_device or "cpu")
+        reader = {"reader_name": READER, "auto_reset": True} if self._has_reader(pipe) else {}
         self._it = DALIGenericIterator(
-            [pipe],
-            self.outputs,
-            reader_name=READER,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-            auto_reset=True,
+            [pipe], self.outputs, last_batch_policy=LastBatchPolicy.PARTIAL, **reader
         )
+
+    @staticmethod
+    def _has_reader(pipe) -> bool:
+        pipe.build()
+        try:
+            pipe.reader_meta(READER)
+        except RuntimeError:
+            return False
+        return True
 
     def __len__(self) -> int:
         return -(-self.size // self.pipe.max_batch_size)

@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .defaults import MIN_SIZE, SPLIT_SEED, VAL_FRACTION
 from .errors import AlexnetError
 from .files import read_json, write_json
+from .layout import RunPaths
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
 FORMATS = {"JPEG", "MPO", "PNG", "BMP"}  # what both PIL and DALI's decoders read
 MANIFEST_VERSION = 1
 
 
-def check_image(path: str, min_size: int = 16) -> str | None:
+def check_image(path: str, min_size: int = MIN_SIZE) -> str | None:
     """Decode `path` fully; return None if usable, else the reason it is not."""
     try:
         if os.path.getsize(path) == 0:
@@ -69,9 +71,9 @@ def _layout(data: Path) -> tuple[str, dict[str, Path]]:
 def scan(
     data: str | Path,
     *,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    min_size: int = 16,
+    val_fraction: float = VAL_FRACTION,
+    seed: int = SPLIT_SEED,
+    min_size: int = MIN_SIZE,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -194,14 +196,13 @@ def fingerprint(manifest: dict) -> str:
 
 
 def save_manifest(manifest: dict, run: str | Path) -> Path:
-    return write_json(Path(run) / "manifest.json", manifest)
+    return write_json(RunPaths(run).manifest, manifest)
 
 
 def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
     """Read RUN/manifest.json; with `check_files`, refuse it when the data changed since prep."""
-    manifest = read_json(
-        Path(run) / "manifest.json", "manifest", "run `alexnet prep DATA --run RUN` first"
-    )
+    path = RunPaths(run).manifest
+    manifest = read_json(path, "manifest", "run `alexnet prep DATA --run RUN` first")
     try:
         intact = (
             manifest["version"] == MANIFEST_VERSION
@@ -211,8 +212,7 @@ def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
         intact = False
     if not intact:
         raise AlexnetError(
-            f"{run}/manifest.json was edited or comes from another version: "
-            "rerun `alexnet prep DATA --run RUN`"
+            f"{path} was edited or comes from another version: rerun `alexnet prep DATA --run RUN`"
         )
     if check_files:
         root = Path(manifest["root"])
@@ -222,7 +222,7 @@ def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
                 st = p.stat()
             except OSError:
                 raise AlexnetError(
-                    f"{p} listed in {run}/manifest.json is gone: the data changed since "
+                    f"{p} listed in {path} is gone: the data changed since "
                     "prep; rerun `alexnet prep`"
                 ) from None
             if (st.st_size, st.st_mtime_ns) != (f["bytes"], f["mtime_ns"]):

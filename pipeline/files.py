@@ -54,3 +54,9 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise AlexnetError(f"{path} is not a readable {what} ({e}): {fix}") from e
+
+
+def file_identity(path: str | Path) -> dict:
+    """Name, size and modification time: they change whenever the file is rewritten."""
+    st = Path(path).stat()
+    return {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}

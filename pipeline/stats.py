@@ -16,6 +16,7 @@ import numpy as np
 from .dali import SIZE, Loader, pipe_options, prep_pipeline
 from .errors import AlexnetError
 from .files import atomic_write, write_json
+from .layout import RunPaths
 
 STATS_VERSION = 1
 
@@ -107,7 +108,7 @@ def compute_stats(
 
 
 def save_stats(stats: Stats, run: str | Path) -> Path:
-    run = Path(run)
+    paths = RunPaths(run)
     arrays = {
         k: getattr(stats, k) for k in ("mean_image", "channel_mean", "cov", "eigvals", "eigvecs")
     }
@@ -118,13 +119,13 @@ def save_stats(stats: Stats, run: str | Path) -> Path:
                 f, **arrays, count=stats.count, fingerprint=stats.fingerprint, version=STATS_VERSION
             )
 
-    write_json(run / "stats.json", stats.summary())
-    return atomic_write(run / "stats.npz", write)
+    write_json(paths.stats_summary, stats.summary())
+    return atomic_write(paths.stats, write)
 
 
 def load_stats(run: str | Path, fingerprint: str) -> Stats:
     """Read RUN/stats.npz, refusing statistics of another dataset than the manifest's."""
-    path = Path(run) / "stats.npz"
+    path = RunPaths(run).stats
     if not path.is_file():
         raise AlexnetError(f"{path} is missing: run `alexnet prep DATA --run {run}` first")
     try:

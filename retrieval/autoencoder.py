@@ -40,6 +40,8 @@ from torch import nn
 from alexnet.model.checkpoint import load_state, save_state
 from alexnet.pipeline.errors import AlexnetError
 
+from .defaults import BITS, MAX_BITS, MIN_BITS
+
 log = logging.getLogger(__name__)
 
 AUTOENCODER_VERSION = 1
@@ -48,7 +50,7 @@ CHUNK = 4096  # rows at a time when reading the memory-mapped features
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    bits: int = 64  # code units: a multiple of 8 in 32..256
+    bits: int = BITS  # code units: a multiple of 8 in MIN_BITS..MAX_BITS
     dim: int = 4096
     hidden: tuple[int, int] = (1024, 256)
     epochs: int = 10
@@ -59,9 +61,9 @@ class AutoencoderConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.bits % 8 or not 32 <= self.bits <= 256:
+        if self.bits % 8 or not MIN_BITS <= self.bits <= MAX_BITS:
             raise AlexnetError(
-                f"--bits must be a multiple of 8 between 32 and 256, got {self.bits}"
+                f"--bits must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, got {self.bits}"
             )
 
 

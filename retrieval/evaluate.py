@@ -38,9 +38,11 @@ from alexnet.pipeline.dali import SIZE, Loader, default_device, pipe_options, pr
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
+from alexnet.pipeline.layout import RunPaths
 
 from . import autoencoder as ae
-from .features import DIM, Network, query_features
+from .defaults import EVAL_RERANK, PIXEL_SIZE, K
+from .features import DIM, query_features
 from .index import RunIndex, hamming, rerank
 
 log = logging.getLogger(__name__)
@@ -93,15 +95,15 @@ def _timed(fn) -> tuple[float, object]:
 def evaluate_retrieval(
     ri: RunIndex,
     *,
-    k: int = 10,
-    rerank_top: int = 100,
-    pixel_size: int = 32,
+    k: int = K,
+    rerank_top: int = EVAL_RERANK,
+    pixel_size: int = PIXEL_SIZE,
     max_queries: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
     """Precision@k, mAP, bytes per image and query time of the four modes (module docstring)."""
-    net: Network = ri.net
+    net = ri.trained
     db_files, db_labels = split_files(net.manifest, "train")
     q_files, q_labels = split_files(net.manifest, "val")
     if not q_files:
@@ -212,4 +214,4 @@ def format_table(result: dict) -> str:
 
 
 def write_result(result: dict, run: str | Path) -> Path:
-    return write_json(Path(run) / "eval_retrieval.json", result)
+    return write_json(RunPaths(run).eval_retrieval, result)

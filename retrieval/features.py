@@ -3,11 +3,12 @@
 Paper, section 6.1 (figure 4): images whose fc7 vectors are close in Euclidean distance are
 similar to the network, even when their pixels are not. Every training image goes through the
 evaluation pipeline's centre crop (pipeline.dali.eval_pipeline, ten_crop off), in manifest
-order, and its fc7 vector is written as float16 to RUN/index/features.f16.npy, a memory-mapped
-.npy file: memory stays one batch whatever the dataset's size. Query images take exactly the
-same path (`query_features`), so a training image used as a query gets its own vector back.
+order, and its fc7 vector is written as float16 to INDEX/features.f16.npy, a memory-mapped
+.npy file: memory stays one batch whatever the dataset's size. Query images are decoded by
+the same graph from their bytes (`query_features`), so a training image used as a query gets
+its own vector back.
 
-Completion protocol: the sidecar RUN/index/features.json (manifest fingerprint, checkpoint
+Completion protocol: the sidecar INDEX/features.json (manifest fingerprint, checkpoint
 file identity, count) is deleted before extraction starts, the array is written under a
 temporary name and moved into place, and only then is the sidecar written. An interrupted
 extraction therefore leaves no sidecar and is redone from scratch, never taken as complete.
@@ -16,28 +17,22 @@ extraction therefore leaves no sidecar and is redone from scratch, never taken a
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from alexnet.model.checkpoint import load_checkpoint
-from alexnet.model.train import (
-    TrainConfig,
-    World,
-    autocast,
-    build_model,
-    config_from_dict,
-    eval_loader,
-)
-from alexnet.pipeline.dali import Loader, default_device, eval_pipeline, pipe_options
-from alexnet.pipeline.dataset import EXTENSIONS, check_image, load_manifest, split_files
+from alexnet.model.distributed import autocast
+from alexnet.model.inference import TrainedRun
+from alexnet.model.loaders import eval_loader
+from alexnet.pipeline.dali import Loader, pipe_options, query_pipeline
+from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write, read_json, write_json
-from alexnet.pipeline.stats import Stats, load_stats
+from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
+from alexnet.pipeline.layout import IndexPaths
+
+from .defaults import FEATURE_BATCH, QUERY_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -46,80 +41,24 @@ FEATURES_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def index_dir(run: str | Path) -> Path:
-    return Path(run) / "index"
+def source_identity(trained: TrainedRun) -> dict:
+    """What every retrieval file of a run is derived from; a change means rebuild."""
+    return {
+        "manifest": trained.manifest["fingerprint"],
+        "checkpoint": file_identity(trained.checkpoint),
+    }
 
 
-def features_path(run: str | Path) -> Path:
-    return index_dir(run) / "features.f16.npy"
-
-
-def sidecar_path(run: str | Path) -> Path:
-    return index_dir(run) / "features.json"
-
-
-@dataclass
-class Network:
-    """A run's trained network, ready to turn images into fc7 vectors."""
-
-    model: torch.nn.Module
-    config: TrainConfig
-    manifest: dict
-    stats: Stats
-    checkpoint: Path
-    world: World
-
-    @property
-    def source(self) -> dict:
-        """What every retrieval file of the run is derived from; a change means rebuild."""
-        return source_identity(self.manifest, self.checkpoint)
-
-
-def file_identity(path: str | Path) -> dict:
-    """Name, size and modification time: changes whenever training rewrites the file."""
-    st = Path(path).stat()
-    return {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def source_identity(manifest: dict, checkpoint: str | Path) -> dict:
-    return {"manifest": manifest["fingerprint"], "checkpoint": file_identity(checkpoint)}
-
-
-def load_network(run: str | Path, checkpoint: str | Path | None = None) -> Network:
-    """RUN's manifest, statistics and checkpoint (default: best.pt) as a model in eval mode."""
-    run = Path(run)
-    path = Path(checkpoint) if checkpoint else run / "checkpoints" / "best.pt"
-    manifest = load_manifest(run)
-    stats = load_stats(run, manifest["fingerprint"])
-    saved = load_checkpoint(path)
-    classes = manifest["classes"]
-    if saved.get("num_classes") != len(classes) or saved.get("classes") != classes:
-        raise AlexnetError(
-            f"{path} was trained on other classes than {run}/manifest.json: "
-            "pass a checkpoint of this run"
-        )
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if default_device() == "gpu"
-        else torch.device("cpu")
-    )
-    world = World(device=device)
-    config = config_from_dict(saved["config"])
-    model = build_model(config, len(manifest["classes"]), world)
-    model.load_state_dict(saved["model"])
-    model.eval()
-    return Network(model, config, manifest, stats, path, world)
-
-
-def fc7_batches(net: Network, loader: Loader) -> Iterator[np.ndarray]:
-    """float32 (batch, 4096) fc7 vectors of each batch of `loader`, in its order."""
-    model = net.model.module if hasattr(net.model, "module") else net.model
-    for x, _ in loader:
-        if net.world.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(net.world.device):
-            h = model.fc7(x)
-        yield h.float().cpu().numpy()
+def fc7_batches(trained: TrainedRun, batches: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
+    """float32 (batch, 4096) fc7 vectors of each batch of 224x224 crops, in order."""
+    device = trained.world.device
+    with torch.inference_mode():
+        for x in batches:
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                h = trained.model.fc7(x)
+            yield h.float().cpu().numpy()
 
 
 def to_float16(x: np.ndarray) -> np.ndarray:
@@ -130,13 +69,12 @@ def to_float16(x: np.ndarray) -> np.ndarray:
 # --- the training set --------------------------------------------------------------------
 
 
-def features_current(run: str | Path, source: dict) -> bool:
-    path, sidecar = features_path(run), sidecar_path(run)
-    if not (path.is_file() and sidecar.is_file()):
+def features_current(paths: IndexPaths, source: dict) -> bool:
+    if not (paths.features.is_file() and paths.features_meta.is_file()):
         return False
     try:
-        meta = read_json(sidecar, "feature sidecar", "")
-        shape = np.load(path, mmap_mode="r").shape
+        meta = read_json(paths.features_meta, "feature sidecar", "")
+        shape = np.load(paths.features, mmap_mode="r").shape
     except (AlexnetError, OSError, ValueError):
         return False
     return (
@@ -147,22 +85,25 @@ def features_current(run: str | Path, source: dict) -> bool:
 
 
 def extract_features(
-    net: Network, run: str | Path, *, batch_size: int = 64, progress: bool = True
-) -> Path:
-    """fc7 of every training image, in manifest order -> RUN/index/features.f16.npy."""
+    trained: TrainedRun,
+    paths: IndexPaths,
+    *,
+    batch_size: int = FEATURE_BATCH,
+    progress: bool = True,
+):
+    """fc7 of every training image, in manifest order -> INDEX/features.f16.npy."""
     from tqdm import tqdm
 
-    path, sidecar = features_path(run), sidecar_path(run)
-    sidecar.unlink(missing_ok=True)  # from here on, the old array is not complete
-    files, _ = split_files(net.manifest, "train")
-    config = replace(net.config, batch_size=batch_size)
-    loader = eval_loader(net.manifest, net.stats, config, net.world, split="train")
+    paths.features_meta.unlink(missing_ok=True)  # from here on, the old array is not complete
+    files, _ = split_files(trained.manifest, "train")
+    config = replace(trained.config, batch_size=batch_size)
+    loader = eval_loader(trained.manifest, trained.stats, config, trained.world, split="train")
 
     def write(tmp: str) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(files), DIM))
         done = 0
         with tqdm(total=len(files), desc="fc7 features", unit="img", disable=not progress) as bar:
-            for h in fc7_batches(net, loader):
+            for h in fc7_batches(trained, (x for x, _ in loader)):
                 out[done : done + len(h)] = to_float16(h)
                 done += len(h)
                 bar.update(len(h))
@@ -171,83 +112,74 @@ def extract_features(
         out.flush()
         del out
 
-    atomic_write(path, write)
+    atomic_write(paths.features, write)
     write_json(
-        sidecar,
+        paths.features_meta,
         {
             "version": FEATURES_VERSION,
-            "source": net.source,
+            "source": source_identity(trained),
             "count": len(files),
             "dim": DIM,
             "dtype": "float16",
         },
     )
-    log.info("fc7 features of %d training images: %s", len(files), path)
-    return path
+    log.info("fc7 features of %d training images: %s", len(files), paths.features)
+    return paths.features
 
 
-def load_features(run: str | Path) -> np.ndarray:
-    """The training set's float16 (N, 4096) features, memory-mapped read-only."""
-    return np.load(features_path(run), mmap_mode="r")
+def load_features(paths: IndexPaths) -> np.ndarray:
+    """The collection's float16 (N, 4096) features, memory-mapped read-only."""
+    return np.load(paths.features, mmap_mode="r")
 
 
 # --- query images ------------------------------------------------------------------------
 
 
-def image_files(paths: Sequence[str | Path]) -> list[str]:
-    """Expand folders to the images below them (sorted) and check that every file decodes."""
-    files: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
-            )
-            if not found:
-                raise AlexnetError(f"{p} holds no images ({', '.join(sorted(EXTENSIONS))})")
-            files += found
-        elif not p.exists():
-            raise AlexnetError(f"{p} does not exist")
-        else:
-            files.append(str(p))
-    for f in files:
-        if not os.access(f, os.R_OK):
-            raise AlexnetError(f"{f} is not readable (permission denied)")
-        reason = check_image(f, min_size=1)
-        if reason:
-            raise AlexnetError(f"{f} cannot be used as a query: {reason}")
-    return files
-
-
 def query_features(
-    net: Network, files: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    trained: TrainedRun,
+    images: Sequence[str | bytes],
+    *,
+    batch_size: int = QUERY_BATCH,
+    progress: bool = False,
 ) -> np.ndarray:
-    """float32 (len(files), 4096) fc7 vectors through the evaluation centre crop, batched.
+    """float32 (len(images), 4096) fc7 vectors through the evaluation centre crop, batched.
 
-    Rounded through float16 like the stored features, so a training image queried against
-    the database finds its own vector exactly (up to the batch's arithmetic).
+    Each image is a file path or the encoded bytes of one (JPEG, PNG, BMP). Rounded through
+    float16 like the stored features, so a training image queried against the database finds
+    its own vector exactly (up to the batch's arithmetic).
     """
     from tqdm import tqdm
 
-    if not files:
+    if not len(images):
         return np.zeros((0, DIM), np.float32)
-    device = net.world.dali_device
-    pipe = eval_pipeline(
-        list(files),
-        [0] * len(files),
-        net.stats.mean(net.config.mean),
+    batch_size = min(batch_size, len(images))
+
+    def encoded(item: str | bytes) -> np.ndarray:
+        if isinstance(item, bytes):
+            return np.frombuffer(item, np.uint8)
+        return np.fromfile(item, np.uint8)
+
+    def batches():
+        for s in range(0, len(images), batch_size):
+            yield [encoded(item) for item in images[s : s + batch_size]]
+
+    device = trained.world.dali_device
+    pipe = query_pipeline(
+        batches(),
+        trained.stats.mean(trained.config.mean),
         device=device,
-        ten_crop=False,
-        **pipe_options(
-            device, min(batch_size, len(files)), net.config.seed, net.config.num_threads
-        ),
+        **pipe_options(device, batch_size, trained.config.seed, trained.config.num_threads),
     )
-    loader = Loader(pipe, torch_device=net.world.device)
+    loader = Loader(pipe, outputs=("images",), torch_device=trained.world.device)
+    crops = (x for (x,) in loader)
     out = [
         to_float16(h)
         for h in tqdm(
-            fc7_batches(net, loader), desc="query fc7", unit="batch", disable=not progress
+            fc7_batches(trained, crops),
+            desc="query fc7",
+            unit="batch",
+            total=-(-len(images) // batch_size),
+            disable=not progress,
         )
     ]
     return np.concatenate(out).astype(np.float32)

@@ -7,7 +7,7 @@ Modes of `build_index`:
 - "flat": faiss.IndexBinaryFlat, exact Hamming distance (the default).
 - "hnsw": faiss.IndexBinaryHNSW, approximate; chosen by "auto" above `approx_threshold`
   images (200,000) on a host without a GPU. Its recall@10 against exact search is measured
-  on a sample when it is built (`measure_recall`) and stored in RUN/index/index.json.
+  on a sample when it is built (`measure_recall`) and stored in INDEX/codes.json.
 - On a host with a GPU (faiss.get_num_gpus() > 0), "auto" stays "flat" at any size and
   `to_device` copies it to a faiss.GpuIndexBinaryFlat: brute force on a GPU is exact and fast.
 What is saved is always the CPU index (faiss.write_index_binary).
@@ -32,24 +32,23 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from alexnet.model.inference import TrainedRun
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write, read_json, write_json
+from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
+from alexnet.pipeline.layout import IndexPaths
 
 from . import autoencoder as ae
+from .defaults import APPROX_THRESHOLD, FEATURE_BATCH
 from .features import (
-    Network,
     extract_features,
     features_current,
-    features_path,
-    file_identity,
-    index_dir,
     load_features,
+    source_identity,
 )
 
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
-APPROX_THRESHOLD = 200_000
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k searches on the CPU copy
@@ -154,19 +153,7 @@ def measure_recall(
     return float(np.minimum(found, k).mean() / k)
 
 
-# --- the run's files ---------------------------------------------------------------------
-
-
-def index_path(run: str | Path) -> Path:
-    return index_dir(run) / "codes.faissindex"
-
-
-def autoencoder_path(run: str | Path) -> Path:
-    return index_dir(run) / "autoencoder.pt"
-
-
-def codes_path(run: str | Path) -> Path:
-    return index_dir(run) / "codes.u8.npy"
+# --- a collection's files: features, autoencoder, codes, index ----------------------------
 
 
 def save_codes(codes: np.ndarray, path: Path) -> Path:
@@ -177,26 +164,23 @@ def save_codes(codes: np.ndarray, path: Path) -> Path:
     return atomic_write(path, write)
 
 
-def _autoencoder_current(run: Path, source: dict, bits: int | None) -> bool:
-    path = autoencoder_path(run)
-    if not path.is_file():
+def _autoencoder_current(paths: IndexPaths, source: dict, bits: int | None) -> bool:
+    if not paths.autoencoder.is_file():
         return False
     try:
-        state = ae.load_autoencoder(path)
+        state = ae.load_autoencoder(paths.autoencoder)
         ae.model_from_state(state)
     except AlexnetError:
         return False
     return state.get("source") == source and bits in (None, state["config"]["bits"])
 
 
-def index_problem(run: str | Path, source: dict) -> str | None:
-    """None when RUN/index is complete and built from `source`; else what is wrong with it."""
-    run = Path(run)
-    meta_path = index_path(run).with_suffix(".json")
-    if not meta_path.is_file():
+def index_problem(paths: IndexPaths, source: dict) -> str | None:
+    """None when the index is complete and built from `source`; else what is wrong with it."""
+    if not paths.meta.is_file():
         return "missing"
     try:
-        meta = read_json(meta_path, "index description", "")
+        meta = read_json(paths.meta, "index description", "")
     except AlexnetError:
         return "unreadable"
     if meta.get("version") != INDEX_VERSION:
@@ -206,50 +190,51 @@ def index_problem(run: str | Path, source: dict) -> str | None:
     if meta.get("source") != source:
         return f"built from another checkpoint ({meta['source'].get('checkpoint')})"
     for path, key in (
-        (autoencoder_path(run), "autoencoder"),
-        (codes_path(run), "codes"),
-        (index_path(run), "index"),
+        (paths.autoencoder, "autoencoder"),
+        (paths.codes, "codes"),
+        (paths.index, "index"),
     ):
         if not path.is_file() or file_identity(path) != meta.get(key):
             return f"{path.name} is missing or was rewritten after the index"
-    if not features_current(run, source):
+    if not features_current(paths, source):
         return "the fc7 features are missing or incomplete"
     return None
 
 
 def build_run_index(
-    net: Network,
-    run: str | Path,
+    trained: TrainedRun,
+    paths: IndexPaths | None = None,
     *,
     bits: int | None = None,
     approx_threshold: int = APPROX_THRESHOLD,
-    batch_size: int = 64,
+    batch_size: int = FEATURE_BATCH,
     ae_config: ae.AutoencoderConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """Features, autoencoder, codes and index of RUN, each step skipped when already current.
+    """Features, autoencoder, codes and index of the training set (`paths` defaults to
+    RUN/index), each step skipped when already current.
 
     `bits` None keeps a current autoencoder of any width (else trains the default 64).
-    Returns the index description (also written to RUN/index/codes.json).
+    Returns the index description (also written to INDEX/codes.json).
     """
-    run = Path(run)
-    source = net.source
-    if features_current(run, source):
-        log.info("fc7 features are current: %s", features_path(run))
+    paths = paths or trained.paths.index
+    source = source_identity(trained)
+    if features_current(paths, source):
+        log.info("fc7 features are current: %s", paths.features)
     else:
-        extract_features(net, run, batch_size=batch_size, progress=progress)
-    features = load_features(run)
+        extract_features(trained, paths, batch_size=batch_size, progress=progress)
+    features = load_features(paths)
 
     retrained = False
-    if _autoencoder_current(run, source, bits if ae_config is None else ae_config.bits):
-        log.info("autoencoder is current: %s", autoencoder_path(run))
-        state = ae.load_autoencoder(autoencoder_path(run))
+    if _autoencoder_current(paths, source, bits if ae_config is None else ae_config.bits):
+        log.info("autoencoder is current: %s", paths.autoencoder)
+        state = ae.load_autoencoder(paths.autoencoder)
         model = ae.model_from_state(state)
     else:
         config = ae_config or ae.AutoencoderConfig(bits=bits or ae.AutoencoderConfig.bits)
         model = ae.train_autoencoder(features, config, progress=progress)
         state = ae.autoencoder_state(model, source=source, report=ae.report(model, features))
-        ae.save_autoencoder(state, autoencoder_path(run))
+        ae.save_autoencoder(state, paths.autoencoder)
         retrained = True
         r = state["report"]
         log.info(
@@ -262,14 +247,14 @@ def build_run_index(
             r["bits_always_on_or_off"],
         )
 
-    if not retrained and index_problem(run, source) is None:
-        meta = read_json(index_path(run).with_suffix(".json"), "index description", "")
+    if not retrained and index_problem(paths, source) is None:
+        meta = read_json(paths.meta, "index description", "")
         if meta["kind"] == auto_kind(meta["count"], approx_threshold):
-            log.info("index is current: %s", index_path(run))
+            log.info("index is current: %s", paths.index)
             return meta
 
     codes = ae.encode(model, features)
-    save_codes(codes, codes_path(run))
+    save_codes(codes, paths.codes)
     start = time.perf_counter()
     index = build_index(codes, approx_threshold=approx_threshold)
     meta = {
@@ -282,21 +267,13 @@ def build_run_index(
         "recall_at_10": 1.0 if index_kind(index) == "flat" else measure_recall(index, codes),
         "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
     }
-    atomic_write(index_path(run), lambda tmp: faiss.write_index_binary(index, tmp))
+    atomic_write(paths.index, lambda tmp: faiss.write_index_binary(index, tmp))
     meta.update(
-        autoencoder=file_identity(autoencoder_path(run)),
-        codes=file_identity(codes_path(run)),
-        index=file_identity(index_path(run)),
+        autoencoder=file_identity(paths.autoencoder),
+        codes=file_identity(paths.codes),
+        index=file_identity(paths.index),
     )
-    write_json(index_path(run).with_suffix(".json"), meta)
-    log.debug(
-        "%s index of %d %d-bit codes (recall@10 %.3f): %s",
-        meta["kind"],
-        meta["count"],
-        meta["bits"],
-        meta["recall_at_10"],
-        index_path(run),
-    )
+    write_json(paths.meta, meta)
     return meta
 
 
@@ -304,7 +281,8 @@ def build_run_index(
 class RunIndex:
     """What a search needs: the network, the autoencoder, codes, index and features."""
 
-    net: Network
+    trained: TrainedRun
+    paths: IndexPaths
     autoencoder: ae.Autoencoder
     codes: np.ndarray
     index: faiss.IndexBinary  # on the CPU, as saved
@@ -324,39 +302,45 @@ class RunIndex:
             )
 
     def query(
-        self, vectors: np.ndarray, k: int, rerank_top: int = 0
+        self, vectors: np.ndarray, k: int, rerank_top: int = 0, codes: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Float fc7 query vectors -> (D, I) of the k best training images.
+        """Float fc7 query vectors (and their codes, when already encoded) -> (D, I) of the k
+        best indexed images.
 
         - rerank_top 0: D are Hamming distances between the codes.
         - rerank_top R > 0: the R nearest by Hamming (at least k) re-ordered by Euclidean fc7
           distance; D are those Euclidean distances.
         """
         self.check_k(k)
-        codes = ae.encode(self.autoencoder, vectors)
+        if codes is None:
+            codes = ae.encode(self.autoencoder, vectors)
         if rerank_top <= 0:
             return self.search(codes, k)
         _, shortlist = self.search(codes, min(max(rerank_top, k), self.index.ntotal))
         return rerank(self.features, vectors, shortlist, k)
 
 
-def open_run_index(net: Network, run: str | Path) -> RunIndex:
-    """Load RUN's index; refuse one built from another manifest or checkpoint."""
-    run = Path(run)
-    problem = index_problem(run, net.source)
+def open_run_index(trained: TrainedRun, paths: IndexPaths | None = None) -> RunIndex:
+    """Load an index (default: the training set's); refuse one built from another manifest or
+    checkpoint."""
+    paths = paths or trained.paths.index
+    fix = f"rebuild it with `alexnet index --run {trained.paths}`"
+    problem = index_problem(paths, source_identity(trained))
     if problem:
-        raise AlexnetError(
-            f"the index in {index_dir(run)} is stale or incomplete ({problem}): "
-            f"rebuild it with `alexnet index --run {run}`"
-        )
+        raise AlexnetError(f"the index in {paths.folder} is stale or incomplete ({problem}): {fix}")
     try:
-        index = faiss.read_index_binary(str(index_path(run)))
+        index = faiss.read_index_binary(str(paths.index))
     except RuntimeError as e:
-        raise AlexnetError(
-            f"{index_path(run)} is unreadable: rebuild it with `alexnet index --run {run}`"
-        ) from e
-    meta = read_json(index_path(run).with_suffix(".json"), "index description", "")
-    model = ae.model_from_state(ae.load_autoencoder(autoencoder_path(run)))
+        raise AlexnetError(f"{paths.index} is unreadable: {fix}") from e
+    meta = read_json(paths.meta, "index description", "")
+    model = ae.model_from_state(ae.load_autoencoder(paths.autoencoder))
     return RunIndex(
-        net, model, np.load(codes_path(run)), index, to_device(index), load_features(run), meta
+        trained,
+        paths,
+        model,
+        np.load(paths.codes),
+        index,
+        to_device(index),
+        load_features(paths),
+        meta,
     )

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexnet.pipeline import dataset, stats
+from alexnet.pipeline.prep import prepare
 
 
 def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 3) -> Path:
@@ -22,8 +22,5 @@ def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 3) -> P
 
 
 def prep_run(data: Path, run: Path) -> Path:
-    manifest = dataset.scan(data, progress=False, workers=1)
-    dataset.save_manifest(manifest, run)
-    files, _ = dataset.split_files(manifest, "train")
-    stats.save_stats(stats.compute_stats(files, manifest["fingerprint"], progress=False), run)
+    prepare(data, run, workers=1, progress=False)
     return run

@@ -9,7 +9,6 @@ retrieval needs to be tested.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,10 @@ from PIL import Image
 from torch import nn
 
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
-from alexnet.model.checkpoint import save_checkpoint
-from alexnet.model.train import TrainConfig
-from alexnet.pipeline import dataset, stats
+from alexnet.model.checkpoint import checkpoint_state, save_checkpoint
+from alexnet.model.config import TrainConfig
+from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.prep import prepare
 
 CLASSES = ("red", "green", "blue")
 
@@ -49,14 +49,8 @@ def make_images(root: Path, per_class: int = 6) -> Path:
 
 def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
     """prep (manifest + statistics) and an untrained checkpoint as best.pt and last.pt."""
-    manifest = dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False)
-    dataset.save_manifest(manifest, run)
-    files, _ = dataset.split_files(manifest, "train")
-    stats.save_stats(
-        stats.compute_stats(
-            files, manifest["fingerprint"], batch_size=8, num_threads=1, progress=False
-        ),
-        run,
+    manifest, _ = prepare(
+        data, run, val_fraction=1 / 3, workers=1, batch_size=8, num_threads=1, progress=False
     )
     save_untrained_checkpoint(run, manifest, seed=seed)
     return run
@@ -69,17 +63,13 @@ def save_untrained_checkpoint(run: Path, manifest: dict, *, seed: int = 0) -> No
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()
-    state = {
-        "model": model.state_dict(),
-        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01).state_dict(),
-        "schedule": {"best": None, "bad_epochs": 0, "drops": 0},
-        "epoch": 1,
-        "step": 0,
-        "config": asdict(config),
-        "num_classes": len(manifest["classes"]),
-        "classes": manifest["classes"],
-        "fingerprint": manifest["fingerprint"],
-        "rng": {"torch": torch.get_rng_state()},
-    }
-    for name in ("best.pt", "last.pt"):
-        save_checkpoint(run / "checkpoints" / name, state)
+    state = checkpoint_state(
+        model,
+        config,
+        manifest,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        schedule={"best": None, "bad_epochs": 0, "drops": 0},
+        epoch=1,
+    )
+    for path in (RunPaths(run).best, RunPaths(run).last):
+        save_checkpoint(path, state)

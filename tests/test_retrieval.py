@@ -6,7 +6,10 @@ autoencoder is shrunk to a few updates so that the whole file runs in well under
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +23,13 @@ from retrieval_fixtures import make_images, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
+from alexnet.model.inference import load_trained
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.layout import RunPaths
 from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import features as F
-from alexnet.retrieval.index import (
-    build_run_index,
-    codes_path,
-    index_path,
-    index_problem,
-    open_run_index,
-)
+from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,20 @@ def cli():
 register(cli)
 
 
+@contextlib.contextmanager
+def capture_log():
+    """What the library logs (as the real CLI prints it), for checks on its messages."""
+    out, logger = io.StringIO(), logging.getLogger("alexnet")
+    handler, level = logging.StreamHandler(out), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield out
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
@@ -60,10 +73,10 @@ def data(tmp_path_factory) -> Path:
 def built(data, tmp_path_factory):
     """The run, its index built by the first `search` (which must say so)."""
     run = make_run(data, tmp_path_factory.mktemp("retrieval") / "run")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, capture_log() as log:
         mp.setattr(ae, "AutoencoderConfig", QuickConfig)
         result = invoke("search", data / "red" / "0.jpg", "--run", run, "-k", 3)
-    return run, result
+    return run, result, log.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +89,9 @@ def mtimes(run: Path) -> dict:
 
 
 def test_search_builds_the_index_on_first_use(built):
-    run, result = built
+    run, result, log = built
     assert result.exit_code == 0, result.output
-    assert "building it now" in result.output
+    assert "building it now" in log
     for name in (
         "features.f16.npy",
         "features.json",
@@ -94,18 +107,18 @@ def test_search_builds_the_index_on_first_use(built):
 
 
 def test_features_are_memory_mapped_float16_in_manifest_order(run):
-    feats = F.load_features(run)
+    feats = F.load_features(RunPaths(run).index)
     assert isinstance(feats, np.memmap) and feats.dtype == np.float16 and feats.shape == (12, 4096)
     assert json.loads((run / "index" / "features.json").read_text())["count"] == 12
-    net = F.load_network(run)
+    net = load_trained(run)
     files, _ = split_files(net.manifest, "train")
     q = F.query_features(net, [files[7], files[2]], batch_size=2)
     assert np.allclose(q, feats[[7, 2]].astype(np.float32), atol=1e-3, rtol=1e-2)
 
 
 def test_a_training_image_finds_itself_at_distance_zero(run):
-    net = F.load_network(run)
-    ri = open_run_index(net, run)
+    net = load_trained(run)
+    ri = open_run_index(net)
     files, _ = split_files(net.manifest, "train")
     vectors = F.query_features(net, files)
     D, I = ri.query(vectors, 12)
@@ -113,19 +126,20 @@ def test_a_training_image_finds_itself_at_distance_zero(run):
         assert D[i, 0] == 0 and i in I[i][D[i] == 0]  # ties at 0 are possible, itself is one
     D, I = ri.query(vectors, 3, rerank_top=12)  # re-rank by fc7: itself first, at ~0
     assert I[:, 0].tolist() == list(range(12)) and np.all(D[:, 0] < 1e-2)
-    codes = np.load(codes_path(run))
-    assert np.array_equal(ae.encode(ri.autoencoder, F.load_features(run)), codes)
+    codes = np.load(RunPaths(run).index.codes)
+    assert np.array_equal(ae.encode(ri.autoencoder, F.load_features(RunPaths(run).index)), codes)
 
 
 def test_a_second_build_skips_every_step(run):
     before = mtimes(run)
-    build_run_index(F.load_network(run), run, progress=False)
+    build_run_index(load_trained(run), progress=False)
     assert mtimes(run) == before
 
 
 def test_interrupted_extraction_is_redone_not_taken_as_complete(run, monkeypatch):
-    net = F.load_network(run)
-    before = F.load_features(run).copy()
+    net = load_trained(run)
+    paths, source = RunPaths(run).index, F.source_identity(net)
+    before = F.load_features(paths).copy()
 
     def broken(net, loader):
         yield np.zeros((4, 4096), np.float32)
@@ -133,14 +147,14 @@ def test_interrupted_extraction_is_redone_not_taken_as_complete(run, monkeypatch
 
     monkeypatch.setattr(F, "fc7_batches", broken)
     with pytest.raises(KeyboardInterrupt):
-        F.extract_features(net, run, batch_size=4, progress=False)
-    assert not F.features_current(run, net.source)
+        F.extract_features(net, paths, batch_size=4, progress=False)
+    assert not F.features_current(paths, source)
     assert not [p for p in (run / "index").iterdir() if p.name.endswith(".tmp")]
-    assert index_problem(run, net.source) == "the fc7 features are missing or incomplete"
+    assert index_problem(paths, source) == "the fc7 features are missing or incomplete"
     monkeypatch.undo()
-    build_run_index(net, run, progress=False)  # redoes the features only
-    assert F.features_current(run, net.source) and index_problem(run, net.source) is None
-    assert np.array_equal(F.load_features(run), before)
+    build_run_index(net, progress=False)  # redoes the features only
+    assert F.features_current(paths, source) and index_problem(paths, source) is None
+    assert np.array_equal(F.load_features(paths), before)
 
 
 def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
@@ -181,6 +195,29 @@ def test_index_cli_skips_a_current_index(run):
     assert result.exit_code == 0, result.output
     assert "flat index of 12 images, 64-bit codes (8 bytes per image)" in result.output
     assert mtimes(run) == before
+
+
+def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
+    from alexnet.retrieval import open_index, search
+
+    ri = open_index(run)
+    path = Path(split_files(ri.trained.manifest, "train")[0][5])  # an indexed image
+    with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    by_path = search(ri, [path], k=3)
+    by_bytes = search(ri, [path.read_bytes(), png.getvalue(), pixels], k=3, names=["a", "b", "c"])
+    assert by_path["bits"] == 64 and by_path["index"] == "flat" and by_path["distance"] == "hamming"
+    assert by_path["queries"][0]["query"] == str(path)
+    assert [q["query"] for q in by_bytes["queries"]] == ["a", "b", "c"]
+    expected = by_path["queries"][0]["results"]
+    # The file's bytes are the same query; PNG and array are its decoded pixels, losslessly.
+    assert by_bytes["queries"][0]["results"] == expected
+    assert by_bytes["queries"][1]["results"] == by_bytes["queries"][2]["results"]
+    assert any(r["id"] == 5 and r["path"] == str(path) and r["hamming"] == 0 for r in expected)
+    with pytest.raises(AlexnetError, match="uint8 HxWx3"):
+        search(ri, [pixels[..., 0]])
 
 
 def test_eval_retrieval_writes_the_four_modes(run):
@@ -263,13 +300,13 @@ def test_a_stale_index_is_refused_by_search_and_rebuilt_by_index(run, data):
         assert "stale or incomplete (built from another checkpoint" in result.output
         assert "alexnet index --run" in result.output and mtimes(run) == before
         with pytest.raises(AlexnetError, match="stale"):
-            open_run_index(F.load_network(run), run)
-        with pytest.MonkeyPatch.context() as mp:
+            open_run_index(load_trained(run))
+        with pytest.MonkeyPatch.context() as mp, capture_log() as log:
             mp.setattr(ae, "AutoencoderConfig", QuickConfig)
             result = invoke("index", "--run", run, "--bits", 32)
         assert result.exit_code == 0, result.output
-        assert "rebuilding the index: built from another checkpoint" in result.output
-        assert json.loads(index_path(run).with_suffix(".json").read_text())["bits"] == 32
+        assert "rebuilding the index: built from another checkpoint" in log.getvalue()
+        assert json.loads(RunPaths(run).index.meta.read_text())["bits"] == 32
         assert invoke("search", data / "red" / "1.jpg", "--run", run).exit_code == 0
     finally:
         os.utime(best, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -279,5 +316,5 @@ def test_a_stale_index_is_refused_by_search_and_rebuilt_by_index(run, data):
 def test_bad_bits_are_refused_before_any_work(run, bits):
     before = mtimes(run)
     result = invoke("index", "--run", run, "--bits", bits)
-    assert result.exit_code == 2 and "multiple of 8 between 32 and 256" in result.output
+    assert result.exit_code == 2 and "multiple of 8 from 32 to 256" in result.output
     assert mtimes(run) == before

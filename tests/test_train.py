@@ -14,7 +14,8 @@ import torch
 from fixtures import make_images, prep_run
 
 from alexnet.model.checkpoint import load_checkpoint
-from alexnet.model.train import TrainConfig, evaluate_checkpoint, fit
+from alexnet.model.config import TrainConfig
+from alexnet.model.train import evaluate_checkpoint, fit
 from alexnet.pipeline import dataset
 from alexnet.pipeline.errors import AlexnetError
 

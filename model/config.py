@@ -1,0 +1,47 @@
+"""The training settings: one frozen dataclass, stored in every checkpoint as a plain dict.
+
+Defaults are the paper's (section 5). The module imports nothing heavy, so the command line
+can show these defaults without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 90
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "paper"  # or "torch": PyTorch's SGD form
+    patience: int = 2  # epochs without a better validation top-1 before the rate drops
+    max_drops: int = 3
+    mean: str = "image"  # or "channel"
+    lighting_std: float = 0.1
+    columns: int = 2
+    lrn: bool = True
+    dropout: float = 0.5
+    seed: int = 0
+    num_threads: int | None = None  # DALI CPU threads; None: all cores
+
+
+# Settings that may differ between a run and its resumption.
+RESUMABLE = {"epochs", "num_threads"}
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """The config a checkpoint stored; keys this version does not know are ignored."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def changed_settings(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """The settings that differ between a run and a resumption of it, as "name old -> new"."""
+    return [
+        f"{f.name} {getattr(old, f.name)} -> {getattr(new, f.name)}"
+        for f in fields(new)
+        if f.name not in RESUMABLE and getattr(old, f.name) != getattr(new, f.name)
+    ]

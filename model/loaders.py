@@ -1,0 +1,90 @@
+"""The trainer's and evaluator's DALI loaders for one run: which files, in what order, which
+augmentation seed, and how they are split over torchrun's processes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alexnet.pipeline.dali import (
+    Loader,
+    check_batch_size,
+    eval_pipeline,
+    pipe_options,
+    train_pipeline,
+)
+from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.stats import Stats
+
+from .config import TrainConfig
+from .distributed import World
+
+
+def seed_for(*keys: int) -> int:
+    """A DALI seed that depends on `keys` alone."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % 2**31)
+
+
+def train_loader(
+    manifest: dict,
+    stats: Stats,
+    config: TrainConfig,
+    epoch: int,
+    world: World,
+    skip_batches: int = 0,
+) -> Loader:
+    """This rank's batches of one epoch: a fresh permutation per (seed, epoch), equal shards.
+
+    The order and the augmentation depend on (seed, epoch, rank) alone, so a resumed run sees
+    the same data as an uninterrupted one.
+    """
+    files, labels = split_files(manifest, "train")
+    per_rank = len(files) // world.size
+    check_batch_size(per_rank, config.batch_size, "training" + (" shard" if world.size > 1 else ""))
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(files))
+    mine = order[world.rank * per_rank : (world.rank + 1) * per_rank][
+        skip_batches * config.batch_size :
+    ]
+    device = world.dali_device
+    pipe = train_pipeline(
+        [files[i] for i in mine],
+        [labels[i] for i in mine],
+        stats.mean(config.mean),
+        stats.eigvecs,
+        stats.eigvals,
+        device=device,
+        lighting_std=config.lighting_std,
+        **pipe_options(
+            device,
+            config.batch_size,
+            seed_for(config.seed, epoch, world.rank, skip_batches),
+            config.num_threads,
+        ),
+    )
+    return Loader(pipe, torch_device=world.device)
+
+
+def eval_loader(
+    manifest: dict,
+    stats: Stats,
+    config: TrainConfig,
+    world: World,
+    *,
+    split: str = "val",
+    ten_crop: bool = False,
+) -> Loader:
+    """Every image of `split`, each once across the ranks: centre crops, or 10 crops."""
+    files, labels = split_files(manifest, split)
+    check_batch_size(len(files), 1, "validation" if split == "val" else "training")
+    device = world.dali_device
+    batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
+    pipe = eval_pipeline(
+        files,
+        labels,
+        stats.mean(config.mean),
+        device=device,
+        ten_crop=ten_crop,
+        shard_id=world.rank,
+        num_shards=world.size,
+        **pipe_options(device, batch, config.seed, config.num_threads),
+    )
+    return Loader(pipe, torch_device=world.device)

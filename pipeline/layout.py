@@ -1,0 +1,116 @@
+"""The run folder: every file a run keeps under RUN/, named once.
+
+    RUN/manifest.json              classes, usable and skipped files, the dataset fingerprint
+    RUN/stats.npz, stats.json      mean image, channel mean, RGB PCA (and a readable summary)
+    RUN/checkpoints/last.pt, best.pt
+    RUN/metrics.jsonl, curves.png  one line per epoch, and its plot
+    RUN/eval.json, eval_retrieval.json, search.png
+    RUN/index/...                  the training set's retrieval index (IndexPaths)
+    RUN/galleries/NAME/...         other photo collections, each an IndexPaths of its own
+
+Every module asks `RunPaths(run)` for a path; none spells one itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class IndexPaths:
+    """One searchable collection: fc7 features, autoencoder, packed codes and FAISS index."""
+
+    folder: Path
+
+    @property
+    def features(self) -> Path:
+        return self.folder / "features.f16.npy"
+
+    @property
+    def features_meta(self) -> Path:
+        return self.folder / "features.json"
+
+    @property
+    def autoencoder(self) -> Path:
+        return self.folder / "autoencoder.pt"
+
+    @property
+    def codes(self) -> Path:
+        return self.folder / "codes.u8.npy"
+
+    @property
+    def index(self) -> Path:
+        return self.folder / "codes.faissindex"
+
+    @property
+    def meta(self) -> Path:
+        return self.folder / "codes.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.npz"
+
+    @property
+    def stats_summary(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint evaluation, features and search use unless told otherwise."""
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def eval_retrieval(self) -> Path:
+        return self.root / "eval_retrieval.json"
+
+    @property
+    def montage(self) -> Path:
+        return self.root / "search.png"
+
+    @property
+    def demo_data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def index(self) -> IndexPaths:
+        """The training set's index."""
+        return IndexPaths(self.root / "index")
+
+    def gallery(self, name: str) -> IndexPaths:
+        return IndexPaths(self.root / "galleries" / name)

@@ -1,0 +1,18 @@
+"""Public names of a package, imported on first use (PEP 562), so that importing one light
+module of a package (its settings, say) does not load torch, DALI or faiss."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], object]:
+    """A module `__getattr__` that finds each name of `exports` in its submodule."""
+
+    def __getattr__(name: str) -> object:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+
+    return __getattr__

@@ -1,0 +1,166 @@
+"""Search: query images in, result records out. The one function behind `alexnet search`
+(and any other face), so that every face returns the same records.
+
+    ri = open_index("runs/demo")                   # network + index, built on first use
+    result = search(ri, ["photo.jpg", png_bytes], k=10)
+    result["queries"][0]["results"][0]             # {"rank", "id", "path", "class",
+                                                   #  "hamming", "distance"}
+
+Queries are image files, folders of them, encoded image bytes, or decoded uint8 HxWx3 arrays;
+all go through the evaluation centre crop of the same DALI graph as the indexed images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from alexnet.model.inference import load_trained
+from alexnet.pipeline.dataset import EXTENSIONS, check_image, split_files
+from alexnet.pipeline.errors import AlexnetError
+
+from .autoencoder import encode
+from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, SEARCH_RERANK, K
+from .features import query_features, source_identity
+from .index import RunIndex, build_run_index, hamming, index_problem, open_run_index
+
+log = logging.getLogger(__name__)
+
+
+def image_files(paths: Sequence[str | Path]) -> list[str]:
+    """Expand folders to the images below them (sorted) and check that every file decodes."""
+    files: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
+            )
+            if not found:
+                raise AlexnetError(f"{p} holds no images ({', '.join(sorted(EXTENSIONS))})")
+            files += found
+        elif not p.exists():
+            raise AlexnetError(f"{p} does not exist")
+        else:
+            files.append(str(p))
+    for f in files:
+        if not os.access(f, os.R_OK):
+            raise AlexnetError(f"{f} is not readable (permission denied)")
+        reason = check_image(f, min_size=1)
+        if reason:
+            raise AlexnetError(f"{f} cannot be used as a query: {reason}")
+    return files
+
+
+def open_index(
+    run: str | Path, checkpoint: str | Path | None = None, *, progress: bool = False
+) -> RunIndex:
+    """RUN's trained network and training-set index, building the index first (saying so)
+    when there is none; a stale index is refused."""
+    trained = load_trained(run, checkpoint)
+    paths = trained.paths.index
+    if index_problem(paths, source_identity(trained)) == "missing":
+        log.warning(
+            "no index in %s yet: building it now (fc7 features of the training set, "
+            "autoencoder, index); later searches reuse it",
+            paths.folder,
+        )
+        build_run_index(trained, paths, progress=progress)
+    return open_run_index(trained, paths)
+
+
+def index_run(
+    run: str | Path,
+    *,
+    bits: int = BITS,
+    approx_threshold: int = APPROX_THRESHOLD,
+    batch_size: int = FEATURE_BATCH,
+    progress: bool = True,
+) -> dict:
+    """Build (or bring up to date) RUN's training-set index; returns its description."""
+    trained = load_trained(run)
+    paths = trained.paths.index
+    problem = index_problem(paths, source_identity(trained))
+    if problem not in (None, "missing"):
+        log.warning("rebuilding the index: %s", problem)
+    meta = build_run_index(
+        trained,
+        paths,
+        bits=bits,
+        approx_threshold=approx_threshold,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return {**meta, "path": str(paths.index)}
+
+
+def _encoded(query: str | Path | bytes | np.ndarray) -> str | bytes:
+    """A query as something query_features reads: a path, or encoded bytes (arrays -> PNG)."""
+    if isinstance(query, np.ndarray):
+        from PIL import Image
+
+        if query.dtype != np.uint8 or query.ndim != 3 or query.shape[2] != 3:
+            raise AlexnetError(
+                f"a query array must be uint8 HxWx3, got {query.dtype} {query.shape}"
+            )
+        buf = io.BytesIO()
+        Image.fromarray(query).save(buf, format="PNG")  # lossless: decodes to the same pixels
+        return buf.getvalue()
+    return query if isinstance(query, bytes) else str(query)
+
+
+def search(
+    ri: RunIndex,
+    queries: Sequence[str | Path | bytes | np.ndarray],
+    *,
+    k: int = K,
+    rerank_top: int = SEARCH_RERANK,
+    names: Sequence[str] | None = None,
+) -> dict:
+    """The k most similar indexed images of each query, as records.
+
+    Paths name themselves; bytes and arrays are named by `names` (default "query N").
+    `rerank_top` R > 0 re-orders the R nearest by Hamming distance by float fc7 distance.
+    Returns {"k", "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
+    "results": [{"rank", "id", "path", "class", "hamming", "distance"}]}]}.
+    """
+    if rerank_top < 0:
+        raise AlexnetError(f"the re-rank shortlist must be 0 (off) or more, got {rerank_top}")
+    items = [_encoded(q) for q in queries]
+    if names is None:
+        names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
+    vectors = query_features(ri.trained, items)
+    codes = encode(ri.autoencoder, vectors)
+    D, I = ri.query(vectors, k, rerank_top, codes)
+    db_paths, db_labels = split_files(ri.trained.manifest, "train")  # ids are positions here
+    classes = ri.trained.classes
+    rows = []
+    for q, name in enumerate(names):
+        ham = hamming(codes[q : q + 1], ri.codes[I[q]])[0]
+        results = [
+            {
+                "rank": r + 1,
+                "id": int(i),
+                "path": db_paths[i],
+                "class": classes[db_labels[i]],
+                "hamming": int(ham[r]),
+                "distance": float(D[q, r]),
+            }
+            for r, i in enumerate(I[q])
+        ]
+        rows.append({"query": name, "results": results})
+    return {
+        "k": k,
+        "rerank": rerank_top,
+        "distance": "fc7 euclidean" if rerank_top else "hamming",
+        "bits": int(ri.codes.shape[1] * 8),
+        "index": ri.meta.get("kind"),
+        "checkpoint": str(ri.trained.checkpoint),
+        "queries": rows,
+    }

@@ -1,0 +1,12 @@
+"""Retrieval settings a user can change, with their defaults: plain constants, importable
+without torch or faiss, so that the command line shows them without loading either."""
+
+BITS = 64  # binary code length
+MIN_BITS, MAX_BITS = 32, 256  # in steps of 8 (codes are packed into bytes)
+APPROX_THRESHOLD = 200_000  # above this many images (and without a GPU): HNSW, not exact
+FEATURE_BATCH = 64  # images per batch when extracting fc7
+QUERY_BATCH = 32
+K = 10  # results per query
+SEARCH_RERANK = 0  # search: re-rank shortlist length; 0 keeps the Hamming order
+EVAL_RERANK = 100  # eval-retrieval: shortlist of the "hamming+rerank" mode
+PIXEL_SIZE = 32  # eval-retrieval: side of the raw-pixel baseline's vectors

@@ -1,0 +1,92 @@
+"""The package's shape: which folder may import which, public names, a light command line.
+
+Each folder owns one stage and depends only on the stages before it:
+pipeline <- model <- retrieval <- cli (DESIGN.md). These rules are read from the source with
+`ast`, so they hold after every change.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "model", "retrieval", "cli")
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (functions too), relative ones resolved."""
+    package = f"alexnet.{path.parent.name}"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0]
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
+    return found
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).glob("*.py"))
+
+
+def offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources(package)
+        for name in sorted(imports(path))
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+
+
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        ("pipeline", ("alexnet.model", "alexnet.retrieval", "alexnet.cli", "click")),
+        ("model", ("alexnet.retrieval", "alexnet.cli", "click")),
+        ("retrieval", ("alexnet.cli", "alexnet.model.train", "alexnet.model.optim", "click")),
+        ("cli", ("torch", "faiss", "nvidia.dali")),
+    ],
+)
+def test_import_boundaries(package, forbidden):
+    assert sources(package), f"no sources found in {ROOT / package}"
+    assert offending(package, forbidden) == []
+
+
+def test_the_boundary_check_sees_function_level_and_relative_imports(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "x.py").write_text("from .alexnet import AlexNet\ndef f():\n    import faiss\n")
+    assert imports(folder / "x.py") >= {"alexnet.model.alexnet", "faiss"}
+
+
+def test_public_names():
+    from alexnet.model import AlexNet, AlexNetConfig, TrainConfig, fit, load_trained
+    from alexnet.pipeline import RunPaths, prepare, scan
+    from alexnet.retrieval import build_run_index, open_index, search
+
+    assert AlexNet(AlexNetConfig(num_classes=3)).classifier[-1].out_features == 3
+    assert TrainConfig().lr == 0.01 and RunPaths("r").best == Path("r/checkpoints/best.pt")
+    assert all(map(callable, (fit, load_trained, prepare, scan, build_run_index, open_index)))
+    assert callable(search)
+    for package in ("model", "pipeline", "retrieval"):
+        module = __import__(f"alexnet.{package}", fromlist=["__all__"])
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"alexnet.{package}.{name}"
+
+
+def test_the_command_line_loads_without_torch_dali_or_faiss():
+    code = (
+        "import sys, alexnet.cli.main; "
+        "print(sorted(m for m in ('torch', 'nvidia.dali', 'faiss') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
