@@ -13,7 +13,7 @@ import click
 
 from alexnet.cli.options import progress, run_option
 from alexnet.cli.search import eval_retrieval, index_command, register, search
-from alexnet.model.config import TrainConfig
+from alexnet.model.config import INIT_PRESETS, TrainConfig
 from alexnet.pipeline import defaults as P
 from alexnet.pipeline.errors import AlexnetError
 
@@ -104,9 +104,60 @@ def run_prep(data: Path, run: Path, **options) -> None:
 def train_options(f):
     d = TrainConfig()
     options = [
-        click.option("--epochs", type=int, default=d.epochs, show_default=True),
-        click.option("--batch-size", type=int, default=d.batch_size, show_default=True),
-        click.option("--lr", type=float, default=d.lr, show_default=True),
+        click.option(
+            "--epochs", type=int, default=d.epochs, show_default=True, help="Passes over the data."
+        ),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=d.batch_size,
+            show_default=True,
+            help="Images per batch and process (the global batch is this times torchrun's "
+            "processes).",
+        ),
+        click.option(
+            "--lr",
+            type=float,
+            default=d.lr,
+            show_default=True,
+            help="Learning rate for a global batch of 128; the rate used is lr x global "
+            "batch / 128.",
+        ),
+        click.option(
+            "--warmup-epochs",
+            type=float,
+            default=d.warmup_epochs,
+            show_default=True,
+            help="Ramp the rate up linearly over this many epochs (recommended above a global "
+            "batch of 1024).",
+        ),
+        click.option(
+            "--init",
+            type=click.Choice(list(INIT_PRESETS)),
+            default=d.init,
+            show_default=True,
+            help="Initialisation preset: paper (section 5), caffe (bvlc_alexnet), kaiming.",
+        ),
+        click.option(
+            "--bias-lr-mult",
+            type=float,
+            default=None,
+            help="Biases' learning rate relative to the weights' (default: the preset's; "
+            "caffe 2, else 1).",
+        ),
+        click.option(
+            "--bias-decay/--no-bias-decay",
+            default=None,
+            help="Weight decay on biases too (default: the preset's; caffe off, else on).",
+        ),
+        click.option(
+            "--input-scale",
+            type=click.Choice(["pixels", "unit"]),
+            default=d.input_scale,
+            show_default=True,
+            help="What the network sees: mean-subtracted 0-255 pixels (paper), or those "
+            "divided by the channel std.",
+        ),
         click.option(
             "--optimizer",
             type=click.Choice(["paper", "torch"]),
@@ -115,11 +166,27 @@ def train_options(f):
             help="The paper's update rule, or PyTorch's SGD form.",
         ),
         click.option(
+            "--plateau-on",
+            type=click.Choice(["loss", "error"]),
+            default=d.plateau_on,
+            show_default=True,
+            help="Validation metric whose plateau drops the rate 10x (the paper: error).",
+        ),
+        click.option(
+            "--min-delta",
+            type=float,
+            default=d.min_delta,
+            show_default=True,
+            help="How much the watched metric must improve to count (loss in nats, error as "
+            "a fraction).",
+        ),
+        click.option(
             "--patience",
             type=int,
             default=d.patience,
             show_default=True,
-            help="Epochs without a better validation top-1 before the rate drops 10x.",
+            help="Epochs without improvement before the rate drops 10x (never before a first "
+            "improvement at the current rate).",
         ),
         click.option(
             "--mean",
@@ -133,7 +200,7 @@ def train_options(f):
             type=float,
             default=d.lighting_std,
             show_default=True,
-            help="Std of the PCA lighting alphas; 0 turns it off.",
+            help="Std of the PCA lighting alphas (in eigenvalue units); 0 turns it off.",
         ),
         click.option(
             "--columns",
@@ -142,9 +209,26 @@ def train_options(f):
             show_default=True,
             help="2: the paper's grouped network; 1: one column.",
         ),
-        click.option("--lrn/--no-lrn", default=d.lrn, show_default=True),
-        click.option("--dropout", type=float, default=d.dropout, show_default=True),
-        click.option("--seed", type=int, default=d.seed, show_default=True),
+        click.option(
+            "--lrn/--no-lrn",
+            default=d.lrn,
+            show_default=True,
+            help="Local response normalisation after conv1 and conv2.",
+        ),
+        click.option(
+            "--dropout",
+            type=float,
+            default=d.dropout,
+            show_default=True,
+            help="Dropout probability in fc6 and fc7.",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=d.seed,
+            show_default=True,
+            help="Seed of the initialisation, order and augmentation.",
+        ),
         click.option(
             "--threads",
             "num_threads",

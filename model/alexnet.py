@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .init import LAYERS, initialise
+
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 
@@ -22,6 +24,7 @@ class AlexNetConfig:
     columns: int = 2  # 2: the paper's grouped network; 1: one column of the same widths
     lrn: bool = True
     dropout: float = 0.5
+    init: str = "paper"  # an initialisation preset of model/init.py
 
 
 def local_response_norm(
@@ -69,17 +72,15 @@ class AlexNet(nn.Module):
         )
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the FC layers, 0 in conv1, conv3.
+    def layers(self) -> dict[str, nn.Conv2d | nn.Linear]:
+        """The eight learned layers by the paper's names, conv1 ... fc8."""
+        learned = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        return dict(zip(LAYERS, learned, strict=True))
 
-        The ones "accelerate the early stages of learning by providing the ReLUs with positive
-        inputs" (section 5).
-        """
-        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
-        fcs = [m for m in self.classifier if isinstance(m, nn.Linear)]
-        for i, layer in enumerate(convs + fcs):
-            nn.init.normal_(layer.weight, 0.0, 0.01)
-            nn.init.constant_(layer.bias, 0.0 if i in (0, 2) else 1.0)
+    def reset_parameters(self) -> None:
+        """The config's initialisation preset; the paper's by default: weights N(0, 0.01),
+        biases 1 in conv2, conv4, conv5, fc6 and fc7, 0 in conv1, conv3 and fc8 (section 5)."""
+        initialise(self.layers(), self.config.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

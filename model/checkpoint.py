@@ -79,7 +79,11 @@ def build_network(config: TrainConfig, num_classes: int, device: torch.device) -
     """The network `config` describes, on `device` (channels-last on GPUs)."""
     model = AlexNet(
         AlexNetConfig(
-            num_classes=num_classes, columns=config.columns, lrn=config.lrn, dropout=config.dropout
+            num_classes=num_classes,
+            columns=config.columns,
+            lrn=config.lrn,
+            dropout=config.dropout,
+            init=config.init,
         )
     ).to(device)
     if device.type == "cuda":

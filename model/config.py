@@ -12,12 +12,19 @@ from dataclasses import dataclass, fields
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 90
-    batch_size: int = 128
-    lr: float = 0.01
+    batch_size: int = 128  # per process; the global batch is this times torchrun's processes
+    lr: float = 0.01  # for a global batch of 128, scaled linearly to the global batch
+    warmup_epochs: float = 0.0  # linear ramp of the rate over this many epochs, per step
     momentum: float = 0.9
     weight_decay: float = 5e-4
     optimizer: str = "paper"  # or "torch": PyTorch's SGD form
-    patience: int = 2  # epochs without a better validation top-1 before the rate drops
+    init: str = "caffe"  # an initialisation preset of model/init.py
+    bias_lr_mult: float | None = None  # None: the preset's
+    bias_decay: bool | None = None  # None: the preset's
+    input_scale: str = "pixels"  # or "unit": crops divided by the channel std
+    plateau_on: str = "loss"  # the validation metric the plateau rule watches, or "error"
+    min_delta: float = 0.0  # how much better the metric must get to count as improving
+    patience: int = 2  # epochs without improvement before the rate drops 10x
     max_drops: int = 3
     mean: str = "image"  # or "channel"
     lighting_std: float = 0.1
@@ -27,6 +34,8 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None  # DALI CPU threads; None: all cores
 
+
+INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"epochs", "num_threads"}

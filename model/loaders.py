@@ -51,6 +51,7 @@ def train_loader(
         stats.mean(config.mean),
         stats.eigvecs,
         stats.eigvals,
+        std=stats.std(config.input_scale),
         device=device,
         lighting_std=config.lighting_std,
         **pipe_options(
@@ -81,6 +82,7 @@ def eval_loader(
         files,
         labels,
         stats.mean(config.mean),
+        std=stats.std(config.input_scale),
         device=device,
         ten_crop=ten_crop,
         shard_id=world.rank,

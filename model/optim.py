@@ -5,6 +5,9 @@
 
 The learning rate sits inside the velocity, so a rate change scales only new steps; PyTorch's
 SGD multiplies the whole velocity by the current rate. Both are offered (`paper`, `torch`).
+
+The rate itself: `lr` is the paper's rate for batches of 128, scaled linearly to the global
+batch, ramped up over the warm-up steps, and divided by 10 on each plateau drop.
 """
 
 from __future__ import annotations
@@ -39,51 +42,94 @@ class PaperSGD(Optimizer):
         return loss
 
 
-def make_optimizer(kind: str, params, lr: float, momentum: float, weight_decay: float) -> Optimizer:
+def make_optimizer(kind: str, groups: list[dict], momentum: float) -> Optimizer:
+    """`groups` as from `param_groups`; each group's rate is set by `set_rate` before a step."""
     if kind == "paper":
-        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return PaperSGD(groups, lr=0.0, momentum=momentum)
     if kind == "torch":
-        return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return SGD(groups, lr=0.0, momentum=momentum)
     raise ValueError(f"optimizer must be 'paper' or 'torch', got {kind!r}")
 
 
+def param_groups(
+    model: torch.nn.Module, *, weight_decay: float, bias_lr_mult: float = 1.0, bias_decay: bool
+) -> list[dict]:
+    """Weights, and biases with their own rate multiplier and (optionally no) weight decay, as
+    Caffe's lr_mult / decay_mult and cuda-convnet's bias settings have them."""
+    weights = [p for name, p in model.named_parameters() if not name.endswith("bias")]
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    return [
+        {"params": weights, "lr_mult": 1.0, "weight_decay": weight_decay},
+        {
+            "params": biases,
+            "lr_mult": bias_lr_mult,
+            "weight_decay": weight_decay if bias_decay else 0.0,
+        },
+    ]
+
+
+def set_rate(optimizer: Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: int = 128) -> float:
+    """The linear scaling rule (Goyal et al. 2017): `lr` is the rate for batches of 128."""
+    return lr * global_batch / reference_batch
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warm-up over the first `warmup_steps` steps (1/W, 2/W, ..., 1), then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
 class PlateauSchedule:
-    """Divide the learning rate by `factor` when validation top-1 error has not improved for
-    `patience` epochs, at most `max_drops` times ("reduced three times prior to termination")."""
+    """Divide the learning rate by `factor` when the validation metric (error or loss) has not
+    improved by more than `min_delta` for `patience` epochs, at most `max_drops` times ("reduced
+    three times prior to termination").
+
+    The paper judged "stopped improving" over many epochs of 50,000 validation images; on a
+    small set a network can sit at chance for epochs before it starts to learn. So the rate is
+    never dropped before the metric has improved at least once at the current rate: the first
+    epoch only sets the reference.
+    """
 
     def __init__(
-        self, optimizer: Optimizer, patience: int = 2, factor: float = 10.0, max_drops: int = 3
+        self, patience: int = 2, factor: float = 10.0, max_drops: int = 3, min_delta: float = 0.0
     ):
-        self.optimizer, self.patience, self.factor, self.max_drops = (
-            optimizer,
-            patience,
-            factor,
-            max_drops,
-        )
+        self.patience, self.factor, self.max_drops = patience, factor, max_drops
+        self.min_delta = min_delta
         self.best = float("inf")
         self.bad_epochs = 0
         self.drops = 0
+        self.improved = False  # at the current rate
 
     @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+    def scale(self) -> float:
+        """What the drops so far multiply the rate by."""
+        return self.factor**-self.drops
 
-    def step(self, error: float) -> bool:
-        """Record one epoch's validation error; return True when the rate was dropped."""
-        if error < self.best:
-            self.best, self.bad_epochs = error, 0
+    def step(self, metric: float) -> bool:
+        """Record one epoch's validation metric; return True when the rate was dropped."""
+        if metric < self.best - self.min_delta:
+            self.improved = self.improved or self.best < float("inf")
+            self.best, self.bad_epochs = metric, 0
             return False
         self.bad_epochs += 1
-        if self.bad_epochs < self.patience or self.drops >= self.max_drops:
+        if not self.improved or self.bad_epochs < self.patience or self.drops >= self.max_drops:
             return False
-        for group in self.optimizer.param_groups:
-            group["lr"] /= self.factor
         self.drops += 1
-        self.bad_epochs = 0
+        self.bad_epochs, self.improved = 0, False
         return True
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "drops": self.drops}
+        return {
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "drops": self.drops,
+            "improved": self.improved,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs, self.drops = state["best"], state["bad_epochs"], state["drops"]
+        self.improved = state["improved"]

@@ -13,7 +13,9 @@ metrics.py (metrics.jsonl and curves.png), inference.py (a trained run loaded fo
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,9 +31,17 @@ from .checkpoint import build_network, checkpoint_state, load_checkpoint, save_c
 from .config import TrainConfig, changed_settings, config_from_dict
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
 from .inference import load_run_data, load_trained
+from .init import resolve
 from .loaders import eval_loader, train_loader
 from .metrics import read_metrics, write_metrics
-from .optim import PlateauSchedule, make_optimizer
+from .optim import (
+    PlateauSchedule,
+    make_optimizer,
+    param_groups,
+    scaled_lr,
+    set_rate,
+    warmup_factor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +52,17 @@ def train_one_epoch(
     optimizer,
     world: World,
     *,
+    rate: Callable[[int], float] | None = None,
     stop: StopFlag | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> dict:
-    """One pass over `loader`. Returns mean loss, images/s, the share of time spent waiting for
-    data, the number of batches done, and whether a stop (on any rank) ended the pass early."""
+    """One pass over `loader`; `rate(i)` gives the learning rate of the pass's i-th batch.
+
+    Returns mean loss, images/s, the share of time spent waiting for data, the number of
+    batches done, and whether a stop (on any rank) ended the pass early. A loss that is not
+    finite on any rank raises NonFinite before the step that would spread it to the weights.
+    """
     from tqdm import tqdm
 
     model.train()
@@ -60,14 +75,19 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(world.device):
             loss = F.cross_entropy(model(x), y)
+        value = loss.item()
+        if not math.isfinite(all_sum([value], world)[0]):
+            raise NonFinite(batches)
+        if rate is not None:
+            set_rate(optimizer, rate(batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(y)
+        total_loss += value * len(y)
         images += len(y)
         batches += 1
-        rate = images * world.size / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{total_loss / images:.3f}", img_s=f"{rate:.0f}")
+        speed = images * world.size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{total_loss / images:.3f}", img_s=f"{speed:.0f}")
         tick = time.perf_counter()
         if stop is not None and stop.agreed(world):
             stopped = True
@@ -77,6 +97,8 @@ def train_one_epoch(
     loss_sum, count = all_sum([total_loss, images], world)
     return {
         "loss": loss_sum / max(count, 1),
+        "loss_sum": loss_sum,
+        "images": count,
         "images_per_s": count / seconds,
         "data_wait": waited / seconds,
         "batches": batches,
@@ -86,12 +108,13 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model, loader: Loader, world: World, *, progress: bool = False) -> dict:
-    """Top-1 and top-5 error over every image of the split, counted once across ranks. A
-    10-crop loader yields N x 10 x 3 x 224 x 224; the 10 softmax outputs are averaged."""
+    """Top-1 and top-5 error and the cross-entropy loss over every image of the split, counted
+    once across ranks. A 10-crop loader yields N x 10 x 3 x 224 x 224; the 10 softmax outputs
+    are averaged."""
     from tqdm import tqdm
 
     model.eval()
-    top1 = top5 = count = 0.0
+    top1 = top5 = count = loss = 0.0
     for x, y in tqdm(
         loader, desc="eval", unit="batch", leave=False, disable=not (progress and world.main)
     ):
@@ -99,12 +122,18 @@ def evaluate(model, loader: Loader, world: World, *, progress: bool = False) -> 
         with autocast(world.device):
             logits = model(x.flatten(0, 1) if crops > 1 else x)
         probs = logits.float().softmax(-1).view(len(y), crops, -1).mean(1)
+        loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
         best5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
         top1 += (best5[:, 0] == y).sum().item()
         top5 += (best5 == y[:, None]).any(1).sum().item()
         count += len(y)
-    top1, top5, count = all_sum([top1, top5, count], world)
-    return {"top1_error": 1 - top1 / count, "top5_error": 1 - top5 / count, "images": int(count)}
+    top1, top5, count, loss = all_sum([top1, top5, count, loss], world)
+    return {
+        "top1_error": 1 - top1 / count,
+        "top5_error": 1 - top5 / count,
+        "loss": loss / count,
+        "images": int(count),
+    }
 
 
 # --- the whole run -----------------------------------------------------------------------
@@ -134,19 +163,30 @@ def fit(
     final_ten_crop: bool = True,
 ) -> dict:
     """Train on RUN's manifest and statistics; return the last epoch's metrics."""
-    config = config or TrainConfig()
+    config = resolve(config or TrainConfig())
     paths = RunPaths(run)
     world = setup_world()
     manifest, stats = load_run_data(run)
     check_batch_size(len(split_files(manifest, "val")[0]), 1, "validation")
+    n_train = len(split_files(manifest, "train")[0])
+    steps_per_epoch = -(-(n_train // world.size) // config.batch_size)
+    global_batch = config.batch_size * world.size
+    base_lr = scaled_lr(config.lr, global_batch)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
 
     torch.manual_seed(config.seed)
     model = build_network(config, len(manifest["classes"]), world.device)
-    optimizer = make_optimizer(
-        config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay
+    groups = param_groups(
+        model,
+        weight_decay=config.weight_decay,
+        bias_lr_mult=config.bias_lr_mult,
+        bias_decay=config.bias_decay,
     )
-    schedule = PlateauSchedule(optimizer, config.patience, max_drops=config.max_drops)
-    epoch, skip = 0, 0
+    optimizer = make_optimizer(config.optimizer, groups, config.momentum)
+    schedule = PlateauSchedule(
+        config.patience, max_drops=config.max_drops, min_delta=config.min_delta
+    )
+    epoch, skip, partial = 0, 0, {"loss_sum": 0.0, "images": 0}
     if resume:
         saved = load_checkpoint(paths.last)
         check_resumable(saved, config, manifest, paths.last)
@@ -154,24 +194,33 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         epoch, skip = saved["epoch"], saved["step"]
+        partial = saved.get("partial", partial)
         torch.set_rng_state(saved["rng"]["torch"])
         if world.main:
-            log.info(
-                "resuming %s at epoch %d%s",
-                paths.last,
-                epoch + 1,
-                f", batch {skip}" if skip else "",
-            )
+            at = f", batch {skip}" if skip else ""
+            log.info("resuming %s at epoch %d%s", paths.last, epoch + 1, at)
     elif paths.last.exists():
         raise AlexnetError(
             f"{paths.last} exists: pass --resume to continue that run, or choose a new --run"
+        )
+    if world.main:
+        log.info(
+            "learning rate %g (--lr %g x global batch %d / 128)%s; init %s",
+            base_lr,
+            config.lr,
+            global_batch,
+            f", warm-up over {warmup_steps} steps" if warmup_steps else "",
+            config.init,
         )
     net = model
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
 
-    def checkpoint(epoch: int, step: int = 0) -> dict:
-        return checkpoint_state(
+    def rate_at(step: int) -> float:
+        return base_lr * warmup_factor(step, warmup_steps) * schedule.scale
+
+    def checkpoint(epoch: int, step: int = 0, **extra) -> dict:
+        state = checkpoint_state(
             net,
             config,
             manifest,
@@ -180,57 +229,74 @@ def fit(
             epoch=epoch,
             step=step,
         )
+        return {**state, **extra}
 
-    history = read_metrics(run) if resume else []
+    history = read_metrics(run)[:epoch] if resume else []
     metrics: dict = {}
     with StopFlag() as stop:
         while epoch < config.epochs:
-            loader = train_loader(manifest, stats, config, epoch, world, skip)
-            result = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                world,
-                stop=stop,
-                progress=progress,
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-            )
+            first = epoch * steps_per_epoch + skip  # global step of this pass's first batch
+            try:
+                result = train_one_epoch(
+                    model,
+                    train_loader(manifest, stats, config, epoch, world, skip),
+                    optimizer,
+                    world,
+                    rate=lambda i, first=first: rate_at(first + i),
+                    stop=stop,
+                    progress=progress,
+                    desc=f"epoch {epoch + 1}/{config.epochs}",
+                )
+            except NonFinite as e:
+                raise e.at(epoch, skip, paths.last if resume or epoch else None) from None
+            loss_sum = partial["loss_sum"] + result["loss_sum"]
+            images = partial["images"] + result["images"]
             if result["stopped"]:
                 step = skip + result["batches"]
                 if world.main:
-                    save_checkpoint(paths.last, checkpoint(epoch, step))
+                    done = {"loss_sum": loss_sum, "images": images}
+                    save_checkpoint(paths.last, checkpoint(epoch, step, partial=done))
                 raise Interrupted(paths.last, epoch, step)
-            skip = 0
+            skip, partial = 0, {"loss_sum": 0.0, "images": 0}
+            lr = rate_at(first + result["batches"] - 1)
             val = evaluate(model, eval_loader(manifest, stats, config, world), world)
-            lr = schedule.lr
-            improved = val["top1_error"] < schedule.best
-            schedule.step(val["top1_error"])
+            if not math.isfinite(val["loss"]):  # weights gone bad in the epoch's last step
+                raise NonFinite(result["batches"] - 1).at(epoch, 0, paths.last if epoch else None)
+            watched = val["top1_error"] if config.plateau_on == "error" else val["loss"]
+            improved = val["top1_error"] < min((m["top1_error"] for m in history), default=2.0)
+            dropped = schedule.step(watched)
             epoch += 1
             metrics = {
                 "epoch": epoch,
-                "loss": result["loss"],
-                **val,
+                "loss": loss_sum / max(images, 1),
+                **{k: val[k] for k in ("top1_error", "top5_error", "images")},
+                "val_loss": val["loss"],
                 "lr": lr,
+                "batch": global_batch,
                 "images_per_s": result["images_per_s"],
                 "data_wait": result["data_wait"],
             }
             history.append(metrics)
             if world.main:
-                write_metrics(run, history)
                 state = checkpoint(epoch)
                 save_checkpoint(paths.last, state)
                 if improved:
                     save_checkpoint(paths.best, state)
+                write_metrics(run, history)
                 log.info(
-                    "epoch %d  loss %.4f  top-1 %.2f%%  top-5 %.2f%%  lr %g  %.0f img/s  "
-                    "wait %.0f%%",
+                    "epoch %d  loss %.4f  val loss %.4f  top-1 %.2f%%  top-5 %.2f%%  lr %.3g  "
+                    "%.0f img/s  wait %.0f%%%s",
                     epoch,
                     metrics["loss"],
+                    val["loss"],
                     100 * val["top1_error"],
                     100 * val["top5_error"],
                     lr,
                     metrics["images_per_s"],
                     100 * metrics["data_wait"],
+                    f"  (validation {config.plateau_on} stopped improving: rate / 10)"
+                    if dropped
+                    else "",
                 )
     if final_ten_crop:
         ten = evaluate(model, eval_loader(manifest, stats, config, world, ten_crop=True), world)
@@ -246,6 +312,23 @@ def fit(
                 100 * ten["top5_error"],
             )
     return metrics
+
+
+class NonFinite(AlexnetError):
+    """The training loss became NaN or infinite; nothing of that step was saved."""
+
+    def __init__(self, batch: int, message: str = ""):
+        self.batch = batch
+        super().__init__(message or f"the training loss is not finite at batch {batch + 1}")
+
+    def at(self, epoch: int, skip: int, kept: Path | None) -> NonFinite:
+        where = f"epoch {epoch + 1}, step {skip + self.batch + 1}"
+        keep = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was saved"
+        return NonFinite(
+            self.batch,
+            f"the training loss became NaN or infinite at {where}; {keep}. "
+            "Lower --lr or add --warmup-epochs, and train into a new --run",
+        )
 
 
 class Interrupted(AlexnetError):

@@ -26,6 +26,7 @@ CROP = 224  # the network's input
 MAX_OFFSET = SIZE - CROP  # 32: crops start at 0..32 on each axis
 TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
 READER = "Reader"
+ONES = np.ones(3, np.float32)  # no scaling: the network sees 0-255 pixel differences
 
 
 def default_device() -> str:
@@ -85,8 +86,9 @@ def lighting_shift(eigvecs: np.ndarray, eigvals: np.ndarray, std: float):
     return fn.reshape(shift, shape=[3]), alpha
 
 
-def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0):
-    """256x256x3 -> float32 3x224x224: crop at relative position, optional mirror, minus mean."""
+def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0, std=1.0):
+    """256x256x3 -> float32 3x224x224: crop at relative position, optional mirror, then
+    (pixel - mean) / std."""
     return fn.crop_mirror_normalize(
         images,
         crop=(CROP, CROP),
@@ -94,6 +96,7 @@ def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0):
         crop_pos_y=pos_y,
         mirror=mirror,
         mean=mean,
+        std=std,
         dtype=types.FLOAT,
         output_layout="CHW",
     )
@@ -137,6 +140,7 @@ def train_pipeline(
     eigvecs,
     eigvals,
     *,
+    std=ONES,
     device="cpu",
     lighting_std=0.1,
     shard_id=0,
@@ -160,6 +164,7 @@ def train_pipeline(
         pos_y=oy / MAX_OFFSET,
         mirror=mirror,
         mean=types.Constant(mean) - shift,
+        std=std.astype(np.float32),
     )
     if debug:
         return out, label, fn.stack(ox, oy), mirror, alpha
@@ -167,14 +172,17 @@ def train_pipeline(
 
 
 @pipeline_def(enable_conditionals=False)
-def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id=0, num_shards=1):
+def eval_pipeline(
+    files, labels, mean, *, std=ONES, device="cpu", ten_crop=False, shard_id=0, num_shards=1
+):
     """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
+    std = std.astype(np.float32)
     if not ten_crop:
-        return crop_to_chw(images, mean=mean), label
+        return crop_to_chw(images, mean=mean, std=std), label
     crops = [
-        crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean)
+        crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean, std=std)
         for m in (0, 1)
         for x, y in TEN_CROP_POSITIONS
     ]
@@ -182,13 +190,13 @@ def eval_pipeline(files, labels, mean, *, device="cpu", ten_crop=False, shard_id
 
 
 @pipeline_def(enable_conditionals=False)
-def query_pipeline(batches, mean, *, device="cpu"):
+def query_pipeline(batches, mean, *, std=ONES, device="cpu"):
     """Encoded images from `batches` (an iterable of lists of uint8 byte arrays, e.g. files
     read by the caller or uploads) -> float32 3x224x224 centre crops, exactly as
     eval_pipeline makes them from files; ends when `batches` does."""
     encoded = fn.external_source(source=batches, dtype=types.UINT8, ndim=1, cycle=False)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    return crop_to_chw(images, mean=mean)
+    return crop_to_chw(images, mean=mean, std=std.astype(np.float32))
 
 
 # --- the PyTorch side --------------------------------------------------------------------

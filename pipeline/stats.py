@@ -19,6 +19,7 @@ from .files import atomic_write, write_json
 from .layout import RunPaths
 
 STATS_VERSION = 1
+INPUT_SCALES = ("pixels", "unit")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class Stats:
         if mode not in ("image", "channel"):
             raise AlexnetError(f"mean mode must be 'image' or 'channel', got {mode!r}")
         return self.mean_image if mode == "image" else self.channel_mean
+
+    def std(self, input_scale: str = "pixels") -> np.ndarray:
+        """What the mean-subtracted crops are divided by: 1 (the paper: the network sees 0-255
+        pixel differences), or the per-channel std ("unit": about unit-variance inputs)."""
+        if input_scale not in INPUT_SCALES:
+            raise AlexnetError(f"input scale must be 'pixels' or 'unit', got {input_scale!r}")
+        if input_scale == "pixels":
+            return np.ones(3, np.float32)
+        return np.sqrt(np.diag(self.cov)).astype(np.float32)
 
     def summary(self) -> dict:
         return {

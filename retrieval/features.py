@@ -167,6 +167,7 @@ def query_features(
     pipe = query_pipeline(
         batches(),
         trained.stats.mean(trained.config.mean),
+        std=trained.stats.std(trained.config.input_scale),
         device=device,
         **pipe_options(device, batch_size, trained.config.seed, trained.config.num_threads),
     )

@@ -43,13 +43,42 @@ def test_one_column_has_full_connectivity():
     assert grouped == [1, 2, 1, 2, 2]
 
 
-def test_initialisation():
+@pytest.mark.parametrize(
+    "preset, stds, biases",
+    [
+        ("paper", [0.01] * 8, [0, 1, 0, 1, 1, 1, 1, 0]),
+        ("caffe", [0.01] * 5 + [0.005, 0.005, 0.01], [0, 0.1, 0, 0.1, 0.1, 0.1, 0.1, 0]),
+        # He: sqrt(2 / fan_in), fan_in = in_channels / groups x kernel area, or in_features
+        (
+            "kaiming",
+            [
+                (2 / n) ** 0.5
+                for n in (3 * 121, 48 * 25, 256 * 9, 192 * 9, 192 * 9, 9216, 4096, 4096)
+            ],
+            [0] * 8,
+        ),
+    ],
+)
+def test_initialisation_presets(preset, stds, biases):
     torch.manual_seed(0)
-    model = AlexNet()
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    assert [float(m.bias.detach().unique()) for m in layers] == [0, 1, 0, 1, 1, 1, 1, 1]
-    fc6 = layers[5].weight
-    assert abs(fc6.mean().item()) < 1e-4 and abs(fc6.std().item() - 0.01) < 1e-4
+    layers = AlexNet(AlexNetConfig(init=preset)).layers()
+    assert list(layers) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    for (name, layer), std, bias in zip(layers.items(), stds, biases, strict=True):
+        w = layer.weight.detach()
+        assert abs(w.mean().item()) < 0.05 * std, name
+        assert w.std().item() == pytest.approx(std, rel=0.05), name
+        assert layer.bias.detach().unique().tolist() == [pytest.approx(bias)], name
+
+
+def test_the_default_network_has_the_papers_initialisation():
+    assert AlexNetConfig().init == "paper"
+    biases = [float(m.bias.detach().unique()) for m in AlexNet().layers().values()]
+    assert biases == [0, 1, 0, 1, 1, 1, 1, 0]  # fc8, the output layer, starts at 0
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="paper, caffe, kaiming"):
+        AlexNet(AlexNetConfig(init="xavier"))
 
 
 def test_lrn_matches_the_worked_example():

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from alexnet.model.optim import PaperSGD, PlateauSchedule, make_optimizer
+from alexnet.model.optim import (
+    PaperSGD,
+    PlateauSchedule,
+    make_optimizer,
+    param_groups,
+    scaled_lr,
+    set_rate,
+    warmup_factor,
+)
 
 
 def test_paper_sgd_matches_hand_computation_across_a_rate_change():
@@ -25,7 +33,7 @@ def test_paper_sgd_matches_hand_computation_across_a_rate_change():
 def test_paper_and_torch_forms_differ_only_after_a_rate_change():
     def run(kind, rates):
         w = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-        opt = make_optimizer(kind, [w], lr=rates[0], momentum=0.9, weight_decay=0.0)
+        opt = make_optimizer(kind, [{"params": [w], "weight_decay": 0.0}], momentum=0.9)
         for lr in rates:
             opt.param_groups[0]["lr"] = lr
             w.grad = torch.tensor([1.0], dtype=torch.float64)
@@ -35,17 +43,47 @@ def test_paper_and_torch_forms_differ_only_after_a_rate_change():
     assert run("paper", [0.1] * 3) == pytest.approx(run("torch", [0.1] * 3))
     assert run("paper", [0.1, 0.1, 0.01]) != pytest.approx(run("torch", [0.1, 0.1, 0.01]))
     with pytest.raises(ValueError):
-        make_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0)
+        make_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 0.9)
 
 
-def test_plateau_schedule_drops_at_most_three_times():
-    opt = PaperSGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    schedule = PlateauSchedule(opt, patience=2, max_drops=3)
-    errors = [0.9, 0.8, 0.8, 0.8] + [0.8] * 10
-    drops = [schedule.step(e) for e in errors]
-    assert drops[:4] == [False, False, False, True]  # two epochs without improvement
-    assert sum(drops) == 3
-    assert schedule.lr == pytest.approx(1e-5)
-    restored = PlateauSchedule(opt)
+def test_plateau_schedule_waits_for_a_first_improvement_and_drops_at_most_three_times():
+    schedule = PlateauSchedule(patience=2, max_drops=3)
+    at_chance = [2.303, 2.303, 2.304, 2.303, 2.305, 2.303]
+    assert [schedule.step(m) for m in at_chance] == [False] * 6  # no drop at chance
+    assert schedule.scale == 1
+    learning = [2.2, 2.1, 2.1, 2.1]  # improves twice, then a real plateau of two epochs
+    assert [schedule.step(m) for m in learning] == [False, False, False, True]
+    assert schedule.scale == pytest.approx(0.1)
+    assert [schedule.step(2.1) for _ in range(5)] == [False] * 5  # must improve at the new rate
+    drops = [schedule.step(m) for m in [2.0, 2.0, 2.0, 1.9, 1.9, 1.9, 1.8, 1.8, 1.8]]
+    assert sum(drops) == 2 and schedule.drops == 3 and schedule.scale == pytest.approx(1e-3)
+    restored = PlateauSchedule()
     restored.load_state_dict(schedule.state_dict())
     assert restored.state_dict() == schedule.state_dict()
+
+
+def test_min_delta_ignores_small_improvements():
+    schedule = PlateauSchedule(patience=1, min_delta=0.05)
+    assert [schedule.step(m) for m in [1.0, 0.9, 0.88, 0.87]] == [False, False, True, False]
+
+
+def test_the_rate_scales_with_the_global_batch():
+    assert scaled_lr(0.01, 128) == pytest.approx(0.01)
+    assert scaled_lr(0.01, 32) == pytest.approx(0.0025)
+    assert scaled_lr(0.01, 2 * 128) == pytest.approx(0.02)
+
+
+def test_warmup_is_linear_per_step_then_flat():
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def test_bias_groups_take_their_own_rate_and_decay():
+    model = torch.nn.Linear(3, 2)
+    groups = param_groups(model, weight_decay=5e-4, bias_lr_mult=2.0, bias_decay=False)
+    opt = make_optimizer("paper", groups, momentum=0.9)
+    set_rate(opt, 0.01)
+    (weights, biases) = opt.param_groups
+    assert weights["params"] == [model.weight] and biases["params"] == [model.bias]
+    assert (weights["lr"], weights["weight_decay"]) == (0.01, 5e-4)
+    assert (biases["lr"], biases["weight_decay"]) == (0.02, 0.0)

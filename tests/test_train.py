@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fixtures import make_images, prep_run
 
+from alexnet.model import train
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.config import TrainConfig
-from alexnet.model.train import evaluate_checkpoint, fit
+from alexnet.model.train import NonFinite, evaluate_checkpoint, fit
 from alexnet.pipeline import dataset
 from alexnet.pipeline.errors import AlexnetError
 
@@ -40,8 +42,10 @@ def test_fit_writes_metrics_checkpoints_and_curves(run):
     metrics = fit(run, replace(TINY, epochs=2), progress=False)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
-    for key in ("loss", "top1_error", "top5_error", "lr", "images_per_s", "data_wait"):
+    for key in ("loss", "val_loss", "top1_error", "top5_error", "images_per_s", "data_wait"):
         assert all(key in m for m in lines)
+    # The rate is --lr for a batch of 128, scaled to the batch of 4.
+    assert [(m["lr"], m["batch"]) for m in lines] == [(0.01 * 4 / 128, 4)] * 2
     assert lines[0]["images"] == 6  # every validation image counted once
     assert 0 <= metrics["ten_crop_top1_error"] <= 1
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -52,22 +56,83 @@ def test_fit_writes_metrics_checkpoints_and_curves(run):
     assert result["centre"]["images"] == 6 and result["ten_crop"]["images"] == 6
 
 
-def test_two_epochs_equal_one_plus_resume_plus_one(tiny_data, tmp_path):
+def straight_and_resumed(tiny_data, tmp_path, config, stop_after: int) -> tuple[Path, Path]:
+    """The same run trained in one go, and stopped after `stop_after` epochs then resumed."""
     torch.use_deterministic_algorithms(True)
     try:
         straight = prep_run(tiny_data, tmp_path / "straight")
-        fit(straight, replace(TINY, epochs=2), progress=False, final_ten_crop=False)
+        fit(straight, config, progress=False, final_ten_crop=False)
         resumed = prep_run(tiny_data, tmp_path / "resumed")
-        fit(resumed, replace(TINY, epochs=1), progress=False, final_ten_crop=False)
-        fit(resumed, replace(TINY, epochs=2), resume=True, progress=False, final_ten_crop=False)
+        first = replace(config, epochs=stop_after)
+        fit(resumed, first, progress=False, final_ten_crop=False)
+        fit(resumed, config, resume=True, progress=False, final_ten_crop=False)
     finally:
         torch.use_deterministic_algorithms(False)
     a, b = weights(straight / "checkpoints/last.pt"), weights(resumed / "checkpoints/last.pt")
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    lines = (resumed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(m)["epoch"] for m in lines] == [1, 2]
+    return straight, resumed
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_across_a_warmup_gives_the_same_weights_and_rates(tiny_data, tmp_path):
+    # 16 training images in batches of 4: 4 steps an epoch, a warm-up of 6 steps.
+    config = replace(TINY, epochs=2, warmup_epochs=1.5)
+    straight, resumed = straight_and_resumed(tiny_data, tmp_path, config, stop_after=1)
+    assert [m["epoch"] for m in metrics(resumed)] == [1, 2]
+    rates = [m["lr"] for m in metrics(straight)]
+    assert rates == [m["lr"] for m in metrics(resumed)]
+    full = 0.01 * 4 / 128
+    assert rates == [pytest.approx(full * 4 / 6), pytest.approx(full)]  # last step of each epoch
+
+
+def test_resume_across_a_plateau_drop(tiny_data, tmp_path, monkeypatch):
+    # Scripted validation losses: better, then flat: with patience 1 the rate drops after
+    # epoch 3. The training is real; only the validation numbers are fixed. Values for the
+    # straight run (4 epochs), then for the resumed one (3 epochs, stop, 1 more).
+    script = iter([2.3, 2.2, 2.2, 2.2] + [2.3, 2.2, 2.2] + [2.2])
+
+    def scripted(model, loader, world, **kw):
+        return {"top1_error": 0.5, "top5_error": 0.1, "loss": next(script), "images": 8}
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    config = replace(TINY, epochs=4, plateau_on="loss")
+    straight, resumed = straight_and_resumed(tiny_data, tmp_path, config, stop_after=3)
+    full = 0.01 * 4 / 128
+    expected = [pytest.approx(r) for r in (full, full, full, full / 10)]
+    assert [m["lr"] for m in metrics(straight)] == expected
+    assert [m["lr"] for m in metrics(resumed)] == expected
+    assert load_checkpoint(resumed / "checkpoints/last.pt")["schedule"]["drops"] == 1
+
+
+def test_a_non_finite_loss_stops_before_anything_bad_is_saved(run, monkeypatch):
+    fit(run, TINY, progress=False, final_ten_crop=False)
+    good = weights(run / "checkpoints/last.pt")
+    calls, real = [], F.cross_entropy
+
+    def exploding(logits, y):
+        calls.append(1)
+        loss = real(logits, y)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train.F, "cross_entropy", exploding)
+    with pytest.raises(NonFinite, match=r"epoch 2, step 2; the last good checkpoint, .*last.pt"):
+        fit(run, replace(TINY, epochs=2), resume=True, progress=False)
+    saved = load_checkpoint(run / "checkpoints/last.pt")
+    assert saved["epoch"] == 1 and all(torch.equal(saved["model"][k], good[k]) for k in good)
+    assert len(metrics(run)) == 1
+    best = weights(run / "checkpoints/best.pt")
+    assert all(torch.isfinite(t).all() for t in best.values())
+
+
+def test_nan_rate_stops_in_the_first_epoch_without_a_checkpoint(run):
+    with pytest.raises(NonFinite, match="epoch 1, step 2; no checkpoint was saved"):
+        fit(run, replace(TINY, lr=float("nan")), progress=False)
+    assert not (run / "checkpoints").exists()
 
 
 def test_refuses_to_overwrite_and_to_resume_with_other_settings(run):
@@ -150,4 +215,6 @@ def test_torchrun_two_processes_one_epoch(run):
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["images"] == 6  # the two shards together see each image once
+    assert json.loads(line)["batch"] == 4  # 2 processes x 2: the rate follows the global batch
+    assert json.loads(line)["lr"] == pytest.approx(0.01 * 4 / 128)
     assert load_checkpoint(run / "checkpoints/last.pt")["epoch"] == 1
