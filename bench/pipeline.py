@@ -39,7 +39,14 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from alexnet.pipeline.dali import CROP, SIZE, Loader, pipe_options, train_pipeline
+from alexnet.pipeline.dali import (
+    CROP,
+    SIZE,
+    Loader,
+    augmentation,
+    pipe_options,
+    train_pipeline,
+)
 from alexnet.pipeline.stats import Stats, compute_stats
 
 DEFAULT_DATA = str(
@@ -114,8 +121,8 @@ def dali_train_batches(
         stats.mean_image,
         stats.eigvecs,
         stats.eigvals,
+        augmentation(0, 0, len(files), LIGHTING_STD),
         device="cpu",
-        lighting_std=LIGHTING_STD,
         **pipe_options("cpu", batch, 0, CPU_THREADS),
     )
     loader = Loader(pipe)

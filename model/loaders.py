@@ -7,6 +7,7 @@ import numpy as np
 
 from alexnet.pipeline.dali import (
     Loader,
+    augmentation,
     check_batch_size,
     eval_pipeline,
     pipe_options,
@@ -19,11 +20,6 @@ from .config import TrainConfig
 from .distributed import World
 
 
-def seed_for(*keys: int) -> int:
-    """A DALI seed that depends on `keys` alone."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] % 2**31)
-
-
 def train_loader(
     manifest: dict,
     stats: Stats,
@@ -34,8 +30,9 @@ def train_loader(
 ) -> Loader:
     """This rank's batches of one epoch: a fresh permutation per (seed, epoch), equal shards.
 
-    The order and the augmentation depend on (seed, epoch, rank) alone, so a resumed run sees
-    the same data as an uninterrupted one.
+    The order depends on (seed, epoch) and each image's crop, mirror and lighting on (seed,
+    epoch, image index) alone, so a run resumed mid-epoch sees exactly the data of an
+    uninterrupted one, whatever the number of processes or threads.
     """
     files, labels = split_files(manifest, "train")
     per_rank = len(files) // world.size
@@ -44,6 +41,7 @@ def train_loader(
     mine = order[world.rank * per_rank : (world.rank + 1) * per_rank][
         skip_batches * config.batch_size :
     ]
+    choices = augmentation(config.seed, epoch, len(files), config.lighting_std)
     device = world.dali_device
     pipe = train_pipeline(
         [files[i] for i in mine],
@@ -51,15 +49,10 @@ def train_loader(
         stats.mean(config.mean),
         stats.eigvecs,
         stats.eigvals,
+        {name: values[mine] for name, values in choices.items()},
         std=stats.std(config.input_scale),
         device=device,
-        lighting_std=config.lighting_std,
-        **pipe_options(
-            device,
-            config.batch_size,
-            seed_for(config.seed, epoch, world.rank, skip_batches),
-            config.num_threads,
-        ),
+        **pipe_options(device, config.batch_size, config.seed, config.num_threads),
     )
     return Loader(pipe, torch_device=world.device)
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
+from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from .errors import AlexnetError
@@ -73,17 +74,48 @@ def subtract_mean_image(images, mean: np.ndarray, device: str):
     return images - types.Constant(mean.astype(np.float32), device=device)
 
 
-def lighting_shift(eigvecs: np.ndarray, eigvals: np.ndarray, std: float):
-    """Per image, a float32 RGB shift eigvecs @ (alpha * eigvals) / 255, alpha ~ N(0, std).
+def lighting_shift(eigvecs: np.ndarray, eigvals: np.ndarray, alpha):
+    """Per image, a float32 RGB shift eigvecs @ (alpha * eigvals) / 255 from its alpha (3).
 
     The statistics are in 0-255 pixel units; the paper's formula is not scale-free, and
     applied to intensities in [0, 1] (as the reference implementations do) it is this shift
-    expressed in pixel units. A fresh alpha is drawn every time an image is read.
+    expressed in pixel units.
     """
-    alpha = fn.random.normal(shape=[3], stddev=std)
     scaled = fn.reshape(alpha * types.Constant((eigvals / 255.0).astype(np.float32)), shape=[1, 3])
     shift = fn.coord_transform(scaled, M=eigvecs.astype(np.float32).flatten().tolist())
-    return fn.reshape(shift, shape=[3]), alpha
+    return fn.reshape(shift, shape=[3])
+
+
+def augmentation(seed: int, epoch: int, count: int, lighting_std: float = 0.1) -> dict:
+    """The random choices of one training epoch for `count` images, by image index: crop
+    offsets (int32 x, y in 0..32), mirror flags (int32 0/1, p = 1/2) and lighting alphas
+    (float32, N(0, lighting_std), drawn afresh each epoch).
+
+    They are a function of (seed, epoch, image index) alone, so an interrupted epoch resumes
+    with the same augmentation, and neither thread count nor sharding changes it.
+    """
+    rng = np.random.default_rng([seed, epoch, 1])  # [seed, epoch] is the epoch's order
+    return {
+        "offset": rng.integers(0, MAX_OFFSET + 1, (count, 2), dtype=np.int32),
+        "mirror": rng.integers(0, 2, count, dtype=np.int32),
+        "alpha": (rng.standard_normal((count, 3)) * lighting_std).astype(np.float32),
+    }
+
+
+def _batches_of(augment: dict, batch_size: int):
+    """An external_source callback: the choices for the pipeline's next batch of images, in
+    reader order (which wraps around at the end of the list, as the reader does)."""
+    n = len(augment["mirror"])
+
+    def source(info):
+        rows = np.arange(info.iteration * batch_size, (info.iteration + 1) * batch_size) % n
+        return (
+            list(augment["offset"][rows].astype(np.float32)),
+            list(augment["mirror"][rows]),
+            list(augment["alpha"][rows]),
+        )
+
+    return source
 
 
 def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0, std=1.0):
@@ -139,35 +171,38 @@ def train_pipeline(
     mean,
     eigvecs,
     eigvals,
+    augment,
     *,
     std=ONES,
     device="cpu",
-    lighting_std=0.1,
-    shard_id=0,
-    num_shards=1,
     debug=False,
 ):
-    """-> float32 3x224x224 random crops, mirrored with p=1/2, minus mean, plus PCA lighting.
+    """-> float32 3x224x224 crops at the given offsets, mirrored where asked, minus the mean,
+    plus the PCA lighting shift of each image's alpha (`augment`: see `augmentation`, one row
+    per file, in file order).
 
     With `debug`, also returns each image's crop offset (x, y in pixels of the 256 patch),
     mirror flag and lighting alpha, so tests can check every property on real batches.
     """
-    encoded, label = _reader(files, labels, shard_id, num_shards, False)
+    encoded, label = _reader(files, labels, 0, 1, False)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    shift, alpha = lighting_shift(eigvecs, eigvals, lighting_std)
-    ox = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
-    oy = fn.random.uniform(values=list(range(MAX_OFFSET + 1)))
-    mirror = fn.random.coin_flip(probability=0.5)
+    offset, mirror, alpha = fn.external_source(
+        source=_batches_of(augment, Pipeline.current().max_batch_size),
+        num_outputs=3,
+        batch=True,
+        batch_info=True,
+        dtype=[types.FLOAT, types.INT32, types.FLOAT],
+    )
     out = crop_to_chw(
         images,
-        pos_x=ox / MAX_OFFSET,
-        pos_y=oy / MAX_OFFSET,
+        pos_x=offset[0] / MAX_OFFSET,
+        pos_y=offset[1] / MAX_OFFSET,
         mirror=mirror,
-        mean=types.Constant(mean) - shift,
+        mean=types.Constant(mean) - lighting_shift(eigvecs, eigvals, alpha),
         std=std.astype(np.float32),
     )
     if debug:
-        return out, label, fn.stack(ox, oy), mirror, alpha
+        return out, label, offset, mirror, alpha
     return out, label
 
 

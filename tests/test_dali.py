@@ -16,6 +16,7 @@ from alexnet.pipeline.dali import (
     MAX_OFFSET,
     SIZE,
     Loader,
+    augmentation,
     eval_pipeline,
     pipe_options,
     prep_pipeline,
@@ -78,25 +79,40 @@ def crop_hwc(img: np.ndarray, x: int, y: int, mirror: bool) -> np.ndarray:
 # --- training ------------------------------------------------------------------------------
 
 
+def train_epoch(files, mean, lighting, augment, *, batch: int, threads: int = 2, debug=True):
+    """One pass of the train pipeline over `files` (labels = positions), as numpy arrays."""
+    eigvecs, eigvals = lighting
+    pipe = train_pipeline(
+        files,
+        list(range(len(files))),
+        mean,
+        eigvecs,
+        eigvals,
+        augment,
+        device="cpu",
+        debug=debug,
+        **pipe_options("cpu", batch, 0, num_threads=threads),
+    )
+    return run(pipe, DEBUG_OUTPUTS if debug else ("images", "labels"))
+
+
 @pytest.mark.parametrize("mode", ["image", "channel"])
 def test_train_output_is_mirrored_crop_of_centred_patch_plus_lighting(
     files, patches, lighting, mode
 ):
     eigvecs, eigvals = lighting
     mean = MEANS[mode]
-    labels = list(range(len(files)))  # label = index, to find each output's patch
-    pipe = train_pipeline(
-        files, labels, mean, eigvecs, eigvals, device="cpu", debug=True, **opts(5, seed=11)
-    )
-    images, labs, offsets, mirrors, alphas = run(pipe, DEBUG_OUTPUTS)
+    augment = augmentation(11, 0, len(files))
+    images, labs, offsets, mirrors, alphas = train_epoch(files, mean, lighting, augment, batch=5)
     assert images.shape == (len(files), 3, CROP, CROP) and images.dtype == np.float32
-    assert sorted(labs.tolist()) == labels  # one pass: every image once
-    assert set(np.unique(mirrors)) <= {0, 1}
-    assert np.array_equal(offsets, np.round(offsets)) and offsets.min() >= 0
-    assert offsets.max() <= MAX_OFFSET
+    assert labs.tolist() == list(range(len(files)))  # one pass: every image once, in order
+    # each image got the choices of its own row
+    np.testing.assert_array_equal(offsets, augment["offset"])
+    np.testing.assert_array_equal(mirrors.reshape(-1), augment["mirror"])
+    np.testing.assert_array_equal(alphas, augment["alpha"])
 
     shifts = []
-    rows = zip(images, labs, offsets.astype(int), mirrors, alphas, strict=True)
+    rows = zip(images, labs, offsets.astype(int), mirrors.reshape(-1), alphas, strict=True)
     for out, label, (x, y), m, alpha in rows:
         want = crop_hwc(centred(patches[label], mean), x, y, bool(m))
         diff = out.transpose(1, 2, 0).astype(np.float64) - want
@@ -110,89 +126,58 @@ def test_train_output_is_mirrored_crop_of_centred_patch_plus_lighting(
     assert 0 < mirrors.sum() < len(files)  # both branches were checked
 
 
-def test_train_augmentation_statistics_over_many_reads(files, lighting):
-    """40 passes over 12 photos: 480 draws each of x, y, mirror, and 1440 of alpha."""
-    eigvecs, eigvals = lighting
-    pipe = train_pipeline(
-        files,
-        list(range(len(files))),
-        MEANS["channel"],
-        eigvecs,
-        eigvals,
-        device="cpu",
-        debug=True,
-        **opts(12, seed=5),
-    )
-    loader = Loader(pipe, outputs=DEBUG_OUTPUTS)
-    labels, offsets, mirrors, alphas = [], [], [], []
-    for _ in range(40):
-        for _, lab, off, mir, alpha in loader:
-            labels.append(lab.numpy())
-            offsets.append(off.numpy())
-            mirrors.append(mir.numpy())
-            alphas.append(alpha.numpy())
-    labels, offsets = np.concatenate(labels), np.concatenate(offsets).astype(int)
-    mirrors, alphas = np.concatenate(mirrors), np.concatenate(alphas)
-    assert len(labels) == 480 and np.bincount(labels).tolist() == [40] * 12
+def test_augmentation_statistics_over_many_epochs():
+    """40 epochs of 12 images: 480 draws each of x, y, mirror, and 1440 of alpha."""
+    draws = [augmentation(5, epoch, 12) for epoch in range(40)]
+    offsets = np.concatenate([d["offset"] for d in draws])
+    mirrors = np.concatenate([d["mirror"] for d in draws])
+    alphas = np.concatenate([d["alpha"] for d in draws])
     # crop offsets: integers in [0, 32], and every one of the 33 positions is used on each axis
     # (the chance that a uniform draw misses one in 480 tries is below 1e-5)
     for axis in (0, 1):
         assert set(offsets[:, axis].tolist()) == set(range(MAX_OFFSET + 1)), axis
     # mirror with p = 1/2 (standard error 0.023)
-    assert 0.4 <= mirrors.mean() <= 0.6
+    assert set(np.unique(mirrors)) == {0, 1} and 0.4 <= mirrors.mean() <= 0.6
     # alpha ~ N(0, 0.1): 1440 draws, standard error of the std 0.002, of the mean 0.003
     assert abs(alphas.std() - 0.1) <= 0.01, alphas.std()
     assert abs(alphas.mean()) <= 0.015
     assert abs(np.corrcoef(alphas.T)[np.triu_indices(3, 1)]).max() < 0.15  # independent
-    # a fresh alpha every time an image is read
-    first = alphas[labels == 0]
-    assert len(np.unique(first[:, 0])) == 40
+    # a fresh alpha every time an image is read, i.e. every epoch
+    assert len(np.unique([d["alpha"][0, 0] for d in draws])) == 40
 
 
-def test_same_seed_same_batches_other_seed_other_batches(files, lighting):
-    eigvecs, eigvals = lighting
-
-    def epoch(seed, debug=True):
-        pipe = train_pipeline(
-            files,
-            list(range(len(files))),
-            MEANS["image"],
-            eigvecs,
-            eigvals,
-            device="cpu",
-            debug=debug,
-            **opts(4, seed=seed),
-        )
-        return run(pipe, DEBUG_OUTPUTS if debug else ("images", "labels"))
-
-    a, b, c = epoch(7), epoch(7), epoch(8)
-    for name, x, y in zip(DEBUG_OUTPUTS, a, b, strict=True):
-        np.testing.assert_array_equal(x, y, err_msg=name)
-    np.testing.assert_array_equal(a[1], c[1])  # the order is the caller's, not random
-    assert not np.array_equal(a[0], c[0])
-    assert not np.array_equal(a[2], c[2]) and not np.array_equal(a[4], c[4])
-    # debug only adds outputs: the batches a training run gets are the same
-    plain = epoch(7, debug=False)
-    np.testing.assert_array_equal(plain[0], a[0])
-    np.testing.assert_array_equal(plain[1], a[1])
+def test_choices_depend_on_seed_epoch_and_index_alone(files, lighting):
+    a = augmentation(7, 3, 12)
+    for name, values in augmentation(7, 3, 12).items():
+        np.testing.assert_array_equal(values, a[name], err_msg=name)
+    assert not np.array_equal(augmentation(8, 3, 12)["alpha"], a["alpha"])
+    assert not np.array_equal(augmentation(7, 4, 12)["alpha"], a["alpha"])
+    # the same images come out whatever the batch size and thread count
+    one = train_epoch(files, MEANS["image"], lighting, a, batch=4, threads=1, debug=False)
+    other = train_epoch(files, MEANS["image"], lighting, a, batch=5, threads=2, debug=False)
+    np.testing.assert_array_equal(one[1], other[1])
+    np.testing.assert_array_equal(one[0], other[0])
+    # and a subset in another order (a resumed epoch, a shard) gets each image's own choices
+    order = [9, 2, 11, 4]
+    part = train_epoch(
+        [files[i] for i in order],
+        MEANS["image"],
+        lighting,
+        {k: v[order] for k, v in a.items()},
+        batch=3,
+        debug=False,
+    )
+    np.testing.assert_array_equal(part[0], one[0][order])
 
 
 def test_lighting_std_zero_gives_the_plain_crop(files, patches, lighting):
-    eigvecs, eigvals = lighting
-    pipe = train_pipeline(
-        files[:4],
-        list(range(4)),
-        MEANS["channel"],
-        eigvecs,
-        eigvals,
-        device="cpu",
-        lighting_std=0.0,
-        debug=True,
-        **opts(4),
+    augment = augmentation(0, 0, 4, lighting_std=0.0)
+    images, labs, offsets, mirrors, alphas = train_epoch(
+        files[:4], MEANS["channel"], lighting, augment, batch=4
     )
-    images, labs, offsets, mirrors, alphas = run(pipe, DEBUG_OUTPUTS)
     assert np.all(alphas == 0)
-    for out, label, (x, y), m in zip(images, labs, offsets.astype(int), mirrors, strict=True):
+    rows = zip(images, labs, offsets.astype(int), mirrors.reshape(-1), strict=True)
+    for out, label, (x, y), m in rows:
         want = crop_hwc(centred(patches[label], MEANS["channel"]), x, y, bool(m))
         np.testing.assert_allclose(out.transpose(1, 2, 0), want, atol=ATOL)
 
@@ -280,8 +265,9 @@ def test_eval_two_shards_cover_every_image_once(files, patches, ten_crop):
 def test_loader_size_is_what_one_pass_yields(files, lighting, kind):
     n = 7
     if kind == "train":
+        augment = augmentation(0, 0, n)
         pipe = train_pipeline(
-            files[:n], list(range(n)), MEANS["channel"], *lighting, device="cpu", **opts(3)
+            files[:n], list(range(n)), MEANS["channel"], *lighting, augment, **opts(3)
         )
     else:
         pipe = eval_pipeline(

@@ -17,7 +17,7 @@ from fixtures import make_images, prep_run
 from alexnet.model import train
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.config import TrainConfig
-from alexnet.model.train import NonFinite, evaluate_checkpoint, fit
+from alexnet.model.train import Interrupted, NonFinite, evaluate_checkpoint, fit
 from alexnet.pipeline import dataset
 from alexnet.pipeline.errors import AlexnetError
 
@@ -88,6 +88,40 @@ def test_resume_across_a_warmup_gives_the_same_weights_and_rates(tiny_data, tmp_
     assert rates == [m["lr"] for m in metrics(resumed)]
     full = 0.01 * 4 / 128
     assert rates == [pytest.approx(full * 4 / 6), pytest.approx(full)]  # last step of each epoch
+
+
+def test_an_epoch_interrupted_mid_way_resumes_bit_exactly(tiny_data, tmp_path, monkeypatch):
+    # 4 steps an epoch; Ctrl-C arrives during the 6th step, i.e. in the middle of epoch 2.
+    real, calls = train.set_rate, []
+
+    def interrupting(optimizer, lr):
+        calls.append(lr)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        real(optimizer, lr)
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        config = replace(TINY, epochs=2)
+        straight = prep_run(tiny_data, tmp_path / "straight")
+        fit(straight, config, progress=False, final_ten_crop=False)
+        resumed = prep_run(tiny_data, tmp_path / "resumed")
+        monkeypatch.setattr(train, "set_rate", interrupting)
+        with pytest.raises(Interrupted, match="epoch 2 after batch 2"):
+            fit(resumed, config, progress=False, final_ten_crop=False)
+        monkeypatch.undo()
+        saved = load_checkpoint(resumed / "checkpoints/last.pt")
+        assert (saved["epoch"], saved["step"]) == (1, 2)
+        fit(resumed, config, resume=True, progress=False, final_ten_crop=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a, b = weights(straight / "checkpoints/last.pt"), weights(resumed / "checkpoints/last.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the resumed epoch's loss covers all its batches, not only those after the resume
+    assert [m["loss"] for m in metrics(resumed)] == pytest.approx(
+        [m["loss"] for m in metrics(straight)], rel=1e-12
+    )
 
 
 def test_resume_across_a_plateau_drop(tiny_data, tmp_path, monkeypatch):
