@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .init import LAYERS, initialise
+from .lrn import LocalResponseNorm
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
@@ -29,13 +30,13 @@ class AlexNetConfig:
 
 def local_response_norm(
     size: int = LRN_SIZE, alpha: float = LRN_ALPHA, beta: float = LRN_BETA, k: float = LRN_K
-) -> nn.LocalResponseNorm:
+) -> LocalResponseNorm:
     """The paper's LRN: b = a / (k + alpha * sum of a^2 over `size` channels)^beta.
 
-    PyTorch's LocalResponseNorm divides alpha by `size`, so the paper's alpha is passed
-    multiplied by it (1e-4 -> 5e-4). The channel window is clipped at the edges in both.
+    alpha is the paper's (not divided by `size`, unlike nn.LocalResponseNorm); the channel
+    window is clipped at the edges. See model/lrn.py for why it is not nn.LocalResponseNorm.
     """
-    return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+    return LocalResponseNorm(size, alpha=alpha, beta=beta, k=k)
 
 
 class AlexNet(nn.Module):
