@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from alexnet.cli.options import progress, run_option
+from alexnet.cli.options import (
+    AMOUNT,
+    POSITIVE,
+    PROBABILITY,
+    RATE,
+    progress,
+    run_option,
+)
 from alexnet.cli.search import eval_retrieval, index_command, register, search
 from alexnet.model.config import INIT_PRESETS, TrainConfig
 from alexnet.pipeline import defaults as P
@@ -19,7 +26,8 @@ from alexnet.pipeline.errors import AlexnetError
 
 
 class Group(click.Group):
-    """Turns AlexnetError into one line on stderr and exit code 2, without a traceback."""
+    """Turns AlexnetError into one line on stderr and exit code 2, and Ctrl-C into exit code
+    130 (as the shell reports it), without a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -27,6 +35,9 @@ class Group(click.Group):
         except AlexnetError as e:
             click.secho(f"error: {e}", fg="red", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +60,7 @@ def cli(ctx, quiet):
 @run_option
 @click.option(
     "--val-fraction",
-    type=float,
+    type=PROBABILITY,
     default=P.VAL_FRACTION,
     show_default=True,
     help="Share of each class held out for validation when DATA has no train/val folders.",
@@ -59,17 +70,22 @@ def cli(ctx, quiet):
 )
 @click.option(
     "--min-size",
-    type=int,
+    type=POSITIVE,
     default=P.MIN_SIZE,
     show_default=True,
     help="Images with a shorter side below this many pixels are skipped.",
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=POSITIVE,
     default=P.PREP_BATCH,
     show_default=True,
     help="Images per batch of the statistics pass.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the manifest and statistics of a run trained or indexed on other data.",
 )
 @click.pass_context
 def prep(ctx, data, run, **options):
@@ -105,11 +121,15 @@ def train_options(f):
     d = TrainConfig()
     options = [
         click.option(
-            "--epochs", type=int, default=d.epochs, show_default=True, help="Passes over the data."
+            "--epochs",
+            type=POSITIVE,
+            default=d.epochs,
+            show_default=True,
+            help="Passes over the data.",
         ),
         click.option(
             "--batch-size",
-            type=int,
+            type=POSITIVE,
             default=d.batch_size,
             show_default=True,
             help="Images per batch and process (the global batch is this times torchrun's "
@@ -117,7 +137,7 @@ def train_options(f):
         ),
         click.option(
             "--lr",
-            type=float,
+            type=RATE,
             default=d.lr,
             show_default=True,
             help="Learning rate for a global batch of 128; the rate used is lr x global "
@@ -125,7 +145,7 @@ def train_options(f):
         ),
         click.option(
             "--warmup-epochs",
-            type=float,
+            type=AMOUNT,
             default=d.warmup_epochs,
             show_default=True,
             help="Ramp the rate up linearly over this many epochs (recommended above a global "
@@ -140,7 +160,7 @@ def train_options(f):
         ),
         click.option(
             "--bias-lr-mult",
-            type=float,
+            type=AMOUNT,
             default=None,
             help="Biases' learning rate relative to the weights' (default: the preset's; "
             "caffe 2, else 1).",
@@ -174,7 +194,7 @@ def train_options(f):
         ),
         click.option(
             "--min-delta",
-            type=float,
+            type=AMOUNT,
             default=d.min_delta,
             show_default=True,
             help="How much the watched metric must improve to count (loss in nats, error as "
@@ -182,7 +202,7 @@ def train_options(f):
         ),
         click.option(
             "--patience",
-            type=int,
+            type=POSITIVE,
             default=d.patience,
             show_default=True,
             help="Epochs without improvement before the rate drops 10x (never before a first "
@@ -197,7 +217,7 @@ def train_options(f):
         ),
         click.option(
             "--lighting-std",
-            type=float,
+            type=AMOUNT,
             default=d.lighting_std,
             show_default=True,
             help="Std of the PCA lighting alphas (in eigenvalue units); 0 turns it off.",
@@ -217,7 +237,7 @@ def train_options(f):
         ),
         click.option(
             "--dropout",
-            type=float,
+            type=PROBABILITY,
             default=d.dropout,
             show_default=True,
             help="Dropout probability in fc6 and fc7.",
@@ -232,7 +252,7 @@ def train_options(f):
         click.option(
             "--threads",
             "num_threads",
-            type=int,
+            type=POSITIVE,
             default=None,
             help="DALI CPU threads (default: all cores).",
         ),
@@ -319,11 +339,11 @@ def eval_(run, checkpoint, ten_crop):
     default=Path("runs/demo"),
     show_default=True,
 )
-@click.option("--epochs", type=int, default=2, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--epochs", type=POSITIVE, default=2, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
 @click.option(
     "--queries",
-    type=int,
+    type=POSITIVE,
     default=3,
     show_default=True,
     help="Validation images to search for at the end.",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from alexnet.cli.options import progress, run_option
+from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option
 from alexnet.retrieval import defaults as R
 
 
@@ -32,7 +32,7 @@ def check_bits(ctx, param, bits: int) -> int:
 )
 @click.option(
     "--approx-threshold",
-    type=int,
+    type=POSITIVE,
     default=R.APPROX_THRESHOLD,
     show_default=True,
     help="Above this many training images (and without a GPU) use an approximate "
@@ -40,7 +40,7 @@ def check_bits(ctx, param, bits: int) -> int:
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=POSITIVE,
     default=R.FEATURE_BATCH,
     show_default=True,
     help="Images per batch for the fc7 features.",
@@ -74,10 +74,10 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @run_option
-@click.option("-k", "k", type=int, default=R.K, show_default=True, help="Results per query.")
+@click.option("-k", "k", type=POSITIVE, default=R.K, show_default=True, help="Results per query.")
 @click.option(
     "--rerank",
-    type=int,
+    type=NON_NEGATIVE,
     default=R.SEARCH_RERANK,
     show_default=True,
     help="Re-rank the R nearest by Hamming distance by float fc7 distance (0: off).",
@@ -95,9 +95,9 @@ def search(ctx, images, run, k, rerank, as_json, montage):
     from alexnet.retrieval.api import image_files, open_index
     from alexnet.retrieval.api import search as run_search
 
-    if k < 1:
-        raise click.BadParameter("must be at least 1", param_hint="-k")
-    files = image_files(images)
+    files, skipped = image_files(images)
+    for path, why in skipped:
+        click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
     ri = open_index(run, progress=progress(ctx))
     result = run_search(ri, files, k=k, rerank_top=rerank)
     if as_json:
@@ -124,10 +124,10 @@ def search(ctx, images, run, k, rerank, as_json, montage):
 
 @click.command("eval-retrieval")
 @run_option
-@click.option("-k", "k", type=int, default=R.K, show_default=True, help="Precision at k.")
+@click.option("-k", "k", type=POSITIVE, default=R.K, show_default=True, help="Precision at k.")
 @click.option(
     "--rerank",
-    type=int,
+    type=POSITIVE,
     default=R.EVAL_RERANK,
     show_default=True,
     help="Shortlist length for the Hamming + fc7 re-rank mode.",
@@ -141,7 +141,7 @@ def search(ctx, images, run, k, rerank, as_json, montage):
 )
 @click.option(
     "--max-queries",
-    type=int,
+    type=POSITIVE,
     default=None,
     help="Use a seeded sample of this many validation images (default: all).",
 )
@@ -152,8 +152,6 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries):
     from alexnet.retrieval.api import open_index
     from alexnet.retrieval.evaluate import evaluate_retrieval, format_table, write_result
 
-    if k < 1:
-        raise click.BadParameter("must be at least 1", param_hint="-k")
     ri = open_index(run, progress=progress(ctx))
     result = evaluate_retrieval(
         ri,

@@ -70,9 +70,18 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return save_state(path, state)
 
 
+KEYS = ("model", "optimizer", "schedule", "epoch", "step", "config", "classes", "fingerprint")
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    fix = "train first with `alexnet train --run RUN`, or pass another --checkpoint"
-    return load_state(path, "checkpoint", fix)
+    fix = "train first with `alexnet train --run RUN`"
+    state = load_state(path, "checkpoint", fix)
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise AlexnetError(
+            f"{path} lacks {', '.join(missing)}: it was not written by `alexnet train`; {fix}"
+        )
+    return state
 
 
 def build_network(config: TrainConfig, num_classes: int, device: torch.device) -> AlexNet:

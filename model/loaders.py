@@ -13,7 +13,7 @@ from alexnet.pipeline.dali import (
     pipe_options,
     train_pipeline,
 )
-from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.dataset import check_image, first_changed, split_files
 from alexnet.pipeline.stats import Stats
 
 from .config import TrainConfig
@@ -35,12 +35,7 @@ def train_loader(
     uninterrupted one, whatever the number of processes or threads.
     """
     files, labels = split_files(manifest, "train")
-    per_rank = len(files) // world.size
-    check_batch_size(per_rank, config.batch_size, "training" + (" shard" if world.size > 1 else ""))
-    order = np.random.default_rng([config.seed, epoch]).permutation(len(files))
-    mine = order[world.rank * per_rank : (world.rank + 1) * per_rank][
-        skip_batches * config.batch_size :
-    ]
+    mine = epoch_order(len(files), config, epoch, world)[skip_batches * config.batch_size :]
     choices = augmentation(config.seed, epoch, len(files), config.lighting_std)
     device = world.dali_device
     pipe = train_pipeline(
@@ -55,6 +50,31 @@ def train_loader(
         **pipe_options(device, config.batch_size, config.seed, config.num_threads),
     )
     return Loader(pipe, torch_device=world.device)
+
+
+def epoch_order(count: int, config: TrainConfig, epoch: int, world: World) -> np.ndarray:
+    """Indices into the training files of this rank's images in one epoch, in reading order:
+    a fresh permutation per (seed, epoch), cut into equal shards."""
+    per_rank = count // world.size
+    check_batch_size(per_rank, config.batch_size, "training" + (" shard" if world.size > 1 else ""))
+    order = np.random.default_rng([config.seed, epoch]).permutation(count)
+    return order[world.rank * per_rank : (world.rank + 1) * per_rank]
+
+
+def unreadable_training_file(
+    manifest: dict, config: TrainConfig, epoch: int, world: World, start: int
+) -> str:
+    """Why the epoch's read failed, naming the file: the first training file that changed
+    since prep, else the first one from batch `start` on that PIL cannot decode."""
+    problem = first_changed(manifest)
+    if problem:
+        return problem
+    files, _ = split_files(manifest, "train")
+    for i in epoch_order(len(files), config, epoch, world)[start * config.batch_size :]:
+        reason = check_image(files[i], min_size=1)
+        if reason:
+            return f"{files[i]}: {reason}"
+    return "a training file could not be read (no single file could be named)"
 
 
 def eval_loader(

@@ -12,6 +12,7 @@ metrics.py (metrics.jsonl and curves.png), inference.py (a trained run loaded fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,18 +22,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from alexnet.pipeline.dali import Loader, check_batch_size
+from alexnet.pipeline.dali import Loader, ReadError, check_batch_size
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import write_json
+from alexnet.pipeline.files import check_space, make_folder, write_json
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.lock import RunLock
 
 from .checkpoint import build_network, checkpoint_state, load_checkpoint, save_checkpoint
 from .config import TrainConfig, changed_settings, config_from_dict
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
 from .inference import load_run_data, load_trained
 from .init import resolve
-from .loaders import eval_loader, train_loader
+from .loaders import eval_loader, train_loader, unreadable_training_file
 from .metrics import read_metrics, write_metrics
 from .optim import (
     PlateauSchedule,
@@ -69,29 +71,33 @@ def train_one_epoch(
     total_loss, images, batches, waited, stopped = 0.0, 0, 0, 0.0, False
     start = tick = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not (progress and world.main), leave=False)
-    for x, y in bar:
-        waited += time.perf_counter() - tick
-        if world.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(world.device):
-            loss = F.cross_entropy(model(x), y)
-        value = loss.item()
-        if not math.isfinite(all_sum([value], world)[0]):
-            raise NonFinite(batches)
-        if rate is not None:
-            set_rate(optimizer, rate(batches))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += value * len(y)
-        images += len(y)
-        batches += 1
-        speed = images * world.size / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{total_loss / images:.3f}", img_s=f"{speed:.0f}")
-        tick = time.perf_counter()
-        if stop is not None and stop.agreed(world):
-            stopped = True
-            break
+    try:
+        for x, y in bar:
+            waited += time.perf_counter() - tick
+            if world.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(world.device):
+                loss = F.cross_entropy(model(x), y)
+            value = loss.item()
+            if not math.isfinite(all_sum([value], world)[0]):
+                raise NonFinite(batches)
+            if rate is not None:
+                set_rate(optimizer, rate(batches))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += value * len(y)
+            images += len(y)
+            batches += 1
+            speed = images * world.size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{total_loss / images:.3f}", img_s=f"{speed:.0f}")
+            tick = time.perf_counter()
+            if stop is not None and stop.agreed(world):
+                stopped = True
+                break
+    except ReadError as e:  # say how far the pass got
+        e.batches, e.loss_sum, e.images = batches, total_loss, images
+        raise
     bar.close()
     seconds = time.perf_counter() - start
     loss_sum, count = all_sum([total_loss, images], world)
@@ -162,10 +168,23 @@ def fit(
     progress: bool = True,
     final_ten_crop: bool = True,
 ) -> dict:
-    """Train on RUN's manifest and statistics; return the last epoch's metrics."""
+    """Train on RUN's manifest and statistics; return the last epoch's metrics. The main
+    process holds the run's lock throughout (pipeline/lock.py)."""
     config = resolve(config or TrainConfig())
-    paths = RunPaths(run)
     world = setup_world()
+    with RunLock(run, "train") if world.main else contextlib.nullcontext():
+        return _fit(RunPaths(run), config, world, resume, progress, final_ten_crop)
+
+
+def _fit(
+    paths: RunPaths,
+    config: TrainConfig,
+    world: World,
+    resume: bool,
+    progress: bool,
+    final_ten_crop: bool,
+) -> dict:
+    run = paths.root
     manifest, stats = load_run_data(run)
     check_batch_size(len(split_files(manifest, "val")[0]), 1, "validation")
     n_train = len(split_files(manifest, "train")[0])
@@ -203,7 +222,11 @@ def fit(
         raise AlexnetError(
             f"{paths.last} exists: pass --resume to continue that run, or choose a new --run"
         )
-    if world.main:
+    if world.main:  # a writable folder with room for a save, before any work is done
+        make_folder(paths.checkpoints)
+        one = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # and momenta
+        old = sum(p.stat().st_size for p in (paths.last, paths.best) if p.exists())
+        check_space(paths.checkpoints, 3 * one - old, "training's checkpoints")
         log.info(
             "learning rate %g (--lr %g x global batch %d / 128)%s; init %s",
             base_lr,
@@ -231,7 +254,8 @@ def fit(
         )
         return {**state, **extra}
 
-    history = read_metrics(run)[:epoch] if resume else []
+    # The checkpoint carries the learning curve, so metrics.jsonl always matches it.
+    history = saved.get("history", read_metrics(run)[:epoch]) if resume else []
     metrics: dict = {}
     with StopFlag() as stop:
         while epoch < config.epochs:
@@ -249,13 +273,29 @@ def fit(
                 )
             except NonFinite as e:
                 raise e.at(epoch, skip, paths.last if resume or epoch else None) from None
+            except ReadError as e:  # save what was learnt, then name the file
+                step = skip + e.batches
+                if world.main and step:
+                    done = {
+                        "loss_sum": partial["loss_sum"] + e.loss_sum,
+                        "images": partial["images"] + e.images,
+                    }
+                    state = checkpoint(epoch, step, partial=done, history=history)
+                    save_checkpoint(paths.last, state)
+                what = unreadable_training_file(manifest, config, epoch, world, step)
+                kept = f"saved {paths.last}" if world.main and step else "nothing new was saved"
+                raise AlexnetError(
+                    f"{what}; {kept}. Restore the file (then add --resume), or rerun "
+                    "`alexnet prep` into a new --run"
+                ) from None
             loss_sum = partial["loss_sum"] + result["loss_sum"]
             images = partial["images"] + result["images"]
             if result["stopped"]:
                 step = skip + result["batches"]
                 if world.main:
                     done = {"loss_sum": loss_sum, "images": images}
-                    save_checkpoint(paths.last, checkpoint(epoch, step, partial=done))
+                    state = checkpoint(epoch, step, partial=done, history=history)
+                    save_checkpoint(paths.last, state)
                 raise Interrupted(paths.last, epoch, step)
             skip, partial = 0, {"loss_sum": 0.0, "images": 0}
             lr = rate_at(first + result["batches"] - 1)
@@ -278,7 +318,7 @@ def fit(
             }
             history.append(metrics)
             if world.main:
-                state = checkpoint(epoch)
+                state = checkpoint(epoch, history=history)
                 save_checkpoint(paths.last, state)
                 if improved:
                     save_checkpoint(paths.best, state)

@@ -285,12 +285,26 @@ class Loader:
         return n * (shard + 1) // shards - n * shard // shards
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for (batch,) in self._it:
+        it = iter(self._it)
+        while True:
+            try:
+                (batch,) = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as e:  # DALI's way to report a file it could not read
+                raise ReadError(str(e).strip().splitlines()[0]) from e
             yield tuple(self._to_torch(name, batch[name]) for name in self.outputs)
 
     def _to_torch(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.torch_device, non_blocking=True)
         return tensor.view(-1).long() if name == "labels" else tensor
+
+
+class ReadError(AlexnetError):
+    """A file of the pass could not be read or decoded. The trainer adds how far the pass got
+    (`batches`, and their `loss_sum` over `images`)."""
+
+    batches, loss_sum, images = 0, 0.0, 0
 
 
 def check_batch_size(n_images: int, batch_size: int, what: str) -> None:

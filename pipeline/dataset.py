@@ -214,22 +214,26 @@ def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
         raise AlexnetError(
             f"{path} was edited or comes from another version: rerun `alexnet prep DATA --run RUN`"
         )
-    if check_files:
-        root = Path(manifest["root"])
-        for f in manifest["files"]:
-            p = root / f["path"]
-            try:
-                st = p.stat()
-            except OSError:
-                raise AlexnetError(
-                    f"{p} listed in {path} is gone: the data changed since "
-                    "prep; rerun `alexnet prep`"
-                ) from None
-            if (st.st_size, st.st_mtime_ns) != (f["bytes"], f["mtime_ns"]):
-                raise AlexnetError(
-                    f"{p} changed since prep (size or modification time): rerun `alexnet prep`"
-                )
+    problem = first_changed(manifest) if check_files else None
+    if problem:
+        raise AlexnetError(f"{problem}: rerun `alexnet prep`")
     return manifest
+
+
+def first_changed(manifest: dict) -> str | None:
+    """What is wrong with the first listed file that is gone or changed since prep (size or
+    modification time); None when every file is as listed."""
+    root = Path(manifest["root"])
+    for f in manifest["files"]:
+        p = root / f["path"]
+        try:
+            st = p.stat()
+        except OSError as e:
+            gone = isinstance(e, FileNotFoundError)
+            return f"{p} listed in the manifest is {'gone' if gone else e.strerror}"
+        if (st.st_size, st.st_mtime_ns) != (f["bytes"], f["mtime_ns"]):
+            return f"{p} changed since prep (size or modification time)"
+    return None
 
 
 def split_files(manifest: dict, split: str) -> tuple[list[str], list[int]]:

@@ -1,13 +1,15 @@
 """Atomic writes and reads of the files a run keeps under RUN/.
 
 Every file is written to a temporary name beside its target and then `os.replace`d, so an
-interrupted command never leaves a half-written file that looks complete.
+interrupted command never leaves a half-written file that looks complete, and the temporary
+files of killed commands are removed by the next one that writes to the run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +18,30 @@ from typing import Any
 from .errors import AlexnetError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+TEMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` and move the result onto `path` in one step."""
+    """Call `write(tmp_path)` and move the result onto `path` in one step.
+
+    The temporary name carries this process's id, so that a later command can remove what a
+    killed one left (`remove_stale_temps`); the file gets the mode the umask allows, like any
+    file the user creates. A failed write (a full disk, say) removes the temporary file and
+    raises one AlexnetError naming the file.
+    """
     path = Path(path)
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX
+        )
     except OSError as e:
         raise AlexnetError(
             f"cannot write to {path.parent}: {e.strerror}; choose a writable --run folder"
@@ -29,11 +49,69 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and (isinstance(e, OSError) or disk_full(path.parent)):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "the disk is full"
+            raise AlexnetError(
+                f"cannot write {path}: {reason}; nothing was replaced. Free some space (or fix "
+                "the folder's permissions) and run the command again"
+            ) from None
         raise
     return path
+
+
+def make_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AlexnetError(
+            f"cannot create {folder}: {e.strerror}; choose a writable --run folder"
+        ) from None
+    return folder
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
+def check_space(folder: str | Path, needed: int, what: str) -> None:
+    """Refuse to start work whose output (`needed` bytes) cannot fit beside `folder`."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise AlexnetError(
+            f"{what} needs about {needed / 2**30:.2f} GiB in {folder}, but only "
+            f"{free / 2**30:.2f} GiB are free: free some space or choose another --run"
+        )
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed alexnet processes left below `folder` (their
+    names carry a process id that no longer runs); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        parts = tmp.name.rsplit(".", 3)  # ".NAME", "PID", "RANDOM", "tmp"
+        if len(parts) == 4 and parts[1].isdigit() and not pid_alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

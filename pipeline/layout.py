@@ -1,5 +1,6 @@
 """The run folder: every file a run keeps under RUN/, named once.
 
+    RUN/.lock                      who is writing the run now
     RUN/manifest.json              classes, usable and skipped files, the dataset fingerprint
     RUN/stats.npz, stats.json      mean image, channel mean, RGB PCA (and a readable summary)
     RUN/checkpoints/last.pt, best.pt
@@ -57,6 +58,11 @@ class RunPaths:
 
     def __str__(self) -> str:
         return str(self.root)
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one command writing the run (pipeline/lock.py)."""
+        return self.root / ".lock"
 
     @property
     def manifest(self) -> Path:

@@ -9,6 +9,10 @@ from pathlib import Path
 from . import dataset, stats
 from .dali import default_device
 from .defaults import MIN_SIZE, PREP_BATCH, SPLIT_SEED, VAL_FRACTION
+from .errors import AlexnetError
+from .files import read_json
+from .layout import RunPaths
+from .lock import RunLock
 
 
 def prepare(
@@ -21,26 +25,51 @@ def prepare(
     batch_size: int = PREP_BATCH,
     workers: int | None = None,
     num_threads: int | None = None,
+    force: bool = False,
     progress: bool = True,
 ) -> tuple[dict, stats.Stats]:
-    """DATA -> RUN/manifest.json and RUN/stats.npz; returns the manifest and the statistics."""
-    manifest = dataset.scan(
-        data,
-        val_fraction=val_fraction,
-        seed=seed,
-        min_size=min_size,
-        workers=workers,
-        progress=progress,
-    )
-    dataset.save_manifest(manifest, run)
-    files, _ = dataset.split_files(manifest, "train")
-    result = stats.compute_stats(
-        files,
-        manifest["fingerprint"],
-        batch_size=batch_size,
-        device=default_device(),
-        num_threads=num_threads,
-        progress=progress,
-    )
-    stats.save_stats(result, run)
+    """DATA -> RUN/manifest.json and RUN/stats.npz; returns the manifest and the statistics.
+
+    A run that already holds checkpoints or an index made from other data is refused unless
+    `force`: its manifest and statistics would be replaced, and it could neither be resumed
+    nor searched again.
+    """
+    with RunLock(run, "prep"):
+        manifest = dataset.scan(
+            data,
+            val_fraction=val_fraction,
+            seed=seed,
+            min_size=min_size,
+            workers=workers,
+            progress=progress,
+        )
+        if not force:
+            check_replaceable(RunPaths(run), manifest)
+        dataset.save_manifest(manifest, run)
+        files, _ = dataset.split_files(manifest, "train")
+        result = stats.compute_stats(
+            files,
+            manifest["fingerprint"],
+            batch_size=batch_size,
+            device=default_device(),
+            num_threads=num_threads,
+            progress=progress,
+        )
+        stats.save_stats(result, run)
     return manifest, result
+
+
+def check_replaceable(paths: RunPaths, manifest: dict) -> None:
+    made = [p for p in (paths.last, paths.best, paths.index.meta) if p.exists()]
+    if not made or not paths.manifest.is_file():
+        return
+    try:
+        same = read_json(paths.manifest, "manifest", "")["fingerprint"] == manifest["fingerprint"]
+    except (AlexnetError, KeyError, TypeError):
+        same = False
+    if not same:
+        raise AlexnetError(
+            f"{paths.root} already holds {made[0].relative_to(paths.root)} made from other "
+            "data: prep would replace its manifest and statistics, and the run could not be "
+            "resumed or searched again. Use a new --run, or pass --force to replace them"
+        )

@@ -23,6 +23,7 @@ import numpy as np
 from alexnet.model.inference import load_trained
 from alexnet.pipeline.dataset import EXTENSIONS, check_image, split_files
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.lock import RunLock
 
 from .autoencoder import encode
 from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, SEARCH_RERANK, K
@@ -32,9 +33,14 @@ from .index import RunIndex, build_run_index, hamming, index_problem, open_run_i
 log = logging.getLogger(__name__)
 
 
-def image_files(paths: Sequence[str | Path]) -> list[str]:
-    """Expand folders to the images below them (sorted) and check that every file decodes."""
+def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expand folders to the images below them (sorted) and check that every file decodes.
+
+    Returns the usable files and the (path, reason) of those skipped, so that one bad file in
+    a folder of queries does not stop the others; no usable file at all is an error.
+    """
     files: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(
@@ -43,19 +49,26 @@ def image_files(paths: Sequence[str | Path]) -> list[str]:
                 if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
             )
             if not found:
-                raise AlexnetError(f"{p} holds no images ({', '.join(sorted(EXTENSIONS))})")
+                skipped.append((str(p), f"holds no images ({', '.join(sorted(EXTENSIONS))})"))
             files += found
         elif not p.exists():
-            raise AlexnetError(f"{p} does not exist")
+            skipped.append((str(p), "does not exist"))
         else:
             files.append(str(p))
+    usable = []
     for f in files:
-        if not os.access(f, os.R_OK):
-            raise AlexnetError(f"{f} is not readable (permission denied)")
-        reason = check_image(f, min_size=1)
+        reason = (
+            "is not readable (permission denied)"
+            if not os.access(f, os.R_OK)
+            else check_image(f, min_size=1)
+        )
         if reason:
-            raise AlexnetError(f"{f} cannot be used as a query: {reason}")
-    return files
+            skipped.append((f, f"cannot be used as a query: {reason}"))
+        else:
+            usable.append(f)
+    if not usable:
+        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
+    return usable, skipped
 
 
 def open_index(
@@ -71,7 +84,8 @@ def open_index(
             "autoencoder, index); later searches reuse it",
             paths.folder,
         )
-        build_run_index(trained, paths, progress=progress)
+        with RunLock(run, "search, building the index"):
+            build_run_index(trained, paths, progress=progress)
     return open_run_index(trained, paths)
 
 
@@ -89,14 +103,15 @@ def index_run(
     problem = index_problem(paths, source_identity(trained))
     if problem not in (None, "missing"):
         log.warning("rebuilding the index: %s", problem)
-    meta = build_run_index(
-        trained,
-        paths,
-        bits=bits,
-        approx_threshold=approx_threshold,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    with RunLock(run, "index"):
+        meta = build_run_index(
+            trained,
+            paths,
+            bits=bits,
+            approx_threshold=approx_threshold,
+            batch_size=batch_size,
+            progress=progress,
+        )
     return {**meta, "path": str(paths.index)}
 
 

@@ -29,7 +29,13 @@ from alexnet.model.loaders import eval_loader
 from alexnet.pipeline.dali import Loader, pipe_options, query_pipeline
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
+from alexnet.pipeline.files import (
+    atomic_write,
+    check_space,
+    file_identity,
+    read_json,
+    write_json,
+)
 from alexnet.pipeline.layout import IndexPaths
 
 from .defaults import FEATURE_BATCH, QUERY_BATCH
@@ -94,8 +100,9 @@ def extract_features(
     """fc7 of every training image, in manifest order -> INDEX/features.f16.npy."""
     from tqdm import tqdm
 
-    paths.features_meta.unlink(missing_ok=True)  # from here on, the old array is not complete
     files, _ = split_files(trained.manifest, "train")
+    check_space(paths.folder, len(files) * DIM * 2, "the fc7 features")  # float16
+    paths.features_meta.unlink(missing_ok=True)  # from here on, the old array is not complete
     config = replace(trained.config, batch_size=batch_size)
     loader = eval_loader(trained.manifest, trained.stats, config, trained.world, split="train")
 
