@@ -8,6 +8,7 @@ in DATA/train/<class> and DATA/val/<class>, so `alexnet demo` runs without any d
 from __future__ import annotations
 
 import gzip
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ def build(
     """Write the subset to `out` (skipped when it is already complete) and return it."""
     out = Path(out)
     marker = out / ".complete"
-    if marker.is_file():
+    counts = f"{train_per_class} train + {val_per_class} val per class\n"
+    if marker.is_file() and marker.read_text() == counts:
         return out
     images_file = source / "train-images-idx3-ubyte.gz"
     if not images_file.is_file():
@@ -53,6 +55,8 @@ def build(
             f"{images_file} is missing: install the demo photos with "
             "`apt-get install dataset-fashion-mnist`, or pass --data DIR"
         )
+    for split in ("train", "val"):  # another subset from an earlier version: start afresh
+        shutil.rmtree(out / split, ignore_errors=True)
     images = read_idx(images_file)
     labels = read_idx(source / "train-labels-idx1-ubyte.gz")
     for label, name in enumerate(CLASSES):
@@ -62,5 +66,5 @@ def build(
             path = out / split / name / f"{i:05d}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i], mode="L").convert("RGB").save(path, quality=95)
-    marker.touch()
+    marker.write_text(counts)
     return out
