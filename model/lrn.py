@@ -35,7 +35,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 # Elements of input per chunk on the CPU: one image at conv1 (96x55x55), two at conv2. Of
-# 2^17 to 2^21, 2^19 was the fastest; smaller chunks pay per-op overhead (~30 ops a chunk),
+# 2^17 to 2^21, 2^19 was the fastest; smaller chunks pay per-op overhead (~25 ops a chunk),
 # larger ones fall out of cache.
 CPU_CHUNK_ELEMENTS = 1 << 19
 
@@ -55,7 +55,7 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def _chunks(x: torch.Tensor):
     """Index tuples that walk x in chunks of about CPU_CHUNK_ELEMENTS: whole images, or rows
     of one image when an image is bigger than that; on other devices, the whole batch."""
-    n, rows, per_image = x.shape[0], x.shape[2], x[0].numel()
+    n, rows, per_image = x.shape[0], x.shape[2], math.prod(x.shape[1:])
     if x.device.type != "cpu":
         yield (slice(None),)
     elif per_image <= CPU_CHUNK_ELEMENTS:
@@ -88,7 +88,7 @@ class _Workspace:
     def __init__(self, x: torch.Tensor, size: int, k: float):
         self.c, self.size = x.shape[1], size
         self.channels_last = _is_channels_last(x)
-        per_chunk = min(x.numel(), max(x[0].numel(), CPU_CHUNK_ELEMENTS))
+        per_chunk = min(x.numel(), max(math.prod(x.shape[1:]), CPU_CHUNK_ELEMENTS))
         if x.device.type != "cpu":
             per_chunk = x.numel()
         capacity = per_chunk // self.c * (self.c + size - 1)
