@@ -39,6 +39,15 @@ def local_response_norm(
     return LocalResponseNorm(size, alpha=alpha, beta=beta, k=k)
 
 
+def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    """Images as NHWC on the CPU, where oneDNN's convolutions and pooling run faster on it (a
+    training step ~10%, fc7 extraction ~30%; bench/speed.py). The maths is the same; on GPUs
+    the callers choose the layout."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class AlexNet(nn.Module):
     def __init__(self, config: AlexNetConfig = AlexNetConfig()):
         super().__init__()
@@ -84,12 +93,12 @@ class AlexNet(nn.Module):
         initialise(self.layers(), self.config.init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        return self.classifier(torch.flatten(self.features(_cpu_layout(x)), 1))
 
     @torch.no_grad()
     def fc7(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d last-hidden-layer activations (after ReLU, dropout off)."""
-        h = torch.flatten(self.features(x), 1)
+        h = torch.flatten(self.features(_cpu_layout(x)), 1)
         for layer in self.classifier[:-1]:
             if not isinstance(layer, nn.Dropout):
                 h = layer(h)

@@ -35,7 +35,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 # Elements of input per chunk on the CPU: one image at conv1 (96x55x55), two at conv2. Of
-# 2^17 to 2^21, 2^19 was the fastest; smaller chunks pay per-op overhead (~30 ops a chunk),
+# 2^17 to 2^21, 2^19 was the fastest; smaller chunks pay per-op overhead (~25 ops a chunk),
 # larger ones fall out of cache.
 CPU_CHUNK_ELEMENTS = 1 << 19
 
@@ -55,7 +55,7 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def _chunks(x: torch.Tensor):
     """Index tuples that walk x in chunks of about CPU_CHUNK_ELEMENTS: whole images, or rows
     of one image when an image is bigger than that; on other devices, the whole batch."""
-    n, rows, per_image = x.shape[0], x.shape[2], x[0].numel()
+    n, rows, per_image = x.shape[0], x.shape[2], math.prod(x.shape[1:])
     if x.device.type != "cpu":
         yield (slice(None),)
     elif per_image <= CPU_CHUNK_ELEMENTS:
@@ -75,21 +75,20 @@ class _Workspace:
     Each buffer is dense, in the input's layout, with `size - 1` extra channels, so moving one
     channel along is moving `cstride` elements along the flat memory (H*W for NCHW, 1 for
     channels-last) and a window sum over channels is `size - 1` adds of shifted flat ranges,
-    contiguous whatever the layout. The sum for channel c lands at padded index c, so
-    `valid()` is the first C channels of a buffer.
+    contiguous whatever the layout. The sum for channel c lands at padded index c, so the
+    results are the first C channels of a buffer.
 
     Two buffers hold the values to sum between constant edges: `squares` holds
     alpha * x^2 + k / size with edges k / size, so that its window sums are s itself (k plus
-    alpha times the squares, the window clipped at the first and last channel);
-    `terms` holds the gradient's terms with edges 0, offset for the mirrored window (the same
-    window for odd sizes).
+    alpha times the squares, the window clipped at the first and last channel); `terms` holds
+    the gradient's terms with edges 0, offset for the mirrored window (the same window for odd
+    sizes). Views are made once per chunk shape: per-op overhead is what limits small chunks.
     """
 
     def __init__(self, x: torch.Tensor, size: int, k: float):
         self.c, self.size = x.shape[1], size
-        self.front, self.back = size // 2, (size - 1) // 2
         self.channels_last = _is_channels_last(x)
-        per_chunk = min(x.numel(), max(x[0].numel(), CPU_CHUNK_ELEMENTS))
+        per_chunk = min(x.numel(), max(math.prod(x.shape[1:]), CPU_CHUNK_ELEMENTS))
         if x.device.type != "cpu":
             per_chunk = x.numel()
         capacity = per_chunk // self.c * (self.c + size - 1)
@@ -103,40 +102,37 @@ class _Workspace:
         shape = (xc.shape[0], self.c + self.size - 1, *xc.shape[2:])
         if shape == self.shape:
             return
-        self.shape, numel = shape, math.prod(shape)
+        self.shape, numel, c = shape, math.prod(shape), self.c
         if self.channels_last:
-            n, c, h, w = shape
-            views = [t[:numel].view(n, h, w, c).permute(0, 3, 1, 2) for t in self.storage]
+            n, cp, h, w = shape
+            views = [t[:numel].view(n, h, w, cp).permute(0, 3, 1, 2) for t in self.storage]
         else:
             views = [t[:numel].view(shape) for t in self.storage]
-        self.squares, self.terms, self.a, self.b, self.scratch = views
-        self.cstride = 1 if self.channels_last else math.prod(shape[2:])
-        f, c = self.front, self.c
-        self.squares[:, :f].fill_(self.edge)
-        self.squares[:, f + c :].fill_(self.edge)
-        self.terms[:, : self.back].zero_()
-        self.terms[:, self.back + c :].zero_()
+        flat = [t[:numel] for t in self.storage]  # the same memory, in its own order
+        squares, terms, s, p, scratch = views
+        front, back = self.size // 2, (self.size - 1) // 2
+        squares[:, :front].fill_(self.edge)
+        squares[:, front + c :].fill_(self.edge)
+        terms[:, :back].zero_()
+        terms[:, back + c :].zero_()
 
-    def flat(self, t: torch.Tensor) -> torch.Tensor:
-        return (t.permute(0, 2, 3, 1) if self.channels_last else t).reshape(-1)
+        cs = 1 if self.channels_last else math.prod(shape[2:])
+        m = numel - (self.size - 1) * cs  # the flat range that holds every result
+        self.squares, self.terms = squares[:, front : front + c], terms[:, back : back + c]
+        self.s, self.p, self.w = s[:, :c], p[:, :c], scratch[:, :c]
+        self.p_flat, self.scratch_flat = flat[3][:m], flat[4][:m]
+        shifted = range(0, self.size * cs, cs)
+        self.sum_squares = flat[2][:m], [flat[0][d : d + m] for d in shifted]  # -> s
+        self.sum_terms = flat[4][:m], [flat[1][d : d + m] for d in shifted]  # -> w
 
-    def interior(self, padded: torch.Tensor, front: int) -> torch.Tensor:
-        return padded[:, front : front + self.c]
 
-    def valid(self, t: torch.Tensor) -> torch.Tensor:
-        return t[:, : self.c]
-
-    def window_sum(self, padded: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Sums over the window into `out`; returns the flat range of `out` that was written."""
-        src, cs = self.flat(padded), self.cstride
-        m = src.numel() - (self.size - 1) * cs
-        dst = self.flat(out)[:m]
-        if self.size == 1:
-            return dst.copy_(src[:m])
-        torch.add(src[:m], src[cs : cs + m], out=dst)
-        for d in range(2, self.size):
-            dst.add_(src[d * cs : d * cs + m])
-        return dst
+def _window_sum(out: torch.Tensor, shifted: list[torch.Tensor]) -> torch.Tensor:
+    if len(shifted) == 1:
+        return out.copy_(shifted[0])
+    torch.add(shifted[0], shifted[1], out=out)
+    for t in shifted[2:]:
+        out.add_(t)
+    return out
 
 
 def _neg_pow(s: torch.Tensor, beta: float, out: torch.Tensor, scratch: torch.Tensor):
@@ -150,13 +146,10 @@ def _neg_pow(s: torch.Tensor, beta: float, out: torch.Tensor, scratch: torch.Ten
 
 
 def _scale_and_power(ws: _Workspace, x: torch.Tensor, alpha: float, beta: float) -> None:
-    """s into ws.a and s^-beta into ws.b."""
+    """s into ws.s and s^-beta into ws.p."""
     ws.bind(x)
-    squares = ws.interior(ws.squares, ws.front)
-    torch.addcmul(ws.edge, x, x, value=alpha, out=squares)
-    s = ws.window_sum(ws.squares, ws.a)
-    m = s.numel()
-    _neg_pow(s, beta, ws.flat(ws.b)[:m], ws.flat(ws.scratch)[:m])
+    torch.addcmul(ws.edge, x, x, value=alpha, out=ws.squares)
+    _neg_pow(_window_sum(*ws.sum_squares), beta, ws.p_flat, ws.scratch_flat)
 
 
 class _LocalResponseNorm(torch.autograd.Function):
@@ -171,7 +164,7 @@ class _LocalResponseNorm(torch.autograd.Function):
         for index in _chunks(x):
             xc = x[index].to(cdtype)
             _scale_and_power(ws, xc, alpha, beta)
-            torch.mul(xc, ws.valid(ws.b), out=y[index])
+            torch.mul(xc, ws.p, out=y[index])
         return y
 
     @staticmethod
@@ -184,12 +177,10 @@ class _LocalResponseNorm(torch.autograd.Function):
         for index in _chunks(x):
             xc, gc = x[index].to(cdtype), g[index].to(cdtype)
             _scale_and_power(ws, xc, alpha, beta)
-            gp = ws.valid(ws.b).mul_(gc)  # g s^-beta
-            terms = ws.interior(ws.terms, ws.back)
-            torch.mul(gp, xc, out=terms).div_(ws.valid(ws.a))  # g b / s
-            ws.window_sum(ws.terms, ws.scratch)
-            w = ws.valid(ws.scratch)
-            torch.addcmul(gp, w, xc, value=-2.0 * alpha * beta, out=dx[index])
+            gp = ws.p.mul_(gc)  # g s^-beta
+            torch.mul(gp, xc, out=ws.terms).div_(ws.s)  # g b / s
+            _window_sum(*ws.sum_terms)
+            torch.addcmul(gp, ws.w, xc, value=-2.0 * alpha * beta, out=dx[index])
         return dx, None, None, None, None
 
 

@@ -110,3 +110,12 @@ def test_network_gradients_match_torch_lrn():
     for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
         scale = q.grad.abs().max().item()
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4 * scale, msg=name)
+
+
+def test_empty_batch_and_inference_mode():
+    x = torch.zeros(0, 5, 3, 3, requires_grad=True)
+    LocalResponseNorm()(x).sum().backward()
+    assert x.grad.shape == x.shape
+    with torch.inference_mode():
+        x = torch.randn(2, 7, 4, 4) * 30
+        torch.testing.assert_close(LocalResponseNorm()(x), torch_lrn(5, 1e-4, 0.75, 2.0)(x))

@@ -99,3 +99,13 @@ def test_lrn_paper_constants_against_the_formula():
         expected[:, c] = a[:, c] / (k + alpha * (a[:, lo:hi] ** 2).sum(1)) ** beta
     out = local_response_norm()(torch.from_numpy(a)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_channels_last_on_cpu_changes_only_the_layout():
+    torch.manual_seed(0)
+    model = AlexNet(AlexNetConfig(num_classes=10)).eval()
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        nchw = model.classifier(torch.flatten(model.features(x), 1))
+        torch.testing.assert_close(model(x), nchw, rtol=1e-4, atol=1e-5)
+    assert all(p.is_contiguous() for p in model.parameters())
