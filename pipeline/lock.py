@@ -4,7 +4,8 @@ Commands that write a run (prep, train, index, and a search that must first buil
 hold the lock while they work; a second one on the same run stops at once with one line
 saying who holds it. Readers (search, eval, eval-retrieval) never take it. The lock is an
 `fcntl.flock`, which the kernel drops when its holder dies, so a killed command leaves no
-lock behind; the file keeps the last holder's pid, host and command for the message. Taking
+lock behind; while held, the file names the holder's pid, host and command for the message,
+and a name left in it after the lock was released tells of a holder that died. Taking
 the lock also removes the temporary files that killed writers left in the run.
 """
 
@@ -61,6 +62,7 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # a clean exit leaves no name behind; a crash does
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
