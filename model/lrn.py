@@ -6,7 +6,8 @@ with the paper's n=5, alpha=1e-4 (NOT divided by n), beta=0.75, k=2, the window 
 first and last channel. PyTorch's `nn.LocalResponseNorm` computes the same thing with alpha
 divided by n, but as a chain of autograd ops (pad, avg_pool3d, pow) that keeps several
 full-size intermediates and walks memory a dozen times; on a CPU it costs ~40% of an AlexNet
-training step. Here forward and backward are written out by hand:
+training step, this one a few per cent (bench/speed.py). Forward and backward are written out
+by hand:
 
 - the work runs a chunk of images at a time, so every intermediate stays in cache and only
   the input is read and the output written at full size;
