@@ -7,6 +7,7 @@ is a plain dict so a checkpoint can be checked against the current settings befo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 
 from .alexnet import AlexNet, AlexNetConfig
-from .config import TrainConfig
+from .config import TrainConfig, changed_settings, config_from_dict
+from .distributed import World
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 
@@ -98,3 +102,42 @@ def build_network(config: TrainConfig, num_classes: int, device: torch.device) -
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def start_from(model: torch.nn.Module, path: str | Path, world: World) -> None:
+    """Fine-tuning: the weights of another run's checkpoint; fc8 stays freshly initialised
+    when that run had another number of classes."""
+    weights = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    fc8 = [f"classifier.{len(model.classifier) - 1}.{p}" for p in ("weight", "bias")]
+    differ = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    if set(differ) - set(fc8):
+        raise AlexnetError(
+            f"{path} holds another network ({', '.join(differ)} differ): fine-tune from a "
+            "checkpoint with the same --columns"
+        )
+    model.load_state_dict({k: v for k, v in weights.items() if k not in differ}, strict=False)
+    if world.main:
+        log.info("starting from the weights of %s", path)
+        if differ:
+            log.info(
+                "%s has %d classes, this run %d: fc8 starts afresh",
+                path,
+                len(weights[fc8[1]]),
+                len(own[fc8[1]]),
+            )
+
+
+def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
+    changed = changed_settings(config_from_dict(saved["config"]), config)
+    if changed:
+        raise AlexnetError(
+            f"{path} was trained with other settings ({'; '.join(changed)}): "
+            "resume with the same settings, or train into a new --run"
+        )
+    if saved["fingerprint"] != manifest["fingerprint"]:
+        raise AlexnetError(
+            f"{path} was trained on other data than the current manifest "
+            f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
+            "train into a new --run"
+        )

@@ -33,12 +33,15 @@ class TrainConfig:
     dropout: float = 0.5
     seed: int = 0
     num_threads: int | None = None  # DALI CPU threads; None: all cores
+    keep_every: int = 0  # also keep checkpoints/epoch_N.pt every N epochs; 0: last/best only
+    tensorboard: bool = False  # also write scalars to RUN/tensorboard
+    init_checkpoint: str | None = None  # start from these weights (fine-tuning)
 
 
 INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
 
 # Settings that may differ between a run and its resumption.
-RESUMABLE = {"epochs", "num_threads"}
+RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpoint"}
 
 
 def config_from_dict(d: dict) -> TrainConfig:

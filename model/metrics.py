@@ -1,11 +1,13 @@
-"""The learning curve of a run: RUN/metrics.jsonl (one JSON line per epoch) and its plot,
-RUN/curves.png (training loss and validation top-1/top-5 error against epochs)."""
+"""The learning curve of a run: RUN/metrics.jsonl (one JSON line per epoch), its plot
+RUN/curves.png (training loss and validation top-1/top-5 error against epochs), the line the
+trainer logs per epoch, and optionally TensorBoard scalars under RUN/tensorboard."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 from alexnet.pipeline.layout import RunPaths
 
@@ -50,3 +52,51 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def epoch_line(m: dict, eta_seconds: float | None, dropped: str | None = None) -> str:
+    """One epoch's summary as the trainer logs it, with the whole run's remaining time."""
+    line = (
+        f"epoch {m['epoch']}  loss {m['loss']:.4f}  val loss {m['val_loss']:.4f}  "
+        f"top-1 {100 * m['top1_error']:.2f}%  top-5 {100 * m['top5_error']:.2f}%  "
+        f"lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s  wait {100 * m['data_wait']:.0f}%"
+    )
+    if eta_seconds is not None:
+        line += f"  run ETA {format_duration(eta_seconds)}"
+    if dropped:
+        line += f"  (validation {dropped} stopped improving: rate / 10)"
+    return line
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TensorBoard:
+    """Scalars of every epoch under RUN/tensorboard (torch's SummaryWriter), when asked for."""
+
+    SCALARS = ("loss", "val_loss", "top1_error", "top5_error", "lr", "images_per_s")
+
+    def __init__(self, run: str | Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise AlexnetError(
+                    "--tensorboard needs the tensorboard package: "
+                    "pip install 'alexnet[tensorboard]'"
+                ) from None
+            self.writer = SummaryWriter(str(RunPaths(run).tensorboard))
+
+    def add(self, m: dict) -> None:
+        if self.writer is not None:
+            for name in self.SCALARS:
+                self.writer.add_scalar(name, m[name], m["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -29,13 +29,20 @@ from alexnet.pipeline.files import check_space, make_folder, write_json
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.lock import RunLock
 
-from .checkpoint import build_network, checkpoint_state, load_checkpoint, save_checkpoint
-from .config import TrainConfig, changed_settings, config_from_dict
+from .checkpoint import (
+    build_network,
+    check_resumable,
+    checkpoint_state,
+    load_checkpoint,
+    save_checkpoint,
+    start_from,
+)
+from .config import TrainConfig
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
 from .inference import load_run_data, load_trained
 from .init import resolve
 from .loaders import eval_loader, train_loader, unreadable_training_file
-from .metrics import read_metrics, write_metrics
+from .metrics import TensorBoard, epoch_line, read_metrics, write_metrics
 from .optim import (
     PlateauSchedule,
     make_optimizer,
@@ -145,31 +152,18 @@ def evaluate(model, loader: Loader, world: World, *, progress: bool = False) -> 
 # --- the whole run -----------------------------------------------------------------------
 
 
-def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
-    changed = changed_settings(config_from_dict(saved["config"]), config)
-    if changed:
-        raise AlexnetError(
-            f"{path} was trained with other settings ({'; '.join(changed)}): "
-            "resume with the same settings, or train into a new --run"
-        )
-    if saved["fingerprint"] != manifest["fingerprint"]:
-        raise AlexnetError(
-            f"{path} was trained on other data than the current manifest "
-            f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
-            "train into a new --run"
-        )
-
-
 def fit(
     run: str | Path,
     config: TrainConfig | None = None,
     *,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     progress: bool = True,
     final_ten_crop: bool = True,
 ) -> dict:
-    """Train on RUN's manifest and statistics; return the last epoch's metrics. The main
-    process holds the run's lock throughout (pipeline/lock.py)."""
+    """Train on RUN's manifest and statistics; return the last epoch's metrics.
+
+    `resume` True continues from RUN/checkpoints/last.pt, a path from that checkpoint. The
+    main process holds the run's lock throughout (pipeline/lock.py)."""
     config = resolve(config or TrainConfig())
     world = setup_world()
     with RunLock(run, "train") if world.main else contextlib.nullcontext():
@@ -180,7 +174,7 @@ def _fit(
     paths: RunPaths,
     config: TrainConfig,
     world: World,
-    resume: bool,
+    resume: bool | str | Path,
     progress: bool,
     final_ten_crop: bool,
 ) -> dict:
@@ -207,8 +201,9 @@ def _fit(
     )
     epoch, skip, partial = 0, 0, {"loss_sum": 0.0, "images": 0}
     if resume:
-        saved = load_checkpoint(paths.last)
-        check_resumable(saved, config, manifest, paths.last)
+        source = paths.last if resume is True else Path(resume)
+        saved = load_checkpoint(source)
+        check_resumable(saved, config, manifest, source)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -217,11 +212,13 @@ def _fit(
         torch.set_rng_state(saved["rng"]["torch"])
         if world.main:
             at = f", batch {skip}" if skip else ""
-            log.info("resuming %s at epoch %d%s", paths.last, epoch + 1, at)
+            log.info("resuming %s at epoch %d%s", source, epoch + 1, at)
     elif paths.last.exists():
         raise AlexnetError(
             f"{paths.last} exists: pass --resume to continue that run, or choose a new --run"
         )
+    elif config.init_checkpoint:
+        start_from(model, config.init_checkpoint, world)
     if world.main:  # a writable folder with room for a save, before any work is done
         make_folder(paths.checkpoints)
         one = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # and momenta
@@ -257,8 +254,10 @@ def _fit(
     # The checkpoint carries the learning curve, so metrics.jsonl always matches it.
     history = saved.get("history", read_metrics(run)[:epoch]) if resume else []
     metrics: dict = {}
-    with StopFlag() as stop:
+    board, seconds = TensorBoard(run, config.tensorboard and world.main), []
+    with StopFlag() as stop, contextlib.closing(board):
         while epoch < config.epochs:
+            started = time.perf_counter()
             first = epoch * steps_per_epoch + skip  # global step of this pass's first batch
             try:
                 result = train_one_epoch(
@@ -299,7 +298,9 @@ def _fit(
                 raise Interrupted(paths.last, epoch, step)
             skip, partial = 0, {"loss_sum": 0.0, "images": 0}
             lr = rate_at(first + result["batches"] - 1)
-            val = evaluate(model, eval_loader(manifest, stats, config, world), world)
+            val = evaluate(
+                model, eval_loader(manifest, stats, config, world), world, progress=progress
+            )
             if not math.isfinite(val["loss"]):  # weights gone bad in the epoch's last step
                 raise NonFinite(result["batches"] - 1).at(epoch, 0, paths.last if epoch else None)
             watched = val["top1_error"] if config.plateau_on == "error" else val["loss"]
@@ -323,21 +324,12 @@ def _fit(
                 if improved:
                     save_checkpoint(paths.best, state)
                 write_metrics(run, history)
-                log.info(
-                    "epoch %d  loss %.4f  val loss %.4f  top-1 %.2f%%  top-5 %.2f%%  lr %.3g  "
-                    "%.0f img/s  wait %.0f%%%s",
-                    epoch,
-                    metrics["loss"],
-                    val["loss"],
-                    100 * val["top1_error"],
-                    100 * val["top5_error"],
-                    lr,
-                    metrics["images_per_s"],
-                    100 * metrics["data_wait"],
-                    f"  (validation {config.plateau_on} stopped improving: rate / 10)"
-                    if dropped
-                    else "",
-                )
+                if config.keep_every and epoch % config.keep_every == 0:
+                    save_checkpoint(paths.epoch_checkpoint(epoch), state)
+                board.add(metrics)
+                seconds.append(time.perf_counter() - started)
+                eta = sum(seconds) / len(seconds) * (config.epochs - epoch)
+                log.info(epoch_line(metrics, eta, config.plateau_on if dropped else None))
     if final_ten_crop:
         ten = evaluate(model, eval_loader(manifest, stats, config, world, ten_crop=True), world)
         metrics = {

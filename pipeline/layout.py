@@ -89,6 +89,13 @@ class RunPaths:
         """The checkpoint evaluation, features and search use unless told otherwise."""
         return self.checkpoints / "best.pt"
 
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch}.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
