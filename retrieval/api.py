@@ -135,7 +135,7 @@ def search(
     items = [_encoded(q) for q in queries]
     if names is None:
         names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
-    vectors = query_features(ri.trained, items)
+    vectors = query_features(ri.trained, items, crops=ri.crops)
     codes = encode(ri.autoencoder, vectors)
     D, I = ri.query(vectors, k, rerank_top, codes)
     db_paths, db_labels = split_files(ri.trained.manifest, "train")  # ids are positions here
