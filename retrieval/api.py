@@ -135,6 +135,11 @@ def search(
     items = [_encoded(q) for q in queries]
     if names is None:
         names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
+    for item, name in zip(items, names, strict=True):
+        # Bytes come from outside (uploads): PIL says what is wrong before DALI meets them.
+        reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
+        if reason:
+            raise AlexnetError(f"{name} cannot be used as a query: {reason}")
     vectors = query_features(ri.trained, items, crops=ri.crops)
     codes = encode(ri.autoencoder, vectors)
     D, I = ri.query(vectors, k, rerank_top, codes)

@@ -218,6 +218,10 @@ def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
     assert any(r["id"] == 5 and r["path"] == str(path) and r["hamming"] == 0 for r in expected)
     with pytest.raises(AlexnetError, match="uint8 HxWx3"):
         search(ri, [pixels[..., 0]])
+    cut = path.read_bytes()[:400]
+    with pytest.raises(AlexnetError, match="cut.jpg cannot be used as a query: corrupt"):
+        search(ri, [path.read_bytes(), cut], names=["whole.jpg", "cut.jpg"])
+    assert search(ri, [path.read_bytes()], k=3)["queries"][0]["results"] == expected
 
 
 def test_eval_retrieval_writes_the_four_modes(run):
