@@ -35,6 +35,7 @@ import numpy as np
 
 from alexnet.model.inference import TrainedRun
 from alexnet.pipeline.dali import QueryCrops
+from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
 from alexnet.pipeline.layout import IndexPaths
@@ -292,6 +293,11 @@ class RunIndex:
     fast: faiss.IndexBinary  # the same, on the GPU where there is one
     features: np.ndarray  # float16 (N, 4096), memory-mapped
     meta: dict
+
+    @cached_property
+    def files(self) -> tuple[list[str], list[int]]:
+        """Paths and labels of the indexed images: id i is the i-th training file."""
+        return split_files(self.trained.manifest, "train")
 
     @cached_property
     def crops(self) -> QueryCrops:

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from retrieval_fixtures import make_images, make_run
+from retrieval_fixtures import QuickConfig, make_images, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
@@ -30,12 +29,6 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import features as F
 from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
-
-
-@dataclass(frozen=True)
-class QuickConfig(ae.AutoencoderConfig):
-    epochs: int = 1
-    min_steps: int = 3
 
 
 @click.group(cls=Group)
