@@ -1,16 +1,19 @@
-"""`alexnet index`, `search`, `eval-retrieval`: parse, call alexnet.retrieval, print.
+"""`alexnet index`, `search`, `eval-retrieval`, `serve`: parse, call alexnet.retrieval, print
+(or, for `serve`, answer HTTP requests with cli/web.py's app).
 
-`register(group)` adds the three commands to a click group (cli/main.py's `cli`).
+`register(group)` adds the four commands to a click group (cli/main.py's `cli`).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import click
 
 from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option
+from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
 
 
@@ -165,7 +168,58 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries):
     click.echo(f"written: {write_result(result, run)}")
 
 
+@click.command()
+@run_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface, so other machines can connect).",
+)
+@click.option("--port", type=int, default=8000, show_default=True, help="0: any free port.")
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Larger uploads are refused (HTTP 413).",
+)
+@click.pass_context
+def serve(ctx, run, host, port, max_upload_mb):
+    """A search page and a JSON API for RUN in the browser (API documented at /docs).
+
+    The run's index is opened once (and built first when missing); Ctrl-C stops the server.
+    """
+    import uvicorn
+
+    from alexnet.cli.web import create_app
+
+    sock = listen(host, port)  # before the index loads: a taken port fails at once
+    app = create_app(run, max_upload_mb=max_upload_mb, progress=progress(ctx))
+    port = sock.getsockname()[1]
+    click.echo(f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops first, then passes the Ctrl-C on
+        pass
+    click.echo("stopped")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on HOST:PORT, or one clear error (port taken, unknown address)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)  # connections wait in the queue until the server takes them
+    except OSError as e:
+        raise AlexnetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock
+
+
 def register(group: click.Group) -> None:
-    """Add `index`, `search` and `eval-retrieval` to `group`."""
-    for command in (index_command, search, eval_retrieval):
+    """Add `index`, `search`, `eval-retrieval` and `serve` to `group`."""
+    for command in (index_command, search, eval_retrieval, serve):
         group.add_command(command)

@@ -3,7 +3,7 @@
 dataset   scan and validate an ImageFolder tree -> RUN/manifest.json
 stats     mean image, channel mean, RGB covariance and PCA -> RUN/stats.npz
 prep      `alexnet prep` as one function: scan, manifest, statistics
-dali      the DALI graphs (prep, train, eval, query) and the torch-side Loader
+dali      the DALI graphs (prep, train, eval, query), the torch-side Loader and QueryCrops
 layout    RunPaths: every file under RUN/, named once
 files     atomic writes, JSON, file identities; errors: AlexnetError
 defaults  the prep settings' defaults (light: no DALI, no torch)
@@ -15,6 +15,7 @@ _EXPORTS = {
     "AlexnetError": "errors",
     "IndexPaths": "layout",
     "Loader": "dali",
+    "QueryCrops": "dali",
     "RunPaths": "layout",
     "Stats": "stats",
     "compute_stats": "stats",

@@ -27,6 +27,7 @@ CROP = 224  # the network's input
 MAX_OFFSET = SIZE - CROP  # 32: crops start at 0..32 on each axis
 TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
 READER = "Reader"
+QUERY_INPUT = "encoded"
 ONES = np.ones(3, np.float32)  # no scaling: the network sees 0-255 pixel differences
 
 
@@ -225,11 +226,11 @@ def eval_pipeline(
 
 
 @pipeline_def(enable_conditionals=False)
-def query_pipeline(batches, mean, *, std=ONES, device="cpu"):
-    """Encoded images from `batches` (an iterable of lists of uint8 byte arrays, e.g. files
-    read by the caller or uploads) -> float32 3x224x224 centre crops, exactly as
-    eval_pipeline makes them from files; ends when `batches` does."""
-    encoded = fn.external_source(source=batches, dtype=types.UINT8, ndim=1, cycle=False)
+def query_pipeline(mean, *, std=ONES, device="cpu"):
+    """Encoded images fed by name (QUERY_INPUT: files read by the caller, or uploads) ->
+    float32 3x224x224 centre crops, exactly as eval_pipeline makes them from files.
+    QueryCrops builds one and feeds it."""
+    encoded = fn.external_source(name=QUERY_INPUT, dtype=types.UINT8, ndim=1)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
     return crop_to_chw(images, mean=mean, std=std.astype(np.float32))
 
@@ -252,27 +253,20 @@ class Loader:
     """Iterate a pipeline as (images, labels) torch tensors on `device`, one epoch per pass.
 
     Evaluation pipelines pad their shard's last batch; the padding is cut off here, so every
-    image of the shard is seen exactly once. A pipeline without a file reader (query_pipeline)
-    is read once, until its source ends.
+    image of the shard is seen exactly once.
     """
 
     def __init__(self, pipe, outputs: Sequence[str] = ("images", "labels"), torch_device=None):
         self.pipe = pipe
         self.outputs = list(outputs)
         self.torch_device = torch.device(torch_device or "cpu")
-        reader = {"reader_name": READER, "auto_reset": True} if self._has_reader(pipe) else {}
         self._it = DALIGenericIterator(
-            [pipe], self.outputs, last_batch_policy=LastBatchPolicy.PARTIAL, **reader
+            [pipe],
+            self.outputs,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            reader_name=READER,
+            auto_reset=True,
         )
-
-    @staticmethod
-    def _has_reader(pipe) -> bool:
-        pipe.build()
-        try:
-            pipe.reader_meta(READER)
-        except RuntimeError:
-            return False
-        return True
 
     def __len__(self) -> int:
         return -(-self.size // self.pipe.max_batch_size)
@@ -305,6 +299,51 @@ class ReadError(AlexnetError):
     (`batches`, and their `loss_sum` over `images`)."""
 
     batches, loss_sum, images = 0, 0.0, 0
+
+
+class QueryCrops:
+    """Encoded images -> torch centre crops, through one query pipeline kept between calls.
+
+    Building a pipeline costs about 100 ms on a CPU and feeding it one photo about 2 ms, so a
+    server that answers many single-image queries builds it once. A call that raised drops the
+    pipeline (DALI may call it "no longer valid") and the next call builds a fresh one. Not
+    thread-safe: callers that share one serialise their calls.
+    """
+
+    def __init__(
+        self,
+        mean: np.ndarray,
+        *,
+        std: np.ndarray = ONES,
+        device: str = "cpu",
+        torch_device=None,
+        batch_size: int,
+        seed: int = 0,
+        num_threads: int | None = None,
+    ):
+        self.batch_size = batch_size
+        self.torch_device = torch.device(torch_device or "cpu")
+        # Depth 1: with deeper queues DALI waits for batches not yet fed.
+        options = pipe_options(device, batch_size, seed, num_threads) | {"prefetch_queue_depth": 1}
+        self._make = lambda: query_pipeline(mean, std=std, device=device, **options)
+        self._pipe = None
+
+    def __call__(self, encoded: Sequence[np.ndarray]) -> torch.Tensor:
+        """float32 (len(encoded), 3, 224, 224) on torch_device, for at most batch_size images
+        (uint8 arrays of encoded JPEG, PNG or BMP bytes)."""
+        if not 0 < len(encoded) <= self.batch_size:
+            raise ValueError(f"feed 1 to {self.batch_size} images at a time, got {len(encoded)}")
+        try:
+            if self._pipe is None:
+                self._pipe = self._make()
+                self._pipe.build()
+            self._pipe.feed_input(QUERY_INPUT, list(encoded))
+            (crops,) = self._pipe.run()
+            # A copy: the pipeline writes its next batch into the same buffer.
+            return torch.from_dlpack(crops.as_tensor()).to(self.torch_device, copy=True)
+        except BaseException:
+            self._pipe = None
+            raise
 
 
 def check_batch_size(n_images: int, batch_size: int, what: str) -> None:

@@ -10,6 +10,7 @@ listed with a reason instead of crashing a pipeline hours later.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -28,12 +29,13 @@ FORMATS = {"JPEG", "MPO", "PNG", "BMP"}  # what both PIL and DALI's decoders rea
 MANIFEST_VERSION = 1
 
 
-def check_image(path: str, min_size: int = MIN_SIZE) -> str | None:
-    """Decode `path` fully; return None if usable, else the reason it is not."""
+def check_image(image: str | Path | bytes, min_size: int = MIN_SIZE) -> str | None:
+    """Decode a file, or the encoded bytes of one (an upload), fully; return None if usable,
+    else the reason it is not."""
     try:
-        if os.path.getsize(path) == 0:
+        if (len(image) if isinstance(image, bytes) else os.path.getsize(image)) == 0:
             return "empty file"
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
             if im.format not in FORMATS:
                 return f"unsupported format {im.format}"
             w, h = im.size

@@ -8,6 +8,7 @@
     RUN/eval.json, eval_retrieval.json, search.png
     RUN/index/...                  the training set's retrieval index (IndexPaths)
     RUN/galleries/NAME/...         other photo collections, each an IndexPaths of its own
+    RUN/thumbs/FINGERPRINT/ID.jpg  thumbnails of indexed images, made by `alexnet serve`
 
 Every module asks `RunPaths(run)` for a path; none spells one itself.
 """
@@ -119,6 +120,15 @@ class RunPaths:
     @property
     def demo_data(self) -> Path:
         return self.root / "data"
+
+    @property
+    def thumbs(self) -> Path:
+        return self.root / "thumbs"
+
+    def thumb(self, fingerprint: str, i: int) -> Path:
+        """Indexed image i's thumbnail; under the manifest's fingerprint, so that after a new
+        prep an id never shows the picture it had before."""
+        return self.thumbs / fingerprint / f"{i}.jpg"
 
     @property
     def index(self) -> IndexPaths:

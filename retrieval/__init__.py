@@ -4,7 +4,8 @@ features     fc7 of every training image (memory-mapped float16) and of query im
 autoencoder  4096 -> 1024 -> 256 -> B bits, trained on the features; packed uint8 codes
 index        faiss binary index (exact Hamming; HNSW above a size threshold; GPU flat where a
              GPU is), optional fc7 re-rank; a collection's build and stale-index checks
-api          open_index, search, index_run: what every face (terminal, web page) calls
+api          open_index, search, index_run, describe, thumbnail: what every face (terminal,
+             web page) calls
 evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, float fc7, raw pixels
 montage      a PNG contact sheet of search results
 defaults     the retrieval settings' defaults (light: no torch, no faiss)
@@ -17,12 +18,14 @@ _EXPORTS = {
     "AutoencoderConfig": "autoencoder",
     "RunIndex": "index",
     "build_run_index": "index",
+    "describe": "api",
     "evaluate_retrieval": "evaluate",
     "index_run": "api",
     "make_montage": "montage",
     "open_index": "api",
     "query_features": "features",
     "search": "api",
+    "thumbnail": "api",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

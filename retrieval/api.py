@@ -5,6 +5,8 @@
     result = search(ri, ["photo.jpg", png_bytes], k=10)
     result["queries"][0]["results"][0]             # {"rank", "id", "path", "class",
                                                    #  "hamming", "distance"}
+    describe(ri)                                   # classes, images, bits, epoch, top-1 error
+    thumbnail(ri, 7)                               # JPEG bytes of indexed image 7, cached
 
 Queries are image files, folders of them, encoded image bytes, or decoded uint8 HxWx3 arrays;
 all go through the evaluation centre crop of the same DALI graph as the indexed images.
@@ -21,16 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import EXTENSIONS, check_image, split_files
+from alexnet.model.metrics import read_metrics
+from alexnet.pipeline.dataset import EXTENSIONS, check_image
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.files import atomic_write
 from alexnet.pipeline.lock import RunLock
 
 from .autoencoder import encode
 from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, SEARCH_RERANK, K
 from .features import query_features, source_identity
 from .index import RunIndex, build_run_index, hamming, index_problem, open_run_index
+from .montage import centre_square
 
 log = logging.getLogger(__name__)
+
+THUMB = 160  # thumbnail side in pixels: small enough for a page of 100 results
 
 
 def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -150,10 +157,15 @@ def search(
     items = [_encoded(q) for q in queries]
     if names is None:
         names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
-    vectors = query_features(ri.trained, items)
+    for item, name in zip(items, names, strict=True):
+        # Bytes come from outside (uploads): PIL says what is wrong before DALI meets them.
+        reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
+        if reason:
+            raise AlexnetError(f"{name} cannot be used as a query: {reason}")
+    vectors = query_features(ri.trained, items, crops=ri.crops)
     codes = encode(ri.autoencoder, vectors)
     D, I = ri.query(vectors, k, rerank_top, codes)
-    db_paths, db_labels = split_files(ri.trained.manifest, "train")  # ids are positions here
+    db_paths, db_labels = ri.files
     classes = ri.trained.classes
     rows = []
     for q, name in enumerate(names):
@@ -178,4 +190,47 @@ def search(
         "index": ri.meta.get("kind"),
         "checkpoint": str(ri.trained.checkpoint),
         "queries": rows,
+    }
+
+
+def indexed_file(ri: RunIndex, i: int) -> str:
+    """The file of indexed image `i`, as the manifest lists it; ids outside 0..N-1 refused."""
+    n = ri.index.ntotal
+    if not 0 <= i < n:
+        raise AlexnetError(f"there is no indexed image {i}: ids run from 0 to {n - 1}")
+    return ri.files[0][i]
+
+
+def thumbnail(ri: RunIndex, i: int) -> bytes:
+    """A JPEG of indexed image `i`'s centre square, THUMB pixels a side: made on first request
+    and kept under RUN/thumbs (made each time where the run folder cannot be written)."""
+    source = indexed_file(ri, i)
+    path = ri.trained.paths.thumb(ri.trained.manifest["fingerprint"], i)
+    if path.is_file():
+        return path.read_bytes()
+    buf = io.BytesIO()
+    centre_square(source, THUMB).save(buf, format="JPEG", quality=85)
+    data = buf.getvalue()
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    except AlexnetError as e:
+        log.debug("thumbnail not kept: %s", e)
+    return data
+
+
+def describe(ri: RunIndex) -> dict:
+    """What a face shows about a run's index: the run, its classes, the number of indexed
+    images, the code length and index kind, the checkpoint, its epoch and that epoch's
+    validation top-1 error (None when RUN/metrics.jsonl has no line for it)."""
+    trained = ri.trained
+    errors = {m["epoch"]: m.get("top1_error") for m in read_metrics(trained.paths.root)}
+    return {
+        "run": str(trained.paths),
+        "classes": trained.classes,
+        "count": int(ri.index.ntotal),
+        "bits": int(ri.codes.shape[1] * 8),
+        "index": ri.meta.get("kind"),
+        "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
+        "top1_error": errors.get(trained.epoch),
     }

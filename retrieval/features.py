@@ -6,7 +6,7 @@ evaluation pipeline's centre crop (pipeline.dali.eval_pipeline, ten_crop off), i
 order, and its fc7 vector is written as float16 to INDEX/features.f16.npy, a memory-mapped
 .npy file: memory stays one batch whatever the dataset's size. Query images are decoded by
 the same graph from their bytes (`query_features`), so a training image used as a query gets
-its own vector back.
+its own vector back; a search keeps that query pipeline between calls (`query_crops`).
 
 Completion protocol: the sidecar INDEX/features.json (manifest fingerprint, checkpoint
 file identity, count) is deleted before extraction starts, the array is written under a
@@ -26,7 +26,7 @@ import torch
 from alexnet.model.distributed import autocast
 from alexnet.model.inference import TrainedRun
 from alexnet.model.loaders import eval_loader
-from alexnet.pipeline.dali import Loader, pipe_options, query_pipeline
+from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import (
@@ -142,51 +142,57 @@ def load_features(paths: IndexPaths) -> np.ndarray:
 # --- query images ------------------------------------------------------------------------
 
 
+def query_crops(trained: TrainedRun, batch_size: int = QUERY_BATCH) -> QueryCrops:
+    """The query pipeline with `trained`'s statistics and settings; keep it to reuse it."""
+    device = trained.world.dali_device
+    return QueryCrops(
+        trained.stats.mean(trained.config.mean),
+        std=trained.stats.std(trained.config.input_scale),
+        device=device,
+        torch_device=trained.world.device,
+        batch_size=batch_size,
+        seed=trained.config.seed,
+        num_threads=trained.config.num_threads,
+    )
+
+
 def query_features(
     trained: TrainedRun,
     images: Sequence[str | bytes],
     *,
+    crops: QueryCrops | None = None,
     batch_size: int = QUERY_BATCH,
     progress: bool = False,
 ) -> np.ndarray:
     """float32 (len(images), 4096) fc7 vectors through the evaluation centre crop, batched.
 
-    Each image is a file path or the encoded bytes of one (JPEG, PNG, BMP). Rounded through
-    float16 like the stored features, so a training image queried against the database finds
-    its own vector exactly (up to the batch's arithmetic).
+    Each image is a file path or the encoded bytes of one (JPEG, PNG, BMP). `crops` is a kept
+    query pipeline (query_crops); without one a pipeline of `batch_size` is built for this
+    call. Rounded through float16 like the stored features, so a training image queried
+    against the database finds its own vector exactly (up to the batch's arithmetic).
     """
     from tqdm import tqdm
 
     if not len(images):
         return np.zeros((0, DIM), np.float32)
-    batch_size = min(batch_size, len(images))
+    crops = crops or query_crops(trained, min(batch_size, len(images)))
+    step = crops.batch_size
 
     def encoded(item: str | bytes) -> np.ndarray:
         if isinstance(item, bytes):
             return np.frombuffer(item, np.uint8)
         return np.fromfile(item, np.uint8)
 
-    def batches():
-        for s in range(0, len(images), batch_size):
-            yield [encoded(item) for item in images[s : s + batch_size]]
-
-    device = trained.world.dali_device
-    pipe = query_pipeline(
-        batches(),
-        trained.stats.mean(trained.config.mean),
-        std=trained.stats.std(trained.config.input_scale),
-        device=device,
-        **pipe_options(device, batch_size, trained.config.seed, trained.config.num_threads),
+    batches = (
+        crops([encoded(item) for item in images[s : s + step]]) for s in range(0, len(images), step)
     )
-    loader = Loader(pipe, outputs=("images",), torch_device=trained.world.device)
-    crops = (x for (x,) in loader)
     out = [
         to_float16(h)
         for h in tqdm(
-            fc7_batches(trained, crops),
+            fc7_batches(trained, batches),
             desc="query fc7",
             unit="batch",
-            total=-(-len(images) // batch_size),
+            total=-(-len(images) // step),
             disable=not progress,
         )
     ]

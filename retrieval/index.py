@@ -27,12 +27,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from alexnet.model.inference import TrainedRun
+from alexnet.pipeline.dali import QueryCrops
+from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
 from alexnet.pipeline.layout import IndexPaths
@@ -43,6 +46,7 @@ from .features import (
     extract_features,
     features_current,
     load_features,
+    query_crops,
     source_identity,
 )
 
@@ -289,6 +293,16 @@ class RunIndex:
     fast: faiss.IndexBinary  # the same, on the GPU where there is one
     features: np.ndarray  # float16 (N, 4096), memory-mapped
     meta: dict
+
+    @cached_property
+    def files(self) -> tuple[list[str], list[int]]:
+        """Paths and labels of the indexed images: id i is the i-th training file."""
+        return split_files(self.trained.manifest, "train")
+
+    @cached_property
+    def crops(self) -> QueryCrops:
+        """The query pipeline, built on the first search and kept for every later one."""
+        return query_crops(self.trained)
 
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search(self.fast if k <= GPU_MAX_K else self.index, codes, k)

@@ -18,9 +18,10 @@ CAPTION = 28  # pixels below each tile for two lines of text
 PAD = 6
 
 
-def _tile(path: str, tile: int) -> Image.Image:
+def centre_square(path: str, side: int) -> Image.Image:
+    """The centre square scaled to `side` pixels, in RGB (what the network saw, up to the crop)."""
     with Image.open(path) as im:
-        return ImageOps.fit(im.convert("RGB"), (tile, tile), Image.Resampling.BILINEAR)
+        return ImageOps.fit(im.convert("RGB"), (side, side), Image.Resampling.BILINEAR)
 
 
 def make_montage(rows: Sequence[dict], path: str | Path, *, tile: int = 128) -> Path:
@@ -43,7 +44,7 @@ def make_montage(rows: Sequence[dict], path: str | Path, *, tile: int = 128) -> 
         ]
         for c, (image, line1, line2, colour) in enumerate(cells):
             x = PAD + c * (tile + PAD)
-            sheet.paste(_tile(image, tile), (x, y))
+            sheet.paste(centre_square(image, tile), (x, y))
             draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], outline=colour, width=2)
             draw.text((x, y + tile + 2), line1, fill="black")
             draw.text((x, y + tile + 14), line2, fill="#444444")

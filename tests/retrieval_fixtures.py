@@ -9,6 +9,7 @@ retrieval needs to be tested.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,17 @@ from alexnet.model.checkpoint import checkpoint_state, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.prep import prepare
+from alexnet.retrieval.autoencoder import AutoencoderConfig
 
 CLASSES = ("red", "green", "blue")
+
+
+@dataclass(frozen=True)
+class QuickConfig(AutoencoderConfig):
+    """An autoencoder trained for a few updates: enough to test the machinery around it."""
+
+    epochs: int = 1
+    min_steps: int = 3
 
 
 def class_image(label: int, seed: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:

@@ -16,6 +16,7 @@ from alexnet.pipeline.dali import (
     MAX_OFFSET,
     SIZE,
     Loader,
+    QueryCrops,
     augmentation,
     eval_pipeline,
     pipe_options,
@@ -221,6 +222,24 @@ def test_eval_ten_crops_are_corners_centre_and_mirrors(files, patches, mode):
             )
         # the 10 crops are distinct views
         assert min(np.abs(out[i] - out[j]).mean() for i in range(10) for j in range(i)) > 1
+
+
+def test_query_crops_are_the_eval_centre_crops_call_after_call(files, patches):
+    """One pipeline fed again and again (as a server does), a bad image in between."""
+    mean = MEANS["image"]
+    crops = QueryCrops(mean, batch_size=3, num_threads=2)
+    c = MAX_OFFSET // 2
+    for chunk in ([0], [3, 1, 2], [4]):
+        out = crops([np.fromfile(files[i], np.uint8) for i in chunk]).numpy()
+        assert out.shape == (len(chunk), 3, CROP, CROP)
+        for got, i in zip(out, chunk, strict=True):
+            want = crop_hwc(centred(patches[i], mean), c, c, False)
+            np.testing.assert_allclose(got.transpose(1, 2, 0), want, atol=ATOL)
+        if chunk == [0]:
+            with pytest.raises(RuntimeError):
+                crops([np.frombuffer(b"not an image", np.uint8)])
+    with pytest.raises(ValueError, match="1 to 3 images"):
+        crops([np.fromfile(files[0], np.uint8)] * 4)
 
 
 def test_eval_yields_every_image_once_when_batch_does_not_divide(files):

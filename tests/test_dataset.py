@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from alexnet.pipeline.dali import Loader, pipe_options, prep_pipeline
-from alexnet.pipeline.dataset import fingerprint, load_manifest, save_manifest, scan, split_files
+from alexnet.pipeline.dataset import (
+    check_image,
+    fingerprint,
+    load_manifest,
+    save_manifest,
+    scan,
+    split_files,
+)
 from alexnet.pipeline.errors import AlexnetError
 
 
@@ -225,6 +232,27 @@ def test_bad_files_are_skipped_with_a_reason_and_odd_modes_are_kept(tmp_path, re
     assert reasons["bad/thin.png"].startswith("too small (15x200")
     assert reasons["stray.jpg"] == "not inside a class folder"
     assert [s["path"] for s in m["skipped"]] == sorted(reasons)  # sorted by path
+
+
+def test_encoded_bytes_get_the_same_verdict_as_their_file(tmp_path, real_jpegs):
+    whole = Path(real_jpegs[0]).read_bytes()
+    cases = {
+        "photo.jpg": whole,
+        "zero.jpg": b"",
+        "truncated.jpg": whole[: len(whole) // 2],
+        "text.jpg": b"this is not a JPEG\n",
+        "tiny.png": None,
+        "icon.gif": None,
+    }
+    img(tmp_path / "tiny.png", size=(1, 1))
+    img(tmp_path / "icon.gif")
+    for name, data in cases.items():
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        assert check_image(path.read_bytes()) == check_image(str(path)), name
+    assert check_image(whole) is None and check_image(b"") == "empty file"
+    assert check_image((tmp_path / "icon.gif").read_bytes()) == "unsupported format GIF"
 
 
 def test_min_size_is_a_parameter(tmp_path):

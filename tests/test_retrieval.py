@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from retrieval_fixtures import make_images, make_run
+from retrieval_fixtures import QuickConfig, make_images, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
@@ -30,12 +29,6 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import features as F
 from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
-
-
-@dataclass(frozen=True)
-class QuickConfig(ae.AutoencoderConfig):
-    epochs: int = 1
-    min_steps: int = 3
 
 
 @click.group(cls=Group)
@@ -218,6 +211,10 @@ def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
     assert any(r["id"] == 5 and r["path"] == str(path) and r["hamming"] == 0 for r in expected)
     with pytest.raises(AlexnetError, match="uint8 HxWx3"):
         search(ri, [pixels[..., 0]])
+    cut = path.read_bytes()[:400]
+    with pytest.raises(AlexnetError, match="cut.jpg cannot be used as a query: corrupt"):
+        search(ri, [path.read_bytes(), cut], names=["whole.jpg", "cut.jpg"])
+    assert search(ri, [path.read_bytes()], k=3)["queries"][0]["results"] == expected
 
 
 def test_eval_retrieval_writes_the_four_modes(run):

@@ -1,0 +1,176 @@
+"""`alexnet serve`'s web app: a search page and a JSON API over alexnet.retrieval.api.
+
+    app = create_app("runs/demo")              # opens the run's index once (builds it if missing)
+    app = create_app(run, index=ri)            # an index already open (tests)
+
+    GET  /                 the page: cli/static/index.html, app.js, style.css
+    GET  /api/info         the run's facts (describe) and its galleries
+    POST /api/search       multipart `image` (an upload) or `id` (an indexed image), with `k`,
+                           `rerank`, `gallery` -> the records `alexnet search --json` prints
+    GET  /api/thumb/{id}   a JPEG thumbnail of indexed image `id`
+    GET  /docs             the API, as FastAPI documents it
+
+Every answer comes from one library call; errors are {"error": "..."} with a 4xx status.
+No request names a path: indexed images are reached by id through the manifest, and the
+page's three files are read once, here. The network, its query pipeline and the index are
+not thread-safe, so one lock serialises searches; thumbnails need no lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from alexnet.retrieval.defaults import SEARCH_RERANK, K
+
+STATIC = Path(__file__).parent / "static"
+PAGES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+MAX_UPLOAD_MB = 20.0
+
+
+def create_app(
+    run: str | Path, *, index=None, max_upload_mb: float = MAX_UPLOAD_MB, progress: bool = False
+) -> FastAPI:
+    """The app for RUN: `index` is RUN's opened RunIndex, or None to open it here."""
+    from alexnet.pipeline.errors import AlexnetError
+    from alexnet.retrieval import api
+
+    ri = index or api.open_index(run, progress=progress)
+    collections = {"": ri}  # "" is the training set; named galleries would join it here
+    info = {
+        **api.describe(ri),
+        "galleries": sorted(name for name in collections if name),
+        "max_upload_mb": max_upload_mb,
+    }
+    lock = threading.Lock()
+    app = FastAPI(
+        title="alexnet search",
+        description=f"Search the images of run {info['run']} by fc7 binary codes.",
+    )
+    app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 2**20))
+
+    def collection(gallery: str):
+        if gallery not in collections:
+            names = ", ".join(info["galleries"]) or "none"
+            raise HTTPException(400, f"this run has no gallery {gallery!r} (galleries: {names})")
+        return collections[gallery]
+
+    @app.exception_handler(AlexnetError)
+    def refused(request, e: AlexnetError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request, e: StarletteHTTPException) -> JSONResponse:
+        error = e.detail
+        if e.status_code == 413:
+            error = f"the upload is larger than {max_upload_mb:g} MB (serve --max-upload-mb)"
+        return JSONResponse({"error": error}, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request, e: RequestValidationError) -> JSONResponse:
+        errors = "; ".join(f"{err['loc'][-1]}: {err['msg']}" for err in e.errors())
+        return JSONResponse({"error": errors}, status_code=422)
+
+    @app.get("/api/info", summary="The run: classes, images indexed, bits, checkpoint")
+    def get_info() -> dict:
+        """`run`, `classes`, `count` (images indexed), `bits`, `index` (kind), `checkpoint`,
+        `epoch`, `top1_error` (that epoch's validation top-1 error, or null), `galleries`
+        (names other than the training set), `max_upload_mb`."""
+        return info
+
+    @app.post("/api/search", summary="The most similar indexed images of one image")
+    def post_search(
+        image: Annotated[UploadFile | None, File(description="A JPEG, PNG or BMP file.")] = None,
+        id: Annotated[int | None, Form(description="Or: the id of an indexed image.")] = None,
+        k: Annotated[int, Form(description="Results: 1 to the number indexed.")] = K,
+        rerank: Annotated[
+            int, Form(description="Re-order the R nearest by Hamming distance by fc7 distance.")
+        ] = SEARCH_RERANK,
+        gallery: Annotated[str, Form(description="A gallery name; empty: training set.")] = "",
+    ) -> dict:
+        """The records `alexnet search --json` prints, for one query: {"run", "k",
+        "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
+        "results": [{"rank", "id", "path", "class", "hamming", "distance"}]}]}."""
+        target = collection(gallery)
+        if (image is None) == (id is None):
+            raise HTTPException(400, "send either an image or the id of an indexed one")
+        n = target.index.ntotal
+        if not 1 <= k <= n:
+            raise HTTPException(400, f"k must be from 1 to {n} (the images indexed), got {k}")
+        if image is None:
+            query, names = api.indexed_file(target, id), None  # named by its path
+        else:
+            query, names = image.file.read(), [image.filename or "upload"]
+        with lock:
+            result = api.search(target, [query], k=k, rerank_top=rerank, names=names)
+        return {"run": info["run"], **result}
+
+    @app.get(
+        "/api/thumb/{id}",
+        summary="A thumbnail of an indexed image",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def get_thumb(id: int, gallery: str = "") -> Response:
+        """The centre square of indexed image `id` as a small JPEG (made once, then cached)."""
+        data = api.thumbnail(collection(gallery), id)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    for route, (name, media_type) in PAGES.items():
+        app.get(route, include_in_schema=False)(page((STATIC / name).read_bytes(), media_type))
+    return app
+
+
+class UploadLimit:
+    """Refuses a request body over `max_bytes` with 413: at once when its Content-Length says
+    so, else as soon as that many bytes have come (a chunked upload). FastAPI's own limit
+    answers in plain text; this one goes through the app's handler, so the error is JSON."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            receive = self.refuse  # the first read fails, before any byte is taken in
+        else:
+            receive = self.counted(receive)
+        await self.app(scope, receive, send)
+
+    async def refuse(self):
+        raise HTTPException(413)
+
+    def counted(self, receive):
+        seen = 0
+
+        async def read():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413)
+            return message
+
+        return read
+
+
+def page(body: bytes, media_type: str):
+    """A route that answers with one of the page's files, read once at start."""
+
+    def get() -> Response:
+        return Response(body, media_type=media_type)
+
+    return get
