@@ -385,9 +385,10 @@ def evaluate_checkpoint(
     run: str | Path, checkpoint: str | Path | None = None, *, ten_crop: bool = True
 ) -> dict:
     """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set, centre
-    crop and 10-crop; written to RUN/eval.json."""
+    crop and 10-crop; written to RUN/eval.json. Only the validation files are checked against
+    the manifest: they are all this reads."""
     world = setup_world()
-    trained = load_trained(run, checkpoint, world)
+    trained = load_trained(run, checkpoint, world, check_files="val")
 
     def loader(ten: bool) -> Loader:
         return eval_loader(trained.manifest, trained.stats, trained.config, world, ten_crop=ten)

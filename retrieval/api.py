@@ -8,6 +8,10 @@
 
 Queries are image files, folders of them, encoded image bytes, or decoded uint8 HxWx3 arrays;
 all go through the evaluation centre crop of the same DALI graph as the indexed images.
+
+Opening a run checks the manifest's integrity but not the 1.28 million files behind it (that
+would take seconds at ImageNet's size): a search checks the files it returns, and building an
+index checks every training file first.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import EXTENSIONS, check_image, split_files
+from alexnet.pipeline.dataset import EXTENSIONS, check_image, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.lock import RunLock
 
@@ -76,7 +80,7 @@ def open_index(
 ) -> RunIndex:
     """RUN's trained network and training-set index, building the index first (saying so)
     when there is none; a stale index is refused."""
-    trained = load_trained(run, checkpoint)
+    trained = load_trained(run, checkpoint, check_files=False)
     paths = trained.paths.index
     if index_problem(paths, source_identity(trained)) == "missing":
         log.warning(
@@ -84,6 +88,7 @@ def open_index(
             "autoencoder, index); later searches reuse it",
             paths.folder,
         )
+        verify_files(trained.manifest, trained.manifest["files"].positions("train"))
         with RunLock(run, "search, building the index"):
             build_run_index(trained, paths, progress=progress)
     return open_run_index(trained, paths)
@@ -98,7 +103,7 @@ def index_run(
     progress: bool = True,
 ) -> dict:
     """Build (or bring up to date) RUN's training-set index; returns its description."""
-    trained = load_trained(run)
+    trained = load_trained(run, check_files="train")
     paths = trained.paths.index
     problem = index_problem(paths, source_identity(trained))
     if problem not in (None, "missing"):
@@ -144,6 +149,7 @@ def search(
     `rerank_top` R > 0 re-orders the R nearest by Hamming distance by float fc7 distance.
     Returns {"k", "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
     "results": [{"rank", "id", "path", "class", "hamming", "distance"}]}]}.
+    The files returned are checked against the manifest first (gone or changed: an error).
     """
     if rerank_top < 0:
         raise AlexnetError(f"the re-rank shortlist must be 0 (off) or more, got {rerank_top}")
@@ -153,22 +159,28 @@ def search(
     vectors = query_features(ri.trained, items)
     codes = encode(ri.autoencoder, vectors)
     D, I = ri.query(vectors, k, rerank_top, codes)
-    db_paths, db_labels = split_files(ri.trained.manifest, "train")  # ids are positions here
-    classes = ri.trained.classes
+    manifest = ri.trained.manifest
+    table, root = manifest["files"], manifest["root"]
+    train = table.positions("train")  # ids are positions in the training split
+    verify_files(manifest, train[I[I >= 0]])
     rows = []
     for q, name in enumerate(names):
-        ham = hamming(codes[q : q + 1], ri.codes[I[q]])[0]
-        results = [
-            {
-                "rank": r + 1,
-                "id": int(i),
-                "path": db_paths[i],
-                "class": classes[db_labels[i]],
-                "hamming": int(ham[r]),
-                "distance": float(D[q, r]),
-            }
-            for r, i in enumerate(I[q])
-        ]
+        found = I[q] >= 0  # an approximate index may find fewer than k
+        ids, dist = I[q][found], D[q][found]
+        ham = hamming(codes[q : q + 1], ri.codes[ids])[0]
+        results = []
+        for r, (i, p) in enumerate(zip(ids, train[ids], strict=True)):
+            label = table.labels[p]
+            results.append(
+                {
+                    "rank": r + 1,
+                    "id": int(i),
+                    "path": f"{root}/{table.paths[p]}",
+                    "class": ri.trained.classes[label],
+                    "hamming": int(ham[r]),
+                    "distance": float(dist[r]),
+                }
+            )
         rows.append({"query": name, "results": results})
     return {
         "k": k,

@@ -233,6 +233,26 @@ def test_eval_retrieval_writes_the_four_modes(run):
     assert "hamming+rerank" in result.output
 
 
+def test_search_checks_the_files_it_returns_and_only_those(run, data):
+    from alexnet.retrieval import open_index, search
+
+    ri = open_index(run)
+    query = data / "red" / "1.jpg"
+    returned = {r["path"] for r in search(ri, [query], k=2)["queries"][0]["results"]}
+    others = [p for p in split_files(ri.trained.manifest, "train")[0] if p not in returned]
+    for path, refused in ((others[0], False), (sorted(returned)[0], True)):
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if rewritten
+        try:
+            if refused:
+                with pytest.raises(AlexnetError, match="changed since prep"):
+                    search(ri, [query], k=2)
+            else:
+                search(ri, [query], k=2)
+        finally:
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
