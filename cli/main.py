@@ -351,6 +351,12 @@ def eval_(run, checkpoint, ten_crop):
                 f"{name:10}{100 * r['top1_error']:13.2f}%{100 * r['top5_error']:13.2f}%"
                 f"{r['images']:8d}"
             )
+    which = "10-crop" if ten_crop else "centre crop"
+    click.echo(f"hardest classes ({which} top-1 error; all of them in the file below):")
+    for c in result["classes"][:5]:
+        click.echo(
+            f"{100 * c['top1_error']:8.2f}%  {c['class']} ({c['class_id']}, {c['images']} images)"
+        )
     click.echo(f"written: {RunPaths(run).eval}")
 
 

@@ -38,6 +38,11 @@ class TrainedRun:
         """Class ids (folder names), in label order."""
         return self.manifest["classes"]
 
+    @property
+    def class_names(self) -> list[str]:
+        """Display names, in label order."""
+        return self.manifest["class_names"]
+
 
 def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[dict, Stats]:
     """RUN's manifest (its files checked against the disk: all, one split, or none; see

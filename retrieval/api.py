@@ -4,10 +4,11 @@
     ri = open_index("runs/demo")                   # network + index, built on first use
     result = search(ri, ["photo.jpg", png_bytes], k=10)
     result["queries"][0]["results"][0]             # {"rank", "id", "path", "class",
-                                                   #  "hamming", "distance"}
+                                                   #  "class_id", "hamming", "distance"}
 
 Queries are image files, folders of them, encoded image bytes, or decoded uint8 HxWx3 arrays;
 all go through the evaluation centre crop of the same DALI graph as the indexed images.
+"class" is the display name of a result's class, "class_id" its folder name.
 
 Opening a run checks the manifest's integrity but not the 1.28 million files behind it (that
 would take seconds at ImageNet's size): a search checks the files it returns, and building an
@@ -148,7 +149,7 @@ def search(
     Paths name themselves; bytes and arrays are named by `names` (default "query N").
     `rerank_top` R > 0 re-orders the R nearest by Hamming distance by float fc7 distance.
     Returns {"k", "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
-    "results": [{"rank", "id", "path", "class", "hamming", "distance"}]}]}.
+    "results": [{"rank", "id", "path", "class", "class_id", "hamming", "distance"}]}]}.
     The files returned are checked against the manifest first (gone or changed: an error).
     """
     if rerank_top < 0:
@@ -176,7 +177,8 @@ def search(
                     "rank": r + 1,
                     "id": int(i),
                     "path": f"{root}/{table.paths[p]}",
-                    "class": ri.trained.classes[label],
+                    "class": ri.trained.class_names[label],
+                    "class_id": ri.trained.classes[label],
                     "hamming": int(ham[r]),
                     "distance": float(dist[r]),
                 }

@@ -64,9 +64,15 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+NAMES = {"red": "poppy red", "green": "leaf green", "blue": "sky blue"}
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    """The images, and display names for their classes in classes.json (as imagenette's)."""
+    root = make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    (root / "classes.json").write_text(json.dumps(NAMES))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +169,7 @@ def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
     lines = result.output.splitlines()
     assert lines[0] == f"query: {data / 'green' / '0.jpg'}"
     assert lines[2].split()[:2] == ["1", "0"] and lines[2].endswith("green/0.jpg")
+    assert "  leaf green  " in lines[2]  # the display name, not the folder name
 
     result = invoke(
         "search",
@@ -184,7 +191,10 @@ def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
     for q in out["queries"]:
         assert [r["rank"] for r in q["results"]] == [1, 2, 3, 4]
         assert [r["distance"] for r in q["results"]] == sorted(r["distance"] for r in q["results"])
-        assert {"path", "class", "hamming", "id"} <= set(q["results"][0])
+        assert {"path", "class", "class_id", "hamming", "id"} <= set(q["results"][0])
+        for r in q["results"]:
+            assert r["class_id"] == Path(r["path"]).parent.name
+            assert r["class"] == NAMES[r["class_id"]]
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.format == "PNG" and im.size[0] > 5 * 128 and im.size[1] > 6 * 128
 
