@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -68,11 +69,9 @@ def main() -> None:
     world = setup_world()
     with tempfile.TemporaryDirectory() as run:
         manifest, st = prepare(args.data, run, progress=False)
-    train = [f for f in manifest["files"] if f["split"] == "train"][: args.images]
-    manifest = {
-        **manifest,
-        "files": train + [f for f in manifest["files"] if f["split"] == "val"],
-    }
+    table = manifest["files"]
+    train = table.positions("train")[: args.images]
+    manifest = {**manifest, "files": table.take(np.r_[train, table.positions("val")])}
     config = TrainConfig(batch_size=args.batch)
     steps = max(2, args.images // args.batch)
     results = {}

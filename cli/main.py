@@ -76,6 +76,29 @@ def cli(ctx, quiet):
     help="Images with a shorter side below this many pixels are skipped.",
 )
 @click.option(
+    "--max-pixels",
+    type=POSITIVE,
+    default=P.MAX_PIXELS,
+    show_default=True,
+    help="Images with more pixels (width x height) than this are skipped (default: PIL's "
+    "decompression-bomb limit).",
+)
+@click.option(
+    "--val-labels",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Labels of the images directly in DATA/val: a CSV (file, label) or 'filename label' "
+    "lines, the label being a class folder's name. ImageNet's LOC_val_solution.csv or devkit "
+    "beside the data is found without it.",
+)
+@click.option(
+    "--class-names",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Readable class names: 'id name' lines (or a JSON object). Found without it: "
+    "ImageNet's LOC_synset_mapping.txt or devkit, or classes.json at DATA's root.",
+)
+@click.option(
     "--batch-size",
     type=POSITIVE,
     default=P.PREP_BATCH,
@@ -100,11 +123,17 @@ def run_prep(data: Path, run: Path, **options) -> None:
 
     paths = RunPaths(run)
     manifest, stats = prepare(data, run, **options)
-    n = {s: sum(f["split"] == s for f in manifest["files"]) for s in ("train", "val")}
+    n = {s: len(manifest["files"].positions(s)) for s in ("train", "val")}
     click.echo(
         f"{len(manifest['classes'])} classes, {n['train']} training and {n['val']} validation "
         f"images ({manifest['layout']}); manifest: {paths.manifest}"
     )
+    if manifest["labels_from"]:
+        click.echo(f"validation labels: {manifest['labels_from']}")
+    if manifest["names_from"]:
+        names = manifest["class_names"]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        click.echo(f"class names: {manifest['names_from']} ({shown})")
     if manifest["skipped"]:
         click.secho(
             f"skipped {len(manifest['skipped'])} unusable files, listed with reasons under "
@@ -322,6 +351,12 @@ def eval_(run, checkpoint, ten_crop):
                 f"{name:10}{100 * r['top1_error']:13.2f}%{100 * r['top5_error']:13.2f}%"
                 f"{r['images']:8d}"
             )
+    which = "10-crop" if ten_crop else "centre crop"
+    click.echo(f"hardest classes ({which} top-1 error; all of them in the file below):")
+    for c in result["classes"][:5]:
+        click.echo(
+            f"{100 * c['top1_error']:8.2f}%  {c['class']} ({c['class_id']}, {c['images']} images)"
+        )
     click.echo(f"written: {RunPaths(run).eval}")
 
 

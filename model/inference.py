@@ -35,12 +35,19 @@ class TrainedRun:
 
     @property
     def classes(self) -> list[str]:
+        """Class ids (folder names), in label order."""
         return self.manifest["classes"]
 
+    @property
+    def class_names(self) -> list[str]:
+        """Display names, in label order."""
+        return self.manifest["class_names"]
 
-def load_run_data(run: str | Path) -> tuple[dict, Stats]:
-    """RUN's manifest (checked against the files on disk) and its statistics."""
-    manifest = load_manifest(run)
+
+def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[dict, Stats]:
+    """RUN's manifest (its files checked against the disk: all, one split, or none; see
+    load_manifest) and its statistics."""
+    manifest = load_manifest(run, check_files=check_files)
     return manifest, load_stats(run, manifest["fingerprint"])
 
 
@@ -55,13 +62,20 @@ def check_classes(saved: dict, manifest: dict, path: Path, run: RunPaths) -> Non
 
 
 def load_trained(
-    run: str | Path, checkpoint: str | Path | None = None, world: World | None = None
+    run: str | Path,
+    checkpoint: str | Path | None = None,
+    world: World | None = None,
+    *,
+    check_files: bool | str = True,
 ) -> TrainedRun:
-    """RUN's manifest, statistics and checkpoint (default: best.pt) as a network in eval mode."""
+    """RUN's manifest, statistics and checkpoint (default: best.pt) as a network in eval mode.
+
+    `check_files` says which data files must still be as they were at prep: all (True), one
+    split ("train", "val"), or none (False: for a caller that checks what it reads itself)."""
     paths = RunPaths(run)
     path = Path(checkpoint) if checkpoint else paths.best
     world = world or World(device=local_device())
-    manifest, stats = load_run_data(run)
+    manifest, stats = load_run_data(run, check_files)
     saved = load_checkpoint(path)
     check_classes(saved, manifest, path, paths)
     config = config_from_dict(saved["config"])

@@ -1,48 +1,78 @@
-"""Scan an ImageFolder tree, validate every image, and write RUN/manifest.json.
+"""Scan an ImageFolder tree, validate every image, and write the run's manifest.
 
-Two layouts are accepted: DATA/<class>/<image> (split into train/val by a seeded
-`val_fraction`) and DATA/train/<class>/<image> + DATA/val/<class>/<image>. Images may sit in
-nested folders below their class folder. Every file is fully decoded once (at reduced
-resolution where the codec allows it) so that corrupt, truncated and non-image files are
-listed with a reason instead of crashing a pipeline hours later.
+Layouts: DATA/<class>/<image> (split into train/val by a seeded `val_fraction`), and
+DATA/train/<class>/<image> with DATA/val/<class>/<image> or a flat DATA/val/<image> whose
+labels come from a labels file (ILSVRC-2012's, found by itself: pipeline/imagenet.py). Images
+may sit in nested folders below their class folder.
+
+The walk enters every folder once: symlinked folders are followed, but one that leads back
+to a folder already entered is reported as a loop; broken links, unreadable folders and files,
+and anything that is not a regular file are listed under "skipped" with their reason, as are
+files without a class. Hidden files and folders are left out, and alexnet's own run folders
+(a manifest.json it wrote) are never entered.
+
+Each file is read once here: opened, its size and modification time taken from the open file,
+and decoded by PIL at reduced scale (`draft`: JPEGs decode at 1/8 size, which still reads and
+entropy-decodes the whole stream, so truncation is caught), so corrupt, truncated, tiny,
+oversized and non-image files are listed with a reason instead of crashing a pipeline hours
+later. The statistics pass reads each training file once more; nothing else reads them in
+prep.
+
+At ImageNet's size (1.28 million files) the manifest keeps the file list as columns:
+RUN/manifest.json holds classes, names, counts, skipped files and the fingerprint, and
+RUN/manifest.files.npz the paths, labels, splits, sizes and modification times (BENCHMARKS.md,
+"Scale"). The fingerprint hashes those columns, so loading checks the manifest's integrity
+without touching the data; whether the files are still as they were at prep is checked by
+`verify_files`, for every file (training) or for those a command reads (evaluation, search).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .defaults import MIN_SIZE, SPLIT_SEED, VAL_FRACTION
+from . import imagenet
+from .defaults import MAX_PIXELS, MIN_SIZE, SPLIT_SEED, VAL_FRACTION
 from .errors import AlexnetError
-from .files import read_json, write_json
+from .files import atomic_write, read_json, write_json
 from .layout import RunPaths
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
 FORMATS = {"JPEG", "MPO", "PNG", "BMP"}  # what both PIL and DALI's decoders read
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+SPLITS = ("train", "val")
+SPLIT_CODE = {"train": 0, "val": 1, "all": 0}  # "all": train until the seeded split
 
 
-def check_image(image: str | Path | bytes, min_size: int = MIN_SIZE) -> str | None:
-    """Decode a file, or the encoded bytes of one (an upload), fully; return None if usable,
-    else the reason it is not."""
+# --- one file ------------------------------------------------------------------------------
+
+
+def _decode_problem(f, size: int, min_size: int, max_pixels: int) -> str | None:
+    if size == 0:
+        return "empty file"
     try:
-        if (len(image) if isinstance(image, bytes) else os.path.getsize(image)) == 0:
-            return "empty file"
-        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
-            if im.format not in FORMATS:
-                return f"unsupported format {im.format}"
-            w, h = im.size
-            im.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale, still reads every byte
-            im.load()
-    except Image.DecompressionBombError:
-        return "image too large to decode safely"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(f) as im:
+                if im.format not in FORMATS:
+                    return f"unsupported format {im.format}"
+                w, h = im.size  # from the header: nothing is decoded yet
+                if w * h > max_pixels:
+                    return f"too large ({w}x{h}, over --max-pixels {max_pixels:,})"
+                im.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reads every byte
+                im.load()
+    except Image.DecompressionBombError as e:  # PIL's own limit, where ours is not in force
+        return f"too large ({e})"
     except UnidentifiedImageError:
         return "not an image (unrecognised content)"
     except (OSError, SyntaxError, ValueError) as e:
@@ -52,8 +82,203 @@ def check_image(image: str | Path | bytes, min_size: int = MIN_SIZE) -> str | No
     return None
 
 
-def _class_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def inspect_file(
+    path: str, min_size: int = MIN_SIZE, max_pixels: int = MAX_PIXELS
+) -> tuple[str | None, int, int]:
+    """(None if usable else the reason it is not, size in bytes, mtime_ns) from one open."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            return _decode_problem(f, st.st_size, min_size, max_pixels), st.st_size, st.st_mtime_ns
+    except PermissionError:
+        return "permission denied", 0, 0
+    except OSError as e:
+        return f"unreadable ({e.strerror})", 0, 0
+
+
+def check_image(
+    image: str | Path | bytes, min_size: int = MIN_SIZE, max_pixels: int = MAX_PIXELS
+) -> str | None:
+    """Decode a file, or the encoded bytes of one (an upload); None if usable, else the reason
+    it is not."""
+    if isinstance(image, bytes):
+        return _decode_problem(io.BytesIO(image), len(image), min_size, max_pixels)
+    return inspect_file(str(image), min_size, max_pixels)[0]
+
+
+def _own_pixel_limit() -> None:
+    # In the scan's worker processes --max-pixels, checked from each header before decoding,
+    # replaces PIL's limit (which would refuse at twice its own value, whatever ours is).
+    Image.MAX_IMAGE_PIXELS = None
+
+
+# --- the usable files, as columns ----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FileTable:
+    """The usable files in manifest order, one column per field. Paths are relative to the
+    manifest's root; splits index SPLITS."""
+
+    paths: list[str]
+    labels: np.ndarray  # int32 class index
+    splits: np.ndarray  # uint8
+    sizes: np.ndarray  # int64 bytes
+    mtimes: np.ndarray  # int64 modification time, ns
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FileTable):
+            return NotImplemented
+        arrays, theirs = self.arrays(), other.arrays()
+        return all(np.array_equal(arrays[k], theirs[k]) for k in arrays)
+
+    def positions(self, split: str) -> np.ndarray:
+        """Manifest positions of one split's files, in order."""
+        return np.flatnonzero(self.splits == SPLITS.index(split))
+
+    def records(self) -> list[dict]:
+        """The files as dicts {"path", "label", "split", "bytes", "mtime_ns"}: for reading a
+        manifest, not for the million-file paths of the toolkit."""
+        return [
+            {"path": p, "label": int(lab), "split": SPLITS[s], "bytes": int(b), "mtime_ns": int(t)}
+            for p, lab, s, b, t in zip(
+                self.paths, self.labels, self.splits, self.sizes, self.mtimes, strict=True
+            )
+        ]
+
+    def take(self, positions) -> FileTable:
+        positions = np.asarray(positions, np.int64)
+        return FileTable(
+            [self.paths[i] for i in positions],
+            self.labels[positions],
+            self.splits[positions],
+            self.sizes[positions],
+            self.mtimes[positions],
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The columns as little-endian arrays; paths as one NUL-separated UTF-8 byte string
+        (NUL is the one byte no path holds)."""
+        blob = "\0".join(self.paths).encode("utf-8", "surrogateescape")
+        return {
+            "paths": np.frombuffer(blob, np.uint8),
+            "labels": self.labels.astype("<i4"),
+            "splits": self.splits.astype("u1"),
+            "sizes": self.sizes.astype("<i8"),
+            "mtimes": self.mtimes.astype("<i8"),
+        }
+
+    @classmethod
+    def from_arrays(cls, a) -> FileTable:
+        text = a["paths"].tobytes().decode("utf-8", "surrogateescape")
+        paths = text.split("\0") if len(a["labels"]) else []
+        return cls(paths, a["labels"], a["splits"], a["sizes"], a["mtimes"])
+
+
+def _digest(classes: list[str], arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(json.dumps(classes).encode())
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(manifest: dict) -> str:
+    """A hash of the class ids and of every usable file's path, label, split, size and mtime
+    (display names are left out: renaming a class changes no result)."""
+    return _digest(manifest["classes"], manifest["files"].arrays())
+
+
+# --- the walk ------------------------------------------------------------------------------
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a manifest.json written by alexnet (any version)."""
+    try:
+        doc = json.loads(RunPaths(folder).manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"version", "fingerprint", "classes"} <= doc.keys()
+
+
+class _Walk:
+    """Lists folders below `data`, each at most once, reporting what it cannot list."""
+
+    def __init__(self, data: Path):
+        self.root = str(data)
+        self.skipped: list[dict] = []
+        self.entered: dict[tuple[int, int], str] = {}
+
+    def rel(self, path: str) -> str:
+        return path[len(self.root) + 1 :]
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append({"path": self.rel(path), "reason": reason})
+
+    def listing(self, folder: str) -> tuple[list[str], list[str]] | None:
+        """(sub-folders, files) of `folder`, sorted by name; None when it cannot or must not
+        be listed (reported)."""
+        try:
+            st = os.stat(folder)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError:
+            self.skip(folder, "permission denied")
+            return None
+        except OSError as e:
+            self.skip(folder, f"unreadable folder ({e.strerror})")
+            return None
+        first = self.entered.setdefault((st.st_dev, st.st_ino), folder)
+        if first != folder:
+            inside = folder.startswith(first + os.sep)
+            self.skip(folder, "symlink loop" if inside else f"same folder as {self.rel(first)}")
+            return None
+        folders, files = [], []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_symlink():
+                try:
+                    os.stat(e.path)  # follows the link: a broken one or a loop fails here
+                except OSError as err:
+                    self.skip(e.path, _link_problem(err))
+                    continue
+            if e.is_dir():
+                if is_run_folder(e.path):
+                    self.skip(e.path, "an alexnet run folder (not scanned)")
+                else:
+                    folders.append(e.path)
+            elif e.is_file():
+                files.append(e.path)
+            else:
+                self.skip(e.path, "not a regular file")  # a FIFO would block the check
+        return folders, files
+
+    def files_below(self, folder: str) -> list[str] | None:
+        """Every file below `folder`, sorted by path; None when `folder` cannot be listed."""
+        listing = self.listing(folder)
+        if listing is None:
+            return None
+        folders, files = listing
+        for sub in folders:
+            files += self.files_below(sub) or []
+        return sorted(files)
+
+
+def _link_problem(err: OSError) -> str:
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "broken symlink"
+    if err.errno == errno.ELOOP:
+        return "symlink loop"
+    if err.errno == errno.EACCES:
+        return "permission denied"
+    return f"unreadable symlink ({err.strerror})"
+
+
+# --- the scan ------------------------------------------------------------------------------
 
 
 def _layout(data: Path) -> tuple[str, dict[str, Path]]:
@@ -70,88 +295,72 @@ def _layout(data: Path) -> tuple[str, dict[str, Path]]:
     return "class folders", {"all": data}
 
 
+def _loose_reason(split: str, notes: imagenet.Annotations, label: str | None) -> str:
+    """Why a file directly in a split folder (not in a class folder) is not used."""
+    if split != "val":
+        return "not inside a class folder"
+    if not notes.labels_from:
+        return (
+            "no label: a file directly in the validation folder needs a labels file "
+            "(--val-labels, or ImageNet's LOC_val_solution.csv or devkit beside the data)"
+        )
+    if label is None:
+        return f"no label in {Path(notes.labels_from).name}"
+    return f"label {label} (from {Path(notes.labels_from).name}) is not a training class"
+
+
 def scan(
     data: str | Path,
     *,
     val_fraction: float = VAL_FRACTION,
     seed: int = SPLIT_SEED,
     min_size: int = MIN_SIZE,
+    max_pixels: int = MAX_PIXELS,
+    val_labels: str | Path | None = None,
+    class_names: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build the manifest of `data`: classes, usable files with labels and split, skipped files."""
-    from tqdm import tqdm
-
+    """Build the manifest of `data`: classes and their display names, usable files with
+    labels and split, skipped files with reasons."""
     data = Path(data).resolve()
     layout, splits = _layout(data)
-    classes = sorted(d.name for d in splits.get("train", data).iterdir() if d.is_dir())
-    if not classes:
-        raise AlexnetError(
-            f"{splits.get('train', data)} has no class folders: expected <class>/<image> below it"
-        )
-    index = {c: i for i, c in enumerate(classes)}
-
-    candidates: list[tuple[str, int, str]] = []  # (path, label, split or "all")
-    skipped: list[dict] = []
-    for split, root in splits.items():
-        for d in sorted(p for p in root.iterdir() if p.is_dir()):
-            if d.name not in index:
-                raise AlexnetError(
-                    f"class folder {d} has no counterpart in {splits['train']}: rename or remove it"
-                )
-            for f in _class_files(d):
-                rel = str(f.relative_to(data))
-                if f.suffix.lower() in EXTENSIONS:
-                    candidates.append((rel, index[d.name], split))
-                else:
-                    skipped.append(
-                        {"path": rel, "reason": f"unsupported extension {f.suffix or '(none)'}"}
-                    )
-        for f in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
-            skipped.append(
-                {"path": str(f.relative_to(data)), "reason": "not inside a class folder"}
-            )
-
-    paths = [str(data / rel) for rel, _, _ in candidates]
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as pool:
-        reasons = list(
-            tqdm(
-                pool.map(check_image, paths, [min_size] * len(paths), chunksize=16),
-                total=len(paths),
-                desc="checking images",
-                unit="img",
-                disable=not progress,
-            )
-        )
-
-    files: list[dict] = []
-    for (rel, label, split), reason, path in zip(candidates, reasons, paths, strict=True):
-        if reason:
-            skipped.append({"path": rel, "reason": reason})
+    notes = imagenet.find_annotations(data, val_labels=val_labels, class_names=class_names)
+    walk = _Walk(data)
+    classes, candidates = _candidates(walk, splits, notes)
+    images = []
+    for c in candidates:
+        if Path(c[0]).suffix.lower() in EXTENSIONS:
+            images.append(c)
         else:
-            st = os.stat(path)
-            files.append(
-                {
-                    "path": rel,
-                    "label": label,
-                    "split": split,
-                    "bytes": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
-                }
-            )
-    split_needed = "all" in splits
-    if split_needed:
-        _split_train_val(files, val_fraction, seed)
-
-    counts = {c: {"train": 0, "val": 0} for c in classes}
-    for f in files:
-        counts[classes[f["label"]]][f["split"]] += 1
-    if not files:
+            walk.skip(c[0], f"unsupported extension {Path(c[0]).suffix or '(none)'}")
+    results = _inspect_all([p for p, _, _ in images], min_size, max_pixels, workers, progress)
+    for (path, _, _), (reason, _, _) in zip(images, results, strict=True):
+        if reason:
+            walk.skip(path, reason)
+    keep = [i for i, (reason, _, _) in enumerate(results) if reason is None]
+    table = FileTable(
+        [walk.rel(images[i][0]) for i in keep],
+        np.array([images[i][1] for i in keep], np.int32),
+        np.array([SPLIT_CODE[images[i][2]] for i in keep], np.uint8),
+        np.array([results[i][1] for i in keep], np.int64),
+        np.array([results[i][2] for i in keep], np.int64),
+    )
+    if not len(table):
         raise AlexnetError(
-            f"no usable images in {data} ({len(skipped)} files skipped): "
+            f"no usable images in {data} ({len(walk.skipped)} files skipped): "
             "expected .jpg/.jpeg/.png/.bmp files in <class> folders"
         )
+    split_needed = "all" in splits
+    if split_needed:
+        _split_train_val(table, val_fraction, seed)
+    per_split = [
+        np.bincount(table.labels[table.splits == s], minlength=len(classes)) for s in (0, 1)
+    ]
+    counts = {
+        c: {"train": int(per_split[0][i]), "val": int(per_split[1][i])}
+        for i, c in enumerate(classes)
+    }
     empty = [c for c in classes if counts[c]["train"] == 0]
     if empty:
         raise AlexnetError(
@@ -165,81 +374,156 @@ def scan(
         "val_fraction": val_fraction if split_needed else None,
         "seed": seed,
         "classes": classes,
+        "class_names": imagenet.display_names(classes, notes.names),
+        "labels_from": notes.labels_from,
+        "names_from": notes.names_from,
         "counts": counts,
-        "files": files,
-        "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "files": table,
+        "skipped": sorted(walk.skipped, key=lambda s: s["path"]),
     }
     manifest["fingerprint"] = fingerprint(manifest)
     return manifest
 
 
-def _split_train_val(files: list[dict], val_fraction: float, seed: int) -> None:
+def _candidates(
+    walk: _Walk, splits: dict[str, Path], notes: imagenet.Annotations
+) -> tuple[list[str], list[tuple[str, int, str]]]:
+    """The classes (the training root's folders that can be listed) and every file that may
+    be an image of one, as (path, label, split or "all"); the rest is reported to `walk`."""
+    train_root = str(splits.get("train", splits.get("all")))
+    top = walk.listing(train_root)
+    if top is None:
+        raise AlexnetError(f"{train_root} cannot be read: {walk.skipped[-1]['reason']}")
+    by_class = {Path(d).name: walk.files_below(d) for d in top[0]}
+    classes = sorted(c for c, files in by_class.items() if files is not None)
+    if not classes:
+        raise AlexnetError(f"{train_root} has no class folders: expected <class>/<image> below it")
+    index = {c: i for i, c in enumerate(classes)}
+
+    candidates = []
+    for split, root in splits.items():
+        folders, loose = (top if split != "val" else walk.listing(str(root))) or ([], [])
+        for d in folders:
+            name = Path(d).name
+            if split != "val":
+                files = by_class[name] or []  # None: could not be listed (reported)
+            elif name in index:
+                files = walk.files_below(d) or []
+            else:
+                raise AlexnetError(
+                    f"class folder {d} has no counterpart in {train_root}: rename or remove it"
+                )
+            candidates += [(f, index[name], split) for f in files]
+        for f in loose:
+            label = notes.label_of(Path(f).name) if split == "val" else None
+            if label in index:
+                candidates.append((f, index[label], split))
+            elif not (split == "all" and Path(f).name == imagenet.CLASSES_JSON):
+                walk.skip(f, _loose_reason(split, notes, label))
+    return classes, candidates
+
+
+def _inspect_all(
+    paths: list[str], min_size: int, max_pixels: int, workers: int | None, progress: bool
+) -> list[tuple[str | None, int, int]]:
+    """inspect_file of every path, in parallel processes, in order."""
+    from tqdm import tqdm
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, initializer=_own_pixel_limit) as pool:
+        sizes, pixels = [min_size] * len(paths), [max_pixels] * len(paths)
+        return list(
+            tqdm(
+                pool.map(inspect_file, paths, sizes, pixels, chunksize=64),
+                total=len(paths),
+                desc="checking images",
+                unit="img",
+                disable=not progress,
+            )
+        )
+
+
+def _split_train_val(table: FileTable, val_fraction: float, seed: int) -> None:
     """Assign each class's files to train/val: the same seed gives the same split."""
     if not 0 <= val_fraction < 1:
         raise AlexnetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    by_class: dict[int, list[dict]] = {}
-    for f in files:
-        by_class.setdefault(f["label"], []).append(f)
-    for label, group in by_class.items():
+    by_label = np.argsort(table.labels, kind="stable")  # each class's files, in manifest order
+    starts = np.flatnonzero(np.r_[True, np.diff(table.labels[by_label]) != 0])
+    for group in np.split(by_label, starts[1:]):
+        label = int(table.labels[group[0]])
         order = np.random.default_rng([seed, label]).permutation(len(group))
         n_val = min(int(round(val_fraction * len(group))), len(group) - 1)  # keep one to train
-        for rank, i in enumerate(order):
-            group[i]["split"] = "val" if rank < n_val else "train"
+        table.splits[group] = SPLITS.index("train")
+        table.splits[group[order[:n_val]]] = SPLITS.index("val")
 
 
-def fingerprint(manifest: dict) -> str:
-    """A hash of the classes and of every usable file's path, label, split, size and mtime."""
-    h = hashlib.sha256(json.dumps(manifest["classes"]).encode())
-    for f in manifest["files"]:
-        h.update(
-            f"{f['path']}\t{f['label']}\t{f['split']}\t{f['bytes']}\t{f['mtime_ns']}\n".encode()
-        )
-    return h.hexdigest()[:16]
+# --- the manifest on disk ------------------------------------------------------------------
 
 
 def save_manifest(manifest: dict, run: str | Path) -> Path:
-    return write_json(RunPaths(run).manifest, manifest)
+    """RUN/manifest.files.npz (the file columns), then RUN/manifest.json (the rest)."""
+    paths = RunPaths(run)
+    table = manifest["files"]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **table.arrays())
+
+    atomic_write(paths.manifest_files, write)
+    doc = {**manifest, "files": {"count": len(table), "file": paths.manifest_files.name}}
+    return write_json(paths.manifest, doc)
 
 
-def load_manifest(run: str | Path, *, check_files: bool = True) -> dict:
-    """Read RUN/manifest.json; with `check_files`, refuse it when the data changed since prep."""
-    path = RunPaths(run).manifest
-    manifest = read_json(path, "manifest", "run `alexnet prep DATA --run RUN` first")
-    try:
-        intact = (
-            manifest["version"] == MANIFEST_VERSION
-            and fingerprint(manifest) == manifest["fingerprint"]
+def load_manifest(run: str | Path, *, check_files: bool | str = True) -> dict:
+    """Read RUN's manifest, refusing an edited one. `check_files`: True checks that every
+    listed file is as it was at prep, "train" or "val" those of one split, False none."""
+    paths = RunPaths(run)
+    fix = "rerun `alexnet prep DATA --run RUN`"
+    manifest = read_json(paths.manifest, "manifest", "run `alexnet prep DATA --run RUN` first")
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        raise AlexnetError(
+            f"{paths.manifest} was written by another version of alexnet: {fix} to remake it"
         )
-    except (KeyError, TypeError):
+    try:
+        with np.load(paths.manifest_files) as z:
+            arrays = {k: z[k] for k in ("paths", "labels", "splits", "sizes", "mtimes")}
+        intact = _digest(manifest["classes"], arrays) == manifest["fingerprint"]
+    except (OSError, KeyError, ValueError, TypeError):
         intact = False
     if not intact:
-        raise AlexnetError(
-            f"{path} was edited or comes from another version: rerun `alexnet prep DATA --run RUN`"
-        )
-    problem = first_changed(manifest) if check_files else None
-    if problem:
-        raise AlexnetError(f"{problem}: rerun `alexnet prep`")
+        raise AlexnetError(f"{paths.manifest} (or {paths.manifest_files.name}) was edited: {fix}")
+    manifest["files"] = FileTable.from_arrays(arrays)
+    if check_files:
+        table = manifest["files"]
+        verify_files(manifest, None if check_files is True else table.positions(check_files))
     return manifest
 
 
-def first_changed(manifest: dict) -> str | None:
-    """What is wrong with the first listed file that is gone or changed since prep (size or
-    modification time); None when every file is as listed."""
-    root = Path(manifest["root"])
-    for f in manifest["files"]:
-        p = root / f["path"]
+def first_changed(manifest: dict, positions=None) -> str | None:
+    """What is wrong with the first listed file (of all, or of those at `positions`) that is
+    gone or changed since prep (size or modification time); None when each is as listed."""
+    table, root = manifest["files"], manifest["root"]
+    for i in range(len(table)) if positions is None else positions:
+        path = f"{root}/{table.paths[i]}"
         try:
-            st = p.stat()
+            st = os.stat(path)
         except OSError as e:
             gone = isinstance(e, FileNotFoundError)
-            return f"{p} listed in the manifest is {'gone' if gone else e.strerror}"
-        if (st.st_size, st.st_mtime_ns) != (f["bytes"], f["mtime_ns"]):
-            return f"{p} changed since prep (size or modification time)"
+            return f"{path} listed in the manifest is {'gone' if gone else e.strerror}"
+        if st.st_size != table.sizes[i] or st.st_mtime_ns != table.mtimes[i]:
+            return f"{path} changed since prep (size or modification time)"
     return None
+
+
+def verify_files(manifest: dict, positions=None) -> None:
+    """Refuse when a listed file (all, or those at `positions`) is gone or changed."""
+    problem = first_changed(manifest, positions)
+    if problem:
+        raise AlexnetError(f"{problem}: rerun `alexnet prep`")
 
 
 def split_files(manifest: dict, split: str) -> tuple[list[str], list[int]]:
     """Absolute paths and labels of one split, in manifest order."""
-    root = Path(manifest["root"])
-    chosen = [f for f in manifest["files"] if f["split"] == split]
-    return [str(root / f["path"]) for f in chosen], [f["label"] for f in chosen]
+    table, root = manifest["files"], manifest["root"]
+    chosen = table.positions(split)
+    return [f"{root}/{table.paths[i]}" for i in chosen], table.labels[chosen].tolist()

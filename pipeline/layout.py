@@ -1,7 +1,8 @@
 """The run folder: every file a run keeps under RUN/, named once.
 
     RUN/.lock                      who is writing the run now
-    RUN/manifest.json              classes, usable and skipped files, the dataset fingerprint
+    RUN/manifest.json              classes, names, counts, skipped files, the dataset fingerprint
+    RUN/manifest.files.npz         the usable files as columns: paths, labels, splits, sizes, mtimes
     RUN/stats.npz, stats.json      mean image, channel mean, RGB PCA (and a readable summary)
     RUN/checkpoints/last.pt, best.pt
     RUN/metrics.jsonl, curves.png  one line per epoch, and its plot
@@ -68,6 +69,10 @@ class RunPaths:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+    @property
+    def manifest_files(self) -> Path:
+        return self.root / "manifest.files.npz"
 
     @property
     def stats(self) -> Path:

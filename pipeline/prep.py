@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import dataset, stats
 from .dali import default_device
-from .defaults import MIN_SIZE, PREP_BATCH, SPLIT_SEED, VAL_FRACTION
+from .defaults import MAX_PIXELS, MIN_SIZE, PREP_BATCH, SPLIT_SEED, VAL_FRACTION
 from .errors import AlexnetError
 from .files import read_json
 from .layout import RunPaths
@@ -22,17 +22,21 @@ def prepare(
     val_fraction: float = VAL_FRACTION,
     seed: int = SPLIT_SEED,
     min_size: int = MIN_SIZE,
+    max_pixels: int = MAX_PIXELS,
+    val_labels: str | Path | None = None,
+    class_names: str | Path | None = None,
     batch_size: int = PREP_BATCH,
     workers: int | None = None,
     num_threads: int | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> tuple[dict, stats.Stats]:
-    """DATA -> RUN/manifest.json and RUN/stats.npz; returns the manifest and the statistics.
+    """DATA -> RUN's manifest and RUN/stats.npz; returns the manifest and the statistics.
 
-    A run that already holds checkpoints or an index made from other data is refused unless
-    `force`: its manifest and statistics would be replaced, and it could neither be resumed
-    nor searched again.
+    `val_labels` and `class_names` name a labels file and a names file (pipeline/imagenet.py);
+    without them ImageNet's own files are found by themselves. A run that already holds
+    checkpoints or an index made from other data is refused unless `force`: its manifest and
+    statistics would be replaced, and it could neither be resumed nor searched again.
     """
     with RunLock(run, "prep"):
         manifest = dataset.scan(
@@ -40,6 +44,9 @@ def prepare(
             val_fraction=val_fraction,
             seed=seed,
             min_size=min_size,
+            max_pixels=max_pixels,
+            val_labels=val_labels,
+            class_names=class_names,
             workers=workers,
             progress=progress,
         )

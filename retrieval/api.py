@@ -4,12 +4,17 @@
     ri = open_index("runs/demo")                   # network + index, built on first use
     result = search(ri, ["photo.jpg", png_bytes], k=10)
     result["queries"][0]["results"][0]             # {"rank", "id", "path", "class",
-                                                   #  "hamming", "distance"}
+                                                   #  "class_id", "hamming", "distance"}
     describe(ri)                                   # classes, images, bits, epoch, top-1 error
     thumbnail(ri, 7)                               # JPEG bytes of indexed image 7, cached
 
 Queries are image files, folders of them, encoded image bytes, or decoded uint8 HxWx3 arrays;
 all go through the evaluation centre crop of the same DALI graph as the indexed images.
+"class" is the display name of a result's class, "class_id" its folder name.
+
+Opening a run checks the manifest's integrity but not the 1.28 million files behind it (that
+would take seconds at ImageNet's size): a search checks the files it returns, and building an
+index checks every training file first.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from alexnet.model.inference import load_trained
 from alexnet.model.metrics import read_metrics
-from alexnet.pipeline.dataset import EXTENSIONS, check_image
+from alexnet.pipeline.dataset import EXTENSIONS, check_image, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 from alexnet.pipeline.lock import RunLock
@@ -83,7 +88,7 @@ def open_index(
 ) -> RunIndex:
     """RUN's trained network and training-set index, building the index first (saying so)
     when there is none; a stale index is refused."""
-    trained = load_trained(run, checkpoint)
+    trained = load_trained(run, checkpoint, check_files=False)
     paths = trained.paths.index
     if index_problem(paths, source_identity(trained)) == "missing":
         log.warning(
@@ -91,6 +96,7 @@ def open_index(
             "autoencoder, index); later searches reuse it",
             paths.folder,
         )
+        verify_files(trained.manifest, trained.manifest["files"].positions("train"))
         with RunLock(run, "search, building the index"):
             build_run_index(trained, paths, progress=progress)
     return open_run_index(trained, paths)
@@ -105,7 +111,7 @@ def index_run(
     progress: bool = True,
 ) -> dict:
     """Build (or bring up to date) RUN's training-set index; returns its description."""
-    trained = load_trained(run)
+    trained = load_trained(run, check_files="train")
     paths = trained.paths.index
     problem = index_problem(paths, source_identity(trained))
     if problem not in (None, "missing"):
@@ -150,7 +156,8 @@ def search(
     Paths name themselves; bytes and arrays are named by `names` (default "query N").
     `rerank_top` R > 0 re-orders the R nearest by Hamming distance by float fc7 distance.
     Returns {"k", "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
-    "results": [{"rank", "id", "path", "class", "hamming", "distance"}]}]}.
+    "results": [{"rank", "id", "path", "class", "class_id", "hamming", "distance"}]}]}.
+    The files returned are checked against the manifest first (gone or changed: an error).
     """
     if rerank_top < 0:
         raise AlexnetError(f"the re-rank shortlist must be 0 (off) or more, got {rerank_top}")
@@ -165,22 +172,29 @@ def search(
     vectors = query_features(ri.trained, items, crops=ri.crops)
     codes = encode(ri.autoencoder, vectors)
     D, I = ri.query(vectors, k, rerank_top, codes)
-    db_paths, db_labels = ri.files
-    classes = ri.trained.classes
+    manifest = ri.trained.manifest
+    table, root = manifest["files"], manifest["root"]
+    train = table.positions("train")  # ids are positions in the training split
+    verify_files(manifest, train[I[I >= 0]])
     rows = []
     for q, name in enumerate(names):
-        ham = hamming(codes[q : q + 1], ri.codes[I[q]])[0]
-        results = [
-            {
-                "rank": r + 1,
-                "id": int(i),
-                "path": db_paths[i],
-                "class": classes[db_labels[i]],
-                "hamming": int(ham[r]),
-                "distance": float(D[q, r]),
-            }
-            for r, i in enumerate(I[q])
-        ]
+        found = I[q] >= 0  # an approximate index may find fewer than k
+        ids, dist = I[q][found], D[q][found]
+        ham = hamming(codes[q : q + 1], ri.codes[ids])[0]
+        results = []
+        for r, (i, p) in enumerate(zip(ids, train[ids], strict=True)):
+            label = table.labels[p]
+            results.append(
+                {
+                    "rank": r + 1,
+                    "id": int(i),
+                    "path": f"{root}/{table.paths[p]}",
+                    "class": ri.trained.class_names[label],
+                    "class_id": ri.trained.classes[label],
+                    "hamming": int(ham[r]),
+                    "distance": float(dist[r]),
+                }
+            )
         rows.append({"query": name, "results": results})
     return {
         "k": k,

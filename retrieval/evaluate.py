@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from alexnet.pipeline.dali import SIZE, Loader, default_device, pipe_options, prep_pipeline
-from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.dataset import split_files, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
 from alexnet.pipeline.layout import RunPaths
@@ -104,6 +104,7 @@ def evaluate_retrieval(
 ) -> dict:
     """Precision@k, mAP, bytes per image and query time of the four modes (module docstring)."""
     net = ri.trained
+    verify_files(net.manifest)  # every file is read below, for the raw-pixel baseline
     db_files, db_labels = split_files(net.manifest, "train")
     q_files, q_labels = split_files(net.manifest, "val")
     if not q_files:

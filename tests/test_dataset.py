@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +45,11 @@ def run_scan(data: Path, **kw) -> dict:
 
 
 def by_path(manifest: dict) -> dict[str, dict]:
-    return {f["path"]: f for f in manifest["files"]}
+    return {f["path"]: f for f in manifest["files"].records()}
 
 
 def split_of(manifest: dict) -> dict[str, str]:
-    return {f["path"]: f["split"] for f in manifest["files"]}
+    return {f["path"]: f["split"] for f in manifest["files"].records()}
 
 
 @pytest.fixture
@@ -70,12 +72,12 @@ def test_class_folders_split_is_seeded_and_respects_fraction_per_class(class_tre
     assert m["val_fraction"] == 0.3 and m["seed"] == 0
     assert m["skipped"] == []
     assert len(m["files"]) == 21
-    for f in m["files"]:
+    for f in m["files"].records():
         assert f["path"].split("/")[0] == m["classes"][f["label"]]
         assert f["bytes"] == (class_tree / f["path"]).stat().st_size
     # per class: round(0.3 * n) in val (3 of 10, 2 of 7, 1 of 4), the rest in train
     for name, n, n_val in (("a", 10, 3), ("b", 7, 2), ("c", 4, 1)):
-        splits = [f["split"] for f in m["files"] if f["path"].startswith(name + "/")]
+        splits = [f["split"] for f in m["files"].records() if f["path"].startswith(name + "/")]
         assert len(splits) == n
         assert splits.count("val") == n_val, name
         assert abs(splits.count("val") - 0.3 * n) <= 0.5
@@ -93,7 +95,7 @@ def test_class_folders_split_is_seeded_and_respects_fraction_per_class(class_tre
 
 def test_val_fraction_zero_puts_everything_in_train(class_tree):
     m = run_scan(class_tree, val_fraction=0.0)
-    assert {f["split"] for f in m["files"]} == {"train"}
+    assert {f["split"] for f in m["files"].records()} == {"train"}
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.1])
@@ -127,7 +129,7 @@ def test_train_and_val_folders(tmp_path, val_name):
     for path, split in splits.items():
         assert split == ("train" if path.startswith("train/") else "val"), path
     assert m["counts"] == {"cat": {"train": 3, "val": 1}, "dog": {"train": 3, "val": 1}}
-    labels = {f["path"]: f["label"] for f in m["files"]}
+    labels = {f["path"]: f["label"] for f in m["files"].records()}
     assert labels[f"{val_name}/dog/v0.jpg"] == 1 and labels["train/cat/t0.jpg"] == 0
     files, labs = split_files(m, "val")
     assert files == [str(data / val_name / c / "v0.jpg") for c in ("cat", "dog")] and labs == [0, 1]
@@ -137,7 +139,7 @@ def test_train_folder_without_val_folder(tmp_path):
     data = tmp_path / "data"
     img(data / "train" / "x" / "0.png", seed=0)
     m = run_scan(data)
-    assert [f["split"] for f in m["files"]] == ["train"]
+    assert [f["split"] for f in m["files"].records()] == ["train"]
 
 
 def test_val_class_missing_from_train_is_refused(tmp_path):
@@ -378,9 +380,15 @@ def test_load_manifest_refuses_an_edited_manifest(class_tree, tmp_path):
     run = tmp_path / "run"
     m = run_scan(class_tree, val_fraction=0.3)
     save_manifest(m, run)
+    with np.load(run / "manifest.files.npz") as z:
+        columns = dict(z)
+    columns["splits"][np.flatnonzero(columns["splits"] == 1)[0]] = 0  # a val file moved to train
+    np.savez(run / "manifest.files.npz", **columns)
+    with pytest.raises(AlexnetError, match="edited"):
+        load_manifest(run, check_files=False)
+    save_manifest(m, run)
     doc = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
-    moved = next(f for f in doc["files"] if f["split"] == "val")
-    moved["split"] = "train"
+    doc["classes"][0] = "renamed"
     (run / "manifest.json").write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(AlexnetError, match="edited"):
         load_manifest(run, check_files=False)
@@ -416,10 +424,121 @@ def test_scan_resolves_the_root_and_split_files_gives_absolute_paths(class_tree,
     val, val_labels = split_files(m, "val")
     assert len(train) + len(val) == 21
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in train + val)
-    assert train_labels == [f["label"] for f in m["files"] if f["split"] == "train"]
+    assert train_labels == [f["label"] for f in m["files"].records() if f["split"] == "train"]
     # moving the tree makes a loaded manifest refuse (the root is absolute)
     run = class_tree.parent / "run"
     save_manifest(m, run)
     shutil.move(str(class_tree), str(class_tree.parent / "moved"))
     with pytest.raises(AlexnetError, match="gone"):
         load_manifest(run)
+
+
+def test_an_old_manifest_is_one_clear_line(class_tree, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"version": 1, "files": []}), encoding="utf-8")
+    with pytest.raises(AlexnetError, match=r"another version of alexnet: rerun `alexnet prep"):
+        load_manifest(run)
+
+
+def test_load_checks_only_the_split_asked_for(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for i in range(2):
+            img(data / split / "a" / f"{i}.png", seed=i)
+    run = tmp_path / "run"
+    save_manifest(run_scan(data), run)
+    grow(data / "train" / "a" / "1.png")
+    load_manifest(run, check_files="val")
+    load_manifest(run, check_files=False)
+    with pytest.raises(AlexnetError, match="1.png changed since prep"):
+        load_manifest(run, check_files="train")
+
+
+# --- robustness: run folders, links, permissions, sizes ------------------------------------
+
+
+def test_run_folders_are_never_scanned(class_tree, tmp_path):
+    inside = class_tree / "run"  # `alexnet prep DATA --run DATA/run`, then prep again
+    save_manifest(run_scan(class_tree, val_fraction=0.3), inside)
+    img(inside / "search.png", seed=1)  # a montage: an image, but not a training image
+    nested = class_tree / "a" / "old run"
+    save_manifest(run_scan(class_tree, val_fraction=0.3), nested)
+    img(nested / "data" / "x.png", seed=2)
+    m = run_scan(class_tree, val_fraction=0.3)
+    assert m["classes"] == ["a", "b", "c"] and len(m["files"]) == 21
+    assert m["skipped"] == [
+        {"path": "a/old run", "reason": "an alexnet run folder (not scanned)"},
+        {"path": "run", "reason": "an alexnet run folder (not scanned)"},
+    ]
+    # a folder that merely holds some other manifest.json is data like any other
+    (class_tree / "c" / "manifest.json").write_text('{"name": "not ours"}')
+    m = run_scan(class_tree, val_fraction=0.3)
+    assert {"path": "c/manifest.json", "reason": "unsupported extension .json"} in m["skipped"]
+
+
+def test_links_are_followed_once_and_bad_ones_reported(class_tree, tmp_path):
+    outside = tmp_path / "elsewhere"
+    img(outside / "far.png", seed=7)
+    os.symlink(outside, class_tree / "a" / "linked")  # a good link: followed
+    os.symlink(class_tree / "a", class_tree / "a" / "loop")  # back to its own parent
+    os.symlink(class_tree / "b", class_tree / "b twin")  # the same folder as class b
+    os.symlink(class_tree / "nowhere.png", class_tree / "c" / "dangling.png")
+    os.symlink("self.png", class_tree / "c" / "self.png")  # a link to itself
+    m = run_scan(class_tree, val_fraction=0.0)
+    assert m["classes"] == ["a", "b", "c"]
+    assert "a/linked/far.png" in by_path(m) and len(m["files"]) == 22
+    assert {s["path"]: s["reason"] for s in m["skipped"]} == {
+        "a/loop": "symlink loop",
+        "b twin": "same folder as b",
+        "c/dangling.png": "broken symlink",
+        "c/self.png": "symlink loop",
+    }
+
+
+def test_fifos_are_reported_not_opened(class_tree):
+    os.mkfifo(class_tree / "a" / "pipe.jpg")  # opening it would wait for a writer forever
+    m = run_scan(class_tree, val_fraction=0.0)
+    assert m["skipped"] == [{"path": "a/pipe.jpg", "reason": "not a regular file"}]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_files_and_folders_are_reported_as_such(class_tree):
+    secret, locked = class_tree / "a" / "00.png", class_tree / "b"
+    hidden_class = class_tree / "d"
+    img(hidden_class / "0.png", seed=3)
+    os.chmod(secret, 0)
+    os.chmod(locked, 0)
+    os.chmod(hidden_class, 0)
+    try:
+        m = run_scan(class_tree, val_fraction=0.0)
+    finally:
+        for path, mode in ((secret, 0o644), (locked, 0o755), (hidden_class, 0o755)):
+            os.chmod(path, mode)
+    assert m["classes"] == ["a", "c"]  # a folder that cannot be listed is no class
+    assert {s["path"]: s["reason"] for s in m["skipped"]} == {
+        "a/00.png": "permission denied",
+        "b": "permission denied",
+        "d": "permission denied",
+    }
+
+
+def test_max_pixels_skips_large_images_with_a_clear_reason(tmp_path):
+    data = tmp_path / "data"
+    img(data / "a" / "small.png", size=(40, 30))
+    img(data / "a" / "large.png", size=(80, 70))
+    m = run_scan(data, val_fraction=0.0, max_pixels=40 * 30)
+    assert list(by_path(m)) == ["a/small.png"]
+    assert m["skipped"] == [
+        {"path": "a/large.png", "reason": "too large (80x70, over --max-pixels 1,200)"}
+    ]
+
+
+def test_pil_decompression_bomb_warning_is_silenced(tmp_path, monkeypatch):
+    big = img(tmp_path / "big.png", size=(100, 100))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # PIL warns above this, fails above 2x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_image(str(big), max_pixels=20000) is None
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+        assert check_image(str(big), max_pixels=20000).startswith("too large")

@@ -27,6 +27,7 @@ from alexnet.model.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.model.train import fit
 from alexnet.pipeline import files as files_module
+from alexnet.pipeline.dataset import load_manifest
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import UMASK, atomic_write, remove_stale_temps
 from alexnet.pipeline.layout import RunPaths
@@ -182,8 +183,7 @@ def test_an_unwritable_checkpoint_folder_is_found_before_training(run):
 
 
 def test_a_training_file_corrupted_after_prep_is_named(run, tiny_data):
-    manifest = json.loads(RunPaths(run).manifest.read_text())
-    victim = tiny_data / manifest["files"][0]["path"]
+    victim = tiny_data / load_manifest(run, check_files=False)["files"].paths[0]
     backup = victim.read_bytes()
     st = victim.stat()
     try:

@@ -57,9 +57,15 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+NAMES = {"red": "poppy red", "green": "leaf green", "blue": "sky blue"}
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    """The images, and display names for their classes in classes.json (as imagenette's)."""
+    root = make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    (root / "classes.json").write_text(json.dumps(NAMES))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +162,7 @@ def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
     lines = result.output.splitlines()
     assert lines[0] == f"query: {data / 'green' / '0.jpg'}"
     assert lines[2].split()[:2] == ["1", "0"] and lines[2].endswith("green/0.jpg")
+    assert "  leaf green  " in lines[2]  # the display name, not the folder name
 
     result = invoke(
         "search",
@@ -177,7 +184,10 @@ def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
     for q in out["queries"]:
         assert [r["rank"] for r in q["results"]] == [1, 2, 3, 4]
         assert [r["distance"] for r in q["results"]] == sorted(r["distance"] for r in q["results"])
-        assert {"path", "class", "hamming", "id"} <= set(q["results"][0])
+        assert {"path", "class", "class_id", "hamming", "id"} <= set(q["results"][0])
+        for r in q["results"]:
+            assert r["class_id"] == Path(r["path"]).parent.name
+            assert r["class"] == NAMES[r["class_id"]]
     with Image.open(tmp_path / "sheet.png") as im:
         assert im.format == "PNG" and im.size[0] > 5 * 128 and im.size[1] > 6 * 128
 
@@ -228,6 +238,26 @@ def test_eval_retrieval_writes_the_four_modes(run):
     assert saved["modes"]["hamming"]["bytes_per_image"] == 8
     assert saved["modes"]["pixels_euclidean"]["bytes_per_image"] == 16 * 16 * 3 * 4
     assert "hamming+rerank" in result.output
+
+
+def test_search_checks_the_files_it_returns_and_only_those(run, data):
+    from alexnet.retrieval import open_index, search
+
+    ri = open_index(run)
+    query = data / "red" / "1.jpg"
+    returned = {r["path"] for r in search(ri, [query], k=2)["queries"][0]["results"]}
+    others = [p for p in split_files(ri.trained.manifest, "train")[0] if p not in returned]
+    for path, refused in ((others[0], False), (sorted(returned)[0], True)):
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if rewritten
+        try:
+            if refused:
+                with pytest.raises(AlexnetError, match="changed since prep"):
+                    search(ri, [query], k=2)
+            else:
+                search(ri, [query], k=2)
+        finally:
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.mark.parametrize(

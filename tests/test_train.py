@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from fixtures import make_images, prep_run
 
+from alexnet.cli.main import cli
 from alexnet.model import train
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.config import TrainConfig
@@ -26,7 +28,9 @@ TINY = TrainConfig(epochs=1, batch_size=4, patience=1, num_threads=1)
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    return make_images(tmp_path_factory.mktemp("data"))
+    data = make_images(tmp_path_factory.mktemp("data"))
+    (data / "classes.json").write_text(json.dumps({"class0": "reddish", "class1": "bluish"}))
+    return data
 
 
 @pytest.fixture
@@ -54,6 +58,20 @@ def test_fit_writes_metrics_checkpoints_and_curves(run):
     assert (run / "checkpoints" / "best.pt").is_file()
     result = evaluate_checkpoint(run, run / "checkpoints" / "last.pt")
     assert result["centre"]["images"] == 6 and result["ten_crop"]["images"] == 6
+    # per class, by display name, hardest first; together they make the 10-crop error
+    rows = result["classes"]
+    assert {(r["class"], r["class_id"]) for r in rows} == {
+        ("reddish", "class0"),
+        ("bluish", "class1"),
+    }
+    assert [r["top1_error"] for r in rows] == sorted((r["top1_error"] for r in rows), reverse=True)
+    missed = sum(r["top1_error"] * r["images"] for r in rows)
+    assert missed == pytest.approx(result["ten_crop"]["top1_error"] * 6)
+    assert json.loads((run / "eval.json").read_text())["classes"] == rows
+    shown = CliRunner().invoke(cli, ["eval", "--run", str(run), "--no-ten-crop"])
+    assert shown.exit_code == 0, shown.output
+    assert "hardest classes (centre crop top-1 error" in shown.output
+    assert "reddish (class0, 3 images)" in shown.output
 
 
 def straight_and_resumed(tiny_data, tmp_path, config, stop_after: int) -> tuple[Path, Path]:
