@@ -5,6 +5,7 @@ so `alexnet --help` does not load torch, DALI or faiss."""
 
 from __future__ import annotations
 
+import json
 import logging
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +18,10 @@ from alexnet.cli.options import (
     PROBABILITY,
     RATE,
     progress,
+    quiet_option,
     run_option,
+    set_quiet,
+    workers_option,
 )
 from alexnet.cli.search import eval_retrieval, index_command, register, search
 from alexnet.model.config import INIT_PRESETS, TrainConfig
@@ -27,7 +31,12 @@ from alexnet.pipeline.errors import AlexnetError
 
 class Group(click.Group):
     """Turns AlexnetError into one line on stderr and exit code 2, and Ctrl-C into exit code
-    130 (as the shell reports it), without a traceback."""
+    130 (as the shell reports it), without a traceback. Every command it holds also takes
+    -q/--quiet."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(quiet_option())
+        super().add_command(cmd, name)
 
     def invoke(self, ctx):
         try:
@@ -52,12 +61,20 @@ def cli(ctx, quiet):
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("alexnet")
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.INFO)
+    if quiet:
+        set_quiet(ctx)
 
 
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@run_option
+@click.option(
+    "--run",
+    "run",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The run folder to create or update (default: runs/<name of DATA>).",
+)
 @click.option(
     "--val-fraction",
     type=PROBABILITY,
@@ -99,6 +116,7 @@ def cli(ctx, quiet):
     "ImageNet's LOC_synset_mapping.txt or devkit, or classes.json at DATA's root.",
 )
 @click.option(
+    "-b",
     "--batch-size",
     type=POSITIVE,
     default=P.PREP_BATCH,
@@ -110,10 +128,16 @@ def cli(ctx, quiet):
     is_flag=True,
     help="Replace the manifest and statistics of a run trained or indexed on other data.",
 )
+@workers_option
 @click.pass_context
-def prep(ctx, data, run, **options):
+def prep(ctx, data, run, workers, **options):
     """Scan and validate DATA, then compute the mean image and RGB PCA statistics."""
-    run_prep(data, run, progress=progress(ctx), **options)
+    if run is None:
+        from alexnet.pipeline.layout import RUNS
+
+        run = RUNS / Path(data).resolve().name
+        click.echo(f"run: {run}", err=True)
+    run_prep(data, run, progress=progress(ctx), num_threads=workers, **options)
 
 
 def run_prep(data: Path, run: Path, **options) -> None:
@@ -157,6 +181,7 @@ def train_options(f):
             help="Passes over the data.",
         ),
         click.option(
+            "-b",
             "--batch-size",
             type=POSITIVE,
             default=d.batch_size,
@@ -279,11 +304,50 @@ def train_options(f):
             help="Seed of the initialisation, order and augmentation.",
         ),
         click.option(
+            "-j",
+            "--workers",
             "--threads",
             "num_threads",
             type=POSITIVE,
             default=None,
-            help="DALI CPU threads (default: all cores).",
+            help="DALI CPU threads for decoding (default: all cores).",
+        ),
+        click.option(
+            "--momentum",
+            type=AMOUNT,
+            default=d.momentum,
+            show_default=True,
+            help="SGD momentum.",
+        ),
+        click.option(
+            "--wd",
+            "--weight-decay",
+            "weight_decay",
+            type=AMOUNT,
+            default=d.weight_decay,
+            show_default=True,
+            help="Weight decay (inside the velocity, as the paper writes it).",
+        ),
+        click.option(
+            "--keep-every",
+            type=click.IntRange(min=0),
+            default=d.keep_every,
+            show_default=True,
+            help="Also keep checkpoints/epoch_N.pt every N epochs (0: last.pt and best.pt only).",
+        ),
+        click.option(
+            "--tensorboard/--no-tensorboard",
+            default=d.tensorboard,
+            show_default=True,
+            help="Also write the epoch scalars to RUN/tensorboard (pip install "
+            "'alexnet[tensorboard]').",
+        ),
+        click.option(
+            "--init-checkpoint",
+            type=click.Path(dir_okay=False, exists=True),
+            default=None,
+            help="Start from this checkpoint's weights (fine-tuning); fc8 starts afresh when "
+            "its class count differs.",
         ),
     ]
     for option in reversed(options):
@@ -291,20 +355,48 @@ def train_options(f):
     return f
 
 
-def make_config(**kw):
-    return TrainConfig(**{**kw, "columns": int(kw["columns"])})
+def make_config(ctx: click.Context, resume_from: Path | None, **kw) -> TrainConfig:
+    """The options as a TrainConfig; on resume, the checkpoint's settings except those given
+    again on this command line."""
+    kw["columns"] = int(kw["columns"])
+    if resume_from is None:
+        return TrainConfig(**kw)
+    from dataclasses import replace
+
+    from alexnet.model.checkpoint import saved_config
+
+    given = {
+        k: v
+        for k, v in kw.items()
+        if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
+    }
+    return replace(saved_config(resume_from), **given)
 
 
 @cli.command()
 @run_option
 @train_options
-@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoints/last.pt.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[PATH]",
+    help="Continue a run from a checkpoint (default RUN/checkpoints/last.pt), with its "
+    "settings unless given again.",
+)
 @click.pass_context
 def train(ctx, run, resume, **kw):
-    """Train AlexNet on RUN's data (after `alexnet prep`), with checkpoints and curves."""
-    from alexnet.model.train import fit
+    """Train AlexNet on RUN's data (after `alexnet prep`), with checkpoints and curves.
 
-    metrics = fit(run, make_config(**kw), resume=resume, progress=progress(ctx))
+    --batch-size is per process: under torchrun the global batch is it times the processes,
+    and the learning rate used is --lr x global batch / 128."""
+    from alexnet.model.train import fit
+    from alexnet.pipeline.layout import RunPaths
+
+    source = None if resume is None else Path(resume) if resume else RunPaths(run).last
+    config = make_config(ctx, source, **kw)
+    metrics = fit(run, config, resume=source or False, progress=progress(ctx))
     print_training(run, metrics)
 
 
@@ -319,7 +411,7 @@ def print_training(run: Path, metrics: dict) -> None:
         )
     if "ten_crop_top1_error" in metrics:
         click.echo(
-            f"10-crop: top-1 error {100 * metrics['ten_crop_top1_error']:.2f}%, "
+            f"ten-crop: top-1 error {100 * metrics['ten_crop_top1_error']:.2f}%, "
             f"top-5 error {100 * metrics['ten_crop_top5_error']:.2f}%"
         )
     click.echo(
@@ -335,29 +427,84 @@ def print_training(run: Path, metrics: dict) -> None:
     default=None,
     help="Default: RUN/checkpoints/best.pt.",
 )
-@click.option("--ten-crop/--no-ten-crop", default=True, show_default=True)
-def eval_(run, checkpoint, ten_crop):
+@click.option(
+    "--ten-crop/--no-ten-crop",
+    default=True,
+    show_default=True,
+    help="Also the paper's ten-crop test: 4 corners and the centre, and their mirrors.",
+)
+@workers_option
+@click.pass_context
+def eval_(ctx, run, checkpoint, ten_crop, workers):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
     from alexnet.model.train import evaluate_checkpoint
     from alexnet.pipeline.layout import RunPaths
 
-    result = evaluate_checkpoint(run, checkpoint, ten_crop=ten_crop)
+    result = evaluate_checkpoint(
+        run, checkpoint, ten_crop=ten_crop, progress=progress(ctx), workers=workers
+    )
     click.echo(f"{result['checkpoint']} (epoch {result['epoch']})")
     click.echo(f"{'':10}{'top-1 error':>14}{'top-5 error':>14}{'images':>8}")
-    for name in ("centre", "ten_crop"):
-        if name in result:
-            r = result[name]
+    for key, name in (("centre", "centre"), ("ten_crop", "ten-crop")):
+        if key in result:
+            r = result[key]
             click.echo(
                 f"{name:10}{100 * r['top1_error']:13.2f}%{100 * r['top5_error']:13.2f}%"
                 f"{r['images']:8d}"
             )
-    which = "10-crop" if ten_crop else "centre crop"
+    chance = result["chance"]
+    click.echo(
+        f"{'chance':10}{100 * chance['top1_error']:13.2f}%{100 * chance['top5_error']:13.2f}%"
+    )
+    which = "ten-crop" if ten_crop else "centre crop"
     click.echo(f"hardest classes ({which} top-1 error; all of them in the file below):")
     for c in result["classes"][:5]:
         click.echo(
             f"{100 * c['top1_error']:8.2f}%  {c['class']} ({c['class_id']}, {c['images']} images)"
         )
     click.echo(f"written: {RunPaths(run).eval}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@run_option
+@click.option(
+    "--top", type=POSITIVE, default=5, show_default=True, help="Classes to list per image."
+)
+@click.option(
+    "--ten-crop/--no-ten-crop",
+    default=False,
+    show_default=True,
+    help="Average the softmax of the ten crops (4 corners, centre, mirrors), as the paper tests.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default: RUN/checkpoints/best.pt.",
+)
+@workers_option
+@click.pass_context
+def predict(ctx, images, run, top, ten_crop, as_json, checkpoint, workers):
+    """What the network says each IMAGE is (files or folders): its top classes with their
+    probabilities."""
+    from alexnet.model.inference import load_trained
+    from alexnet.model.inference import predict as classify
+    from alexnet.pipeline.dataset import image_files
+
+    files, skipped = image_files(images)
+    for path, why in skipped:
+        click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
+    trained = load_trained(run, checkpoint, check_files=False, workers=workers)
+    records = classify(trained, files, top=top, ten_crop=ten_crop, progress=progress(ctx))
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "images": records}, indent=1))
+        return
+    for r in records:
+        click.echo(r["image"])
+        for i, c in enumerate(r["top"], 1):
+            click.echo(f"  {i}. {100 * c['probability']:5.1f}%  {c['class']} ({c['class_id']})")
 
 
 @cli.command()
@@ -374,8 +521,17 @@ def eval_(run, checkpoint, ten_crop):
     default=Path("runs/demo"),
     show_default=True,
 )
-@click.option("--epochs", type=POSITIVE, default=2, show_default=True)
-@click.option("--batch-size", type=POSITIVE, default=32, show_default=True)
+@click.option(
+    "--epochs", type=POSITIVE, default=6, show_default=True, help="Passes over the photos."
+)
+@click.option(
+    "-b",
+    "--batch-size",
+    type=POSITIVE,
+    default=32,
+    show_default=True,
+    help="Images per training batch.",
+)
 @click.option(
     "--queries",
     type=POSITIVE,
@@ -395,11 +551,12 @@ def demo(ctx, data, run, epochs, batch_size, queries):
     show = progress(ctx)
     if data is None:
         data = fashion_mnist.build(paths.demo_data)
-        click.echo(f"demo photos: {data} (Fashion-MNIST, 10 classes, 30 train + 10 val each)")
+        click.echo(
+            f"demo photos: {data} (Fashion-MNIST, 10 classes, {fashion_mnist.TRAIN_PER_CLASS} "
+            f"train + {fashion_mnist.VAL_PER_CLASS} validation each)"
+        )
     run_prep(data, run, progress=show)
-    # The paper's rate (0.01) with its initialisation collapses to a uniform output on small
-    # batches of a small set within the first steps (BENCHMARKS.md); 0.001 learns.
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.001)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size)
     metrics = fit(run, config, resume=paths.last.exists(), progress=show)
     print_training(run, metrics)
     print_curve(run)
@@ -408,6 +565,13 @@ def demo(ctx, data, run, epochs, batch_size, queries):
     picks = val_files[:: max(1, len(val_files) // queries)][:queries]
     ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5, montage=paths.montage)
     ctx.invoke(eval_retrieval, run=run)
+    click.echo(
+        "\nnext:\n"
+        f"  alexnet serve --run {run}                  # search in the browser\n"
+        f"  alexnet search PHOTO.jpg --run {run}       # similar training photos\n"
+        f"  alexnet predict PHOTO.jpg --run {run}      # what the network says it is\n"
+        f"  alexnet eval --run {run}                   # top-1/top-5 error, ten-crop"
+    )
 
 
 def print_curve(run: Path) -> None:

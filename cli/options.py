@@ -5,13 +5,25 @@ from pathlib import Path
 
 import click
 
+
+def _existing_run(ctx, param, run: Path | None) -> Path | None:
+    if ctx.resilient_parsing:  # --help, completion: nothing to check
+        return run
+    from alexnet.pipeline.layout import find_run
+
+    found, note = find_run(run)  # an AlexnetError: one line, exit 2 (cli/main.py's Group)
+    if note:
+        click.echo(note, err=True)
+    return found
+
+
 run_option = click.option(
     "--run",
     "run",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/default"),
-    show_default=True,
-    help="Folder that holds everything this run writes.",
+    default=None,
+    callback=_existing_run,
+    help="The run folder (default: $ALEXNET_RUN, else the only run in ./runs).",
 )
 
 
@@ -37,3 +49,38 @@ NON_NEGATIVE = click.IntRange(min=0)
 RATE = Number(min=0, min_open=True)  # learning rates: above 0
 AMOUNT = Number(min=0)  # stds, deltas, epochs of warm-up: 0 or more
 PROBABILITY = Number(min=0, max=1, max_open=True)  # dropout, the validation share
+
+
+def _quiet(ctx, param, quiet: bool) -> None:
+    if quiet:
+        set_quiet(ctx)
+
+
+def set_quiet(ctx: click.Context) -> None:
+    """No progress bars, and only warnings from alexnet's loggers."""
+    import logging
+
+    root = ctx.find_root()
+    root.obj = {**(root.obj or {}), "progress": False}
+    logging.getLogger("alexnet").setLevel(logging.WARNING)
+
+
+def quiet_option() -> click.Option:
+    """-q/--quiet, which every command takes too, so it works before or after its name."""
+    return click.Option(
+        ["-q", "--quiet"],
+        is_flag=True,
+        expose_value=False,
+        callback=_quiet,
+        help="No progress bars or log lines.",
+    )
+
+
+workers_option = click.option(
+    "-j",
+    "--workers",
+    "workers",
+    type=POSITIVE,
+    default=None,
+    help="DALI CPU threads for decoding (default: all cores).",
+)

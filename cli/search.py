@@ -7,14 +7,21 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
 import click
 
-from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option
+from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option, workers_option
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
+
+
+def png_only(ctx, param, path: Path | None) -> Path | None:
+    if path is not None and path.suffix.lower() != ".png":
+        raise click.BadParameter(f"the contact sheet is a PNG: name it {path.stem}.png")
+    return path
 
 
 def check_bits(ctx, param, bits: int) -> int:
@@ -42,14 +49,16 @@ def check_bits(ctx, param, bits: int) -> int:
     "HNSW index instead of exact Hamming search.",
 )
 @click.option(
+    "-b",
     "--batch-size",
     type=POSITIVE,
     default=R.FEATURE_BATCH,
     show_default=True,
     help="Images per batch for the fc7 features.",
 )
+@workers_option
 @click.pass_context
-def index_command(ctx, run, bits, approx_threshold, batch_size):
+def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
 
     Each step is skipped when its output is current; a stale index is rebuilt.
@@ -62,6 +71,7 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
         approx_threshold=approx_threshold,
         batch_size=batch_size,
         progress=progress(ctx),
+        workers=workers,
     )
     r = meta["autoencoder_report"]
     click.echo(
@@ -77,7 +87,9 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @run_option
-@click.option("-k", "k", type=POSITIVE, default=R.K, show_default=True, help="Results per query.")
+@click.option(
+    "-k", "--top-k", "k", type=POSITIVE, default=R.K, show_default=True, help="Results per query."
+)
 @click.option(
     "--rerank",
     type=NON_NEGATIVE,
@@ -90,44 +102,65 @@ def index_command(ctx, run, bits, approx_threshold, batch_size):
     "--montage",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write a PNG contact sheet of each query and its results.",
+    callback=png_only,
+    help="Write a PNG contact sheet (FILE.png) of each query and its results.",
 )
+@click.option(
+    "--absolute", is_flag=True, help="Print absolute paths (default: relative to the dataset)."
+)
+@workers_option
 @click.pass_context
-def search(ctx, images, run, k, rerank, as_json, montage):
+def search(ctx, images, run, k, rerank, as_json, montage, absolute, workers):
     """The training images most similar to each IMAGE (files or folders of images)."""
-    from alexnet.retrieval.api import image_files, open_index
+    from alexnet.pipeline.dataset import image_files
+    from alexnet.retrieval.api import open_index
     from alexnet.retrieval.api import search as run_search
 
     files, skipped = image_files(images)
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    ri = open_index(run, progress=progress(ctx))
+    ri = open_index(run, progress=progress(ctx), workers=workers)
     result = run_search(ri, files, k=k, rerank_top=rerank)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:
-        for row in result["queries"]:
-            click.echo(f"query: {row['query']}")
-            click.echo(
-                f"{'rank':>5}{'hamming':>9}"
-                + (f"{'fc7 L2':>10}" if rerank else "")
-                + "  class  path"
-            )
-            for res in row["results"]:
-                click.echo(
-                    f"{res['rank']:5d}{res['hamming']:9d}"
-                    + (f"{res['distance']:10.3f}" if rerank else "")
-                    + f"  {res['class']}  {res['path']}"
-                )
+        root = None if absolute else ri.trained.manifest["root"]
+        click.echo(search_table(result, root))
     if montage:
         from alexnet.retrieval.montage import make_montage
 
-        click.echo(f"montage: {make_montage(result['queries'], montage)}", err=as_json)
+        unit = "fc7" if rerank else "bits"
+        click.echo(f"montage: {make_montage(result['queries'], montage, unit=unit)}", err=as_json)
+
+
+def search_table(result: dict, root: str | None) -> str:
+    """The results as aligned text: a header saying what answered, then a table per query;
+    paths relative to `root` (the dataset) when given."""
+    rerank = result["rerank"]
+    lines = [
+        f"{result['checkpoint']}, {result['bits']}-bit codes, {result['index']} index"
+        + (f", fc7 re-rank of the top {rerank}" if rerank else "")
+        + f"; {result['query_ms']:.0f} ms per query"
+    ]
+    for row in result["queries"]:
+        rows = row["results"]
+        width = max(len(r["class"]) for r in rows)
+        known = f" ({row['class']})" if "class" in row else ""
+        lines += ["", f"query: {row['query']}{known}"]
+        fc7 = f"{'fc7 L2':>9}" if rerank else ""
+        lines.append(f"{'rank':>4} {'bits':>5}{fc7}  {'class':{width}}  path")
+        for r in rows:
+            path = os.path.relpath(r["path"], root) if root else r["path"]
+            dist = f"{r['distance']:9.3f}" if rerank else ""
+            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {r['class']:{width}}  {path}")
+    return "\n".join(lines)
 
 
 @click.command("eval-retrieval")
 @run_option
-@click.option("-k", "k", type=POSITIVE, default=R.K, show_default=True, help="Precision at k.")
+@click.option(
+    "-k", "--top-k", "k", type=POSITIVE, default=R.K, show_default=True, help="Precision at k."
+)
 @click.option(
     "--rerank",
     type=POSITIVE,
@@ -148,14 +181,15 @@ def search(ctx, images, run, k, rerank, as_json, montage):
     default=None,
     help="Use a seeded sample of this many validation images (default: all).",
 )
+@workers_option
 @click.pass_context
-def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries):
+def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     """Validation images as queries against the training set: precision@k and mAP of binary
     codes, codes + re-rank, float fc7 and raw pixels; writes RUN/eval_retrieval.json."""
     from alexnet.retrieval.api import open_index
     from alexnet.retrieval.evaluate import evaluate_retrieval, format_table, write_result
 
-    ri = open_index(run, progress=progress(ctx))
+    ri = open_index(run, progress=progress(ctx), workers=workers)
     result = evaluate_retrieval(
         ri,
         k=k,

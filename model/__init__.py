@@ -8,7 +8,7 @@ loaders      which images each process reads, in what order, with which seed
 distributed  devices, torchrun ranks, the stop flag
 checkpoint   the checkpoint dict, its files, the network rebuilt from it
 metrics      RUN/metrics.jsonl and RUN/curves.png
-inference    load_trained: a trained run ready for evaluation, features and search
+inference    load_trained: a trained run ready for evaluation, features, search; predict
 """
 
 from alexnet.pipeline.lazy import lazy_exports
@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate_checkpoint": "train",
     "fit": "train",
     "load_trained": "inference",
+    "predict": "inference",
     "train_one_epoch": "train",
 }
 __all__ = sorted(_EXPORTS)

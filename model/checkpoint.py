@@ -141,3 +141,8 @@ def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path
             f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
             "train into a new --run"
         )
+
+
+def saved_config(path: str | Path) -> TrainConfig:
+    """The settings a checkpoint was trained with."""
+    return config_from_dict(load_checkpoint(path)["config"])

@@ -5,11 +5,14 @@ checkpoint belong to it) and one set of messages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.dataset import load_manifest
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
@@ -17,7 +20,7 @@ from alexnet.pipeline.stats import Stats, load_stats
 
 from .checkpoint import build_network, load_checkpoint
 from .config import TrainConfig, config_from_dict
-from .distributed import World, local_device
+from .distributed import World, autocast, local_device
 
 
 @dataclass
@@ -67,11 +70,13 @@ def load_trained(
     world: World | None = None,
     *,
     check_files: bool | str = True,
+    workers: int | None = None,
 ) -> TrainedRun:
     """RUN's manifest, statistics and checkpoint (default: best.pt) as a network in eval mode.
 
     `check_files` says which data files must still be as they were at prep: all (True), one
-    split ("train", "val"), or none (False: for a caller that checks what it reads itself)."""
+    split ("train", "val"), or none (False: for a caller that checks what it reads itself).
+    `workers` sets the DALI threads of this use (default: those the run was trained with)."""
     paths = RunPaths(run)
     path = Path(checkpoint) if checkpoint else paths.best
     world = world or World(device=local_device())
@@ -79,7 +84,69 @@ def load_trained(
     saved = load_checkpoint(path)
     check_classes(saved, manifest, path, paths)
     config = config_from_dict(saved["config"])
+    if workers:
+        config = replace(config, num_threads=workers)
     model = build_network(config, len(manifest["classes"]), world.device)
     model.load_state_dict(saved["model"])
     model.eval()
     return TrainedRun(paths, model, config, manifest, stats, path, saved["epoch"], world)
+
+
+def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False) -> QueryCrops:
+    """The query pipeline with `trained`'s statistics and settings; keep it to reuse it."""
+    return QueryCrops(
+        trained.stats.mean(trained.config.mean),
+        std=trained.stats.std(trained.config.input_scale),
+        device=trained.world.dali_device,
+        torch_device=trained.world.device,
+        batch_size=batch_size,
+        seed=trained.config.seed,
+        num_threads=trained.config.num_threads,
+        ten_crop=ten_crop,
+    )
+
+
+def encoded(item: str | bytes) -> np.ndarray:
+    """An image file's bytes (or bytes as they are) as the uint8 array DALI decodes."""
+    return np.frombuffer(item, np.uint8) if isinstance(item, bytes) else np.fromfile(item, np.uint8)
+
+
+def predict(
+    trained: TrainedRun,
+    images: Sequence[str | bytes],
+    *,
+    top: int = 5,
+    ten_crop: bool = False,
+    names: Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[dict]:
+    """What the classifier says each image is: [{"image", "top": [{"class" (display name),
+    "class_id", "probability"}]}], through the evaluation preprocessing (the centre crop, or
+    the average of the ten crops' softmax outputs)."""
+    from tqdm import tqdm
+
+    names = names or [str(i) for i in images]
+    top = min(top, len(trained.classes))
+    crops = query_crops(trained, min(batch_size, len(images)), ten_crop=ten_crop)
+    records = []
+    with torch.inference_mode():
+        starts = range(0, len(images), crops.batch_size)
+        for s in tqdm(starts, desc="predict", unit="batch", disable=not progress):
+            x = crops([encoded(item) for item in images[s : s + crops.batch_size]])
+            n = len(x)
+            with autocast(trained.world.device):
+                logits = trained.model(x.flatten(0, 1) if ten_crop else x)
+            probs = logits.float().softmax(-1).view(n, -1, logits.shape[-1]).mean(1)
+            p, labels = probs.topk(top, dim=1)
+            for i in range(n):
+                best = [
+                    {
+                        "class": trained.class_names[c],
+                        "class_id": trained.classes[c],
+                        "probability": float(q),
+                    }
+                    for q, c in zip(p[i].tolist(), labels[i].tolist(), strict=True)
+                ]
+                records.append({"image": names[s + i], "top": best})
+    return records

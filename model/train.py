@@ -351,7 +351,7 @@ def _fit(
         }
         if world.main:
             log.info(
-                "10-crop  top-1 %.2f%%  top-5 %.2f%%",
+                "ten-crop  top-1 %.2f%%  top-5 %.2f%%",
                 100 * ten["top1_error"],
                 100 * ten["top5_error"],
             )
@@ -386,7 +386,12 @@ class Interrupted(AlexnetError):
 
 
 def evaluate_checkpoint(
-    run: str | Path, checkpoint: str | Path | None = None, *, ten_crop: bool = True
+    run: str | Path,
+    checkpoint: str | Path | None = None,
+    *,
+    ten_crop: bool = True,
+    progress: bool = False,
+    workers: int | None = None,
 ) -> dict:
     """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set, centre
     crop and 10-crop, and per class (of the last of the two), hardest first: {"class" (the
@@ -394,13 +399,18 @@ def evaluate_checkpoint(
     RUN/eval.json. Only the validation files are checked against the manifest: they are all
     this reads."""
     world = setup_world()
-    trained = load_trained(run, checkpoint, world, check_files="val")
+    trained = load_trained(run, checkpoint, world, check_files="val", workers=workers)
 
     def run_eval(ten: bool, per_class: bool) -> dict:
         loader = eval_loader(trained.manifest, trained.stats, trained.config, world, ten_crop=ten)
-        return evaluate(trained.model, loader, world, per_class=per_class)
+        return evaluate(trained.model, loader, world, per_class=per_class, progress=progress)
 
-    result = {"checkpoint": str(trained.checkpoint), "epoch": trained.epoch}
+    n = len(trained.classes)
+    result = {
+        "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
+        "chance": {"top1_error": 1 - 1 / n, "top5_error": 1 - min(5, n) / n},
+    }
     result["centre"] = run_eval(False, per_class=not ten_crop)
     if ten_crop:
         result["ten_crop"] = run_eval(True, per_class=True)

@@ -214,25 +214,29 @@ def eval_pipeline(
     """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    std = std.astype(np.float32)
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop), label
+
+
+def eval_crops(images, mean, std, ten_crop: bool):
+    """256x256 patches -> the centre crop, or the 10 crops (4 corners + centre, mirrored)."""
     if not ten_crop:
-        return crop_to_chw(images, mean=mean, std=std), label
+        return crop_to_chw(images, mean=mean, std=std)
     crops = [
         crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean, std=std)
         for m in (0, 1)
         for x, y in TEN_CROP_POSITIONS
     ]
-    return fn.stack(*crops), label
+    return fn.stack(*crops)
 
 
 @pipeline_def(enable_conditionals=False)
-def query_pipeline(mean, *, std=ONES, device="cpu"):
+def query_pipeline(mean, *, std=ONES, device="cpu", ten_crop=False):
     """Encoded images fed by name (QUERY_INPUT: files read by the caller, or uploads) ->
-    float32 3x224x224 centre crops, exactly as eval_pipeline makes them from files.
-    QueryCrops builds one and feeds it."""
+    float32 3x224x224 centre crops, or 10x3x224x224, exactly as eval_pipeline makes them
+    from files. QueryCrops builds one and feeds it."""
     encoded = fn.external_source(name=QUERY_INPUT, dtype=types.UINT8, ndim=1)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    return crop_to_chw(images, mean=mean, std=std.astype(np.float32))
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop)
 
 
 # --- the PyTorch side --------------------------------------------------------------------
@@ -320,16 +324,20 @@ class QueryCrops:
         batch_size: int,
         seed: int = 0,
         num_threads: int | None = None,
+        ten_crop: bool = False,
     ):
         self.batch_size = batch_size
         self.torch_device = torch.device(torch_device or "cpu")
         # Depth 1: with deeper queues DALI waits for batches not yet fed.
         options = pipe_options(device, batch_size, seed, num_threads) | {"prefetch_queue_depth": 1}
-        self._make = lambda: query_pipeline(mean, std=std, device=device, **options)
+        self._make = lambda: query_pipeline(
+            mean, std=std, device=device, ten_crop=ten_crop, **options
+        )
         self._pipe = None
 
     def __call__(self, encoded: Sequence[np.ndarray]) -> torch.Tensor:
-        """float32 (len(encoded), 3, 224, 224) on torch_device, for at most batch_size images
+        """float32 (len(encoded), 3, 224, 224) on torch_device (with ten_crop: (len(encoded),
+        10, 3, 224, 224)), for at most batch_size images
         (uint8 arrays of encoded JPEG, PNG or BMP bytes)."""
         if not 0 < len(encoded) <= self.batch_size:
             raise ValueError(f"feed 1 to {self.batch_size} images at a time, got {len(encoded)}")

@@ -34,6 +34,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -527,3 +528,41 @@ def split_files(manifest: dict, split: str) -> tuple[list[str], list[int]]:
     table, root = manifest["files"], manifest["root"]
     chosen = table.positions(split)
     return [f"{root}/{table.paths[i]}" for i in chosen], table.labels[chosen].tolist()
+
+
+def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expand folders to the images below them (sorted) and check that every file decodes.
+
+    Returns the usable files and the (path, reason) of those skipped, so that one bad file in
+    a folder of queries does not stop the others; no usable file at all is an error.
+    """
+    files: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
+            )
+            if not found:
+                skipped.append((str(p), f"holds no images ({', '.join(sorted(EXTENSIONS))})"))
+            files += found
+        elif not p.exists():
+            skipped.append((str(p), "does not exist"))
+        else:
+            files.append(str(p))
+    usable = []
+    for f in files:
+        reason = (
+            "is not readable (permission denied)"
+            if not os.access(f, os.R_OK)
+            else check_image(f, min_size=1)
+        )
+        if reason:
+            skipped.append((f, f"cannot be used as a query: {reason}"))
+        else:
+            usable.append(f)
+    if not usable:
+        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
+    return usable, skipped

@@ -16,8 +16,12 @@ Every module asks `RunPaths(run)` for a path; none spells one itself.
 
 from __future__ import annotations
 
+import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import AlexnetError
 
 
 @dataclass(frozen=True)
@@ -142,3 +146,45 @@ class RunPaths:
 
     def gallery(self, name: str) -> IndexPaths:
         return IndexPaths(self.root / "galleries" / name)
+
+
+RUNS = Path("runs")  # where runs live unless --run says otherwise
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file()
+
+
+def runs_in(folder: Path) -> list[Path]:
+    """The run folders directly below `folder`, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and is_run(p))
+
+
+def find_run(run: str | Path | None) -> tuple[Path, str | None]:
+    """The run a command works on, and a note when it was not named: --run itself; else
+    $ALEXNET_RUN; else the one run in ./runs. Anything else is an error that lists the runs."""
+    note = None
+    if run is None and os.environ.get("ALEXNET_RUN"):
+        run = Path(os.environ["ALEXNET_RUN"])
+        note = f"run {run} (from $ALEXNET_RUN)"
+    if run is None:
+        found = runs_in(RUNS)
+        if len(found) != 1:
+            listed = ", ".join(str(p) for p in found) if found else "none"
+            raise AlexnetError(
+                f"which run? Pass --run RUN or set ALEXNET_RUN (runs in {RUNS}/: {listed}); "
+                "make one with `alexnet prep DATA --run RUN` or `alexnet demo`"
+            )
+        return found[0], f"run {found[0]} (the only one in {RUNS}/)"
+    run = Path(run)
+    if not is_run(run):
+        near = [str(p) for p in runs_in(run.parent) + runs_in(RUNS)]
+        guess = difflib.get_close_matches(str(run), sorted(set(near)), n=3, cutoff=0.5)
+        raise AlexnetError(
+            f"no such run: {run} has no manifest.json"
+            + (f" (did you mean {', '.join(guess)}?)" if guess else "")
+            + f"; make it with `alexnet prep DATA --run {run}`"
+        )
+    return run, note

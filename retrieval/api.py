@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from alexnet.model.inference import load_trained
 from alexnet.model.metrics import read_metrics
-from alexnet.pipeline.dataset import EXTENSIONS, check_image, verify_files
+from alexnet.pipeline.dataset import check_image, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 from alexnet.pipeline.lock import RunLock
@@ -45,50 +45,16 @@ log = logging.getLogger(__name__)
 THUMB = 160  # thumbnail side in pixels: small enough for a page of 100 results
 
 
-def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expand folders to the images below them (sorted) and check that every file decodes.
-
-    Returns the usable files and the (path, reason) of those skipped, so that one bad file in
-    a folder of queries does not stop the others; no usable file at all is an error.
-    """
-    files: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith(".")
-            )
-            if not found:
-                skipped.append((str(p), f"holds no images ({', '.join(sorted(EXTENSIONS))})"))
-            files += found
-        elif not p.exists():
-            skipped.append((str(p), "does not exist"))
-        else:
-            files.append(str(p))
-    usable = []
-    for f in files:
-        reason = (
-            "is not readable (permission denied)"
-            if not os.access(f, os.R_OK)
-            else check_image(f, min_size=1)
-        )
-        if reason:
-            skipped.append((f, f"cannot be used as a query: {reason}"))
-        else:
-            usable.append(f)
-    if not usable:
-        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
-    return usable, skipped
-
-
 def open_index(
-    run: str | Path, checkpoint: str | Path | None = None, *, progress: bool = False
+    run: str | Path,
+    checkpoint: str | Path | None = None,
+    *,
+    progress: bool = False,
+    workers: int | None = None,
 ) -> RunIndex:
     """RUN's trained network and training-set index, building the index first (saying so)
     when there is none; a stale index is refused."""
-    trained = load_trained(run, checkpoint, check_files=False)
+    trained = load_trained(run, checkpoint, check_files=False, workers=workers)
     paths = trained.paths.index
     if index_problem(paths, source_identity(trained)) == "missing":
         log.warning(
@@ -109,9 +75,10 @@ def index_run(
     approx_threshold: int = APPROX_THRESHOLD,
     batch_size: int = FEATURE_BATCH,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Build (or bring up to date) RUN's training-set index; returns its description."""
-    trained = load_trained(run, check_files="train")
+    trained = load_trained(run, check_files="train", workers=workers)
     paths = trained.paths.index
     problem = index_problem(paths, source_identity(trained))
     if problem not in (None, "missing"):
@@ -155,8 +122,9 @@ def search(
 
     Paths name themselves; bytes and arrays are named by `names` (default "query N").
     `rerank_top` R > 0 re-orders the R nearest by Hamming distance by float fc7 distance.
-    Returns {"k", "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
-    "results": [{"rank", "id", "path", "class", "class_id", "hamming", "distance"}]}]}.
+    Returns {"query_ms", "k", "rerank", "distance", "bits", "index", "checkpoint", "queries":
+    [{"query", ("class", "class_id": when the query's folder names a class), "results":
+    [{"rank", "id", "path", "class", "class_id", "hamming", "distance"}]}]}.
     The files returned are checked against the manifest first (gone or changed: an error).
     """
     if rerank_top < 0:
@@ -169,6 +137,7 @@ def search(
         reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
         if reason:
             raise AlexnetError(f"{name} cannot be used as a query: {reason}")
+    start = time.perf_counter()
     vectors = query_features(ri.trained, items, crops=ri.crops)
     codes = encode(ri.autoencoder, vectors)
     D, I = ri.query(vectors, k, rerank_top, codes)
@@ -195,8 +164,9 @@ def search(
                     "distance": float(dist[r]),
                 }
             )
-        rows.append({"query": name, "results": results})
+        rows.append({"query": name, **query_class(ri.trained, name), "results": results})
     return {
+        "query_ms": 1000 * (time.perf_counter() - start) / max(1, len(items)),
         "k": k,
         "rerank": rerank_top,
         "distance": "fc7 euclidean" if rerank_top else "hamming",
@@ -205,6 +175,16 @@ def search(
         "checkpoint": str(ri.trained.checkpoint),
         "queries": rows,
     }
+
+
+def query_class(trained, name: str) -> dict:
+    """The class of a query image when its folder is named after one of the run's classes
+    (as in the dataset's own tree), so faces can say whether a result matches it."""
+    folder = Path(name).parent.name
+    if folder not in trained.classes:
+        return {}
+    label = trained.classes.index(folder)
+    return {"class": trained.class_names[label], "class_id": folder}
 
 
 def indexed_file(ri: RunIndex, i: int) -> str:

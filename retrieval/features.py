@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from alexnet.model.distributed import autocast
-from alexnet.model.inference import TrainedRun
+from alexnet.model.inference import TrainedRun, encoded, query_crops
 from alexnet.model.loaders import eval_loader
 from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.dataset import split_files
@@ -142,20 +142,6 @@ def load_features(paths: IndexPaths) -> np.ndarray:
 # --- query images ------------------------------------------------------------------------
 
 
-def query_crops(trained: TrainedRun, batch_size: int = QUERY_BATCH) -> QueryCrops:
-    """The query pipeline with `trained`'s statistics and settings; keep it to reuse it."""
-    device = trained.world.dali_device
-    return QueryCrops(
-        trained.stats.mean(trained.config.mean),
-        std=trained.stats.std(trained.config.input_scale),
-        device=device,
-        torch_device=trained.world.device,
-        batch_size=batch_size,
-        seed=trained.config.seed,
-        num_threads=trained.config.num_threads,
-    )
-
-
 def query_features(
     trained: TrainedRun,
     images: Sequence[str | bytes],
@@ -177,11 +163,6 @@ def query_features(
         return np.zeros((0, DIM), np.float32)
     crops = crops or query_crops(trained, min(batch_size, len(images)))
     step = crops.batch_size
-
-    def encoded(item: str | bytes) -> np.ndarray:
-        if isinstance(item, bytes):
-            return np.frombuffer(item, np.uint8)
-        return np.fromfile(item, np.uint8)
 
     batches = (
         crops([encoded(item) for item in images[s : s + step]]) for s in range(0, len(images), step)

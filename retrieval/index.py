@@ -33,7 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from alexnet.model.inference import TrainedRun
+from alexnet.model.inference import TrainedRun, query_crops
 from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
@@ -41,14 +41,8 @@ from alexnet.pipeline.files import atomic_write, file_identity, read_json, write
 from alexnet.pipeline.layout import IndexPaths
 
 from . import autoencoder as ae
-from .defaults import APPROX_THRESHOLD, FEATURE_BATCH
-from .features import (
-    extract_features,
-    features_current,
-    load_features,
-    query_crops,
-    source_identity,
-)
+from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH
+from .features import extract_features, features_current, load_features, source_identity
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +296,7 @@ class RunIndex:
     @cached_property
     def crops(self) -> QueryCrops:
         """The query pipeline, built on the first search and kept for every later one."""
-        return query_crops(self.trained)
+        return query_crops(self.trained, QUERY_BATCH)
 
     def search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search(self.fast if k <= GPU_MAX_K else self.index, codes, k)

@@ -2,7 +2,8 @@
 
 Each tile is the image's centre square scaled to `tile` pixels (what the network saw, up to
 the 224 crop), captioned with its class and distance; the query tile has a blue frame, the
-results a grey one.
+results a green one when they have the query's class, a red one when not, and a grey one
+when the query's class is unknown.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 from alexnet.pipeline.files import atomic_write
 
-CAPTION = 28  # pixels below each tile for two lines of text
-PAD = 6
+CAPTION = 30  # pixels below each tile for two lines of text
+PAD = 8
+QUERY, OTHER = "#1f5fbf", "#999999"  # frames: the query; a result of unknown agreement
+SAME, WRONG = "#2e9e44", "#d23c3c"  # a result of the query's class, or of another
 
 
 def centre_square(path: str, side: int) -> Image.Image:
@@ -24,30 +27,34 @@ def centre_square(path: str, side: int) -> Image.Image:
         return ImageOps.fit(im.convert("RGB"), (side, side), Image.Resampling.BILINEAR)
 
 
-def make_montage(rows: Sequence[dict], path: str | Path, *, tile: int = 128) -> Path:
-    """rows: [{"query": path, "results": [{"path", "class", "distance"}, ...]}] -> PNG at `path`."""
+def make_montage(
+    rows: Sequence[dict], path: str | Path, *, unit: str = "bits", tile: int = 128
+) -> Path:
+    """rows: [{"query": path, ("class"), "results": [{"path", "class", "distance"}, ...]}] ->
+    a PNG at `path`. `unit` names the distance ("bits" of Hamming distance, or "fc7")."""
     cols = 1 + max(len(r["results"]) for r in rows)
     w, h = cols * (tile + PAD) + PAD, len(rows) * (tile + CAPTION + PAD) + PAD
     sheet = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(sheet)
     for r, row in enumerate(rows):
         y = PAD + r * (tile + CAPTION + PAD)
-        cells = [(row["query"], "query", Path(row["query"]).name[:18], "#1f5fbf")]
+        known = row.get("class")
+        cells = [(row["query"], str(known or Path(row["query"]).name)[:18], "query", QUERY)]
         cells += [
             (
                 res["path"],
                 str(res["class"])[:18],
-                f"#{i + 1}  d={_number(res['distance'])}",
-                "#999999",
+                f"#{i + 1}  d={_number(res['distance'])} {unit}",
+                OTHER if known is None else SAME if res["class"] == known else WRONG,
             )
             for i, res in enumerate(row["results"])
         ]
         for c, (image, line1, line2, colour) in enumerate(cells):
             x = PAD + c * (tile + PAD)
             sheet.paste(centre_square(image, tile), (x, y))
-            draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], outline=colour, width=2)
-            draw.text((x, y + tile + 2), line1, fill="black")
-            draw.text((x, y + tile + 14), line2, fill="#444444")
+            draw.rectangle([x - 3, y - 3, x + tile + 2, y + tile + 2], outline=colour, width=3)
+            draw.text((x, y + tile + 3), line1, fill="black")
+            draw.text((x, y + tile + 15), line2, fill="#444444")
     return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 

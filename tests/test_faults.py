@@ -236,7 +236,7 @@ def test_bad_options_are_one_line_before_any_work(args, tmp_path):
 def test_one_bad_file_in_a_query_folder_is_skipped_and_reported(tmp_path):
     from retrieval_fixtures import make_images as make_class_images
 
-    from alexnet.retrieval.api import image_files
+    from alexnet.pipeline.dataset import image_files
 
     folder = make_class_images(tmp_path / "queries", per_class=1)
     (folder / "red" / "broken.jpg").write_bytes(b"not a jpeg")
