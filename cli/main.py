@@ -35,7 +35,8 @@ class Group(click.Group):
     -q/--quiet."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        cmd.params.append(quiet_option())
+        if not any(p.name == "quiet" for p in cmd.params):
+            cmd.params.append(quiet_option())
         super().add_command(cmd, name)
 
     def invoke(self, ctx):

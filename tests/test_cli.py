@@ -241,5 +241,5 @@ def test_predict_lists_the_top_classes_with_probabilities(tmp_path):
 
 
 def test_montage_must_be_a_png(tmp_path):
-    result = invoke("search", "x.jpg", "--run", tmp_path, "--montage", tmp_path / "x.jpg")
+    result = invoke("search", "x.jpg", "--montage", tmp_path / "x.jpg", "--run", tmp_path)
     assert result.exit_code == 2 and "name it x.png" in result.output

@@ -160,9 +160,11 @@ def test_search_cli_output_json_montage_and_folder(run, data, tmp_path):
     result = invoke("search", data / "green" / "0.jpg", "--run", run, "-k", 2)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == f"query: {data / 'green' / '0.jpg'}"
-    assert lines[2].split()[:2] == ["1", "0"] and lines[2].endswith("green/0.jpg")
-    assert "  leaf green  " in lines[2]  # the display name, not the folder name
+    assert lines[0].startswith(f"{run / 'checkpoints' / 'best.pt'}, 64-bit codes, flat index; ")
+    assert lines[2] == f"query: {data / 'green' / '0.jpg'} (leaf green)"  # the query's class
+    assert lines[3].split() == ["rank", "bits", "class", "path"]
+    assert lines[4].split()[:2] == ["1", "0"] and lines[4].endswith("  green/0.jpg")  # relative
+    assert "  leaf green  " in lines[4]  # the display name, not the folder name
 
     result = invoke(
         "search",
