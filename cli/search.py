@@ -46,7 +46,7 @@ def check_bits(ctx, param, bits: int) -> int:
     default=R.APPROX_THRESHOLD,
     show_default=True,
     help="Above this many training images (and without a GPU) use an approximate "
-    "HNSW index instead of exact Hamming search.",
+    "IVF index instead of exact Hamming search.",
 )
 @click.option(
     "-b",

@@ -2,7 +2,7 @@
 
 features     fc7 of every training image (memory-mapped float16) and of query images
 autoencoder  4096 -> 1024 -> 256 -> B bits, trained on the features; packed uint8 codes
-index        faiss binary index (exact Hamming; HNSW above a size threshold; GPU flat where a
+index        faiss binary index (exact Hamming; IVF above a size threshold; GPU flat where a
              GPU is), optional fc7 re-rank; a collection's build and stale-index checks
 api          open_index, search, index_run, describe, thumbnail: what every face (terminal,
              web page) calls

@@ -135,6 +135,20 @@ def test_a_second_build_skips_every_step(run):
     assert mtimes(run) == before
 
 
+def test_above_the_size_threshold_the_index_is_ivf_and_its_recall_is_recorded(run):
+    net = load_trained(run)
+    try:
+        meta = build_run_index(net, approx_threshold=5, progress=False)  # 12 images > 5
+        saved = json.loads((run / "index" / "codes.json").read_text())
+        assert meta["kind"] == saved["kind"] == "ivf" and 0 < saved["recall_at_10"] <= 1
+        ri = open_run_index(net)
+        assert ri.meta["kind"] == "ivf"
+        D, I = ri.search(np.load(RunPaths(run).index.codes), 1)
+        assert (D[:, 0] == 0).all()
+    finally:
+        assert build_run_index(net, progress=False)["kind"] == "flat"  # as the others expect
+
+
 def test_interrupted_extraction_is_redone_not_taken_as_complete(run, monkeypatch):
     net = load_trained(run)
     paths, source = RunPaths(run).index, F.source_identity(net)

@@ -65,15 +65,45 @@ def test_save_and_load_round_trip(tmp_path):
         assert np.array_equal(a, b)
 
 
-def test_approximate_index_above_the_threshold_and_its_recall():
-    codes = random_codes(3000, 64, 7)
+def test_ivf_above_the_threshold_and_flat_below():
+    assert auto_kind(200_000) == "flat" and auto_kind(200_001) == "ivf"
     assert auto_kind(3000, approx_threshold=200_000) == "flat"
+    codes = random_codes(3000, 64, 7)
+    assert index_kind(build_index(codes, approx_threshold=5000)) == "flat"
     index = build_index(codes, approx_threshold=1000)
-    assert index_kind(index) == "hnsw" and index.ntotal == 3000
+    assert index_kind(index) == "ivf" and index.ntotal == 3000
+
+
+def test_ivf_results_are_true_hamming_neighbours():
+    codes, queries = random_codes(3000, 64, 11), random_codes(30, 64, 12)
+    index = build_index(codes, kind="ivf")
+    D, I = search(index, queries, 10)
+    reference = popcount_distances(queries, codes)
+    assert np.array_equal(D, np.take_along_axis(reference, I, axis=1))  # ids match distances
+    assert (np.diff(D, axis=1) >= 0).all() and all(len(set(row)) == 10 for row in I)
+    exact_kth = np.sort(reference, axis=1)[:, 9:10]
+    assert ((D <= exact_kth).sum(1) / 10).mean() >= 0.9  # what measure_recall counts
     assert measure_recall(index, codes, sample=200) >= 0.9
     assert measure_recall(build_index(codes), codes, sample=200) == 1.0
     D, I = search(index, codes[:20], 1)
     assert np.array_equal(D[:, 0], np.zeros(20))  # an exact copy is always found
+
+
+def test_ivf_save_and_load_round_trip(tmp_path):
+    codes, queries = random_codes(2000, 64, 13), random_codes(7, 64, 14)
+    index = build_index(codes, kind="ivf")
+    faiss.write_index_binary(index, str(tmp_path / "i.faissindex"))
+    loaded = faiss.read_index_binary(str(tmp_path / "i.faissindex"))
+    assert index_kind(loaded) == "ivf" and loaded.nprobe == index.nprobe
+    for a, b in zip(search(index, queries, 5), search(loaded, queries, 5), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_hnsw_on_request_and_its_recall():
+    codes = random_codes(3000, 64, 7)
+    index = build_index(codes, kind="hnsw")
+    assert index_kind(index) == "hnsw" and index.ntotal == 3000
+    assert measure_recall(index, codes, sample=200) >= 0.9
 
 
 def test_k_outside_the_database_is_refused():
