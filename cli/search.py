@@ -243,10 +243,12 @@ def serve(ctx, run, host, port, max_upload_mb):
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on HOST:PORT, or one clear error (port taken, unknown address)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets that say TCP, and
+        # with Nagle on every answer waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(128)  # connections wait in the queue until the server takes them
     except OSError as e:
         raise AlexnetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e

@@ -99,9 +99,9 @@ def create_app(
         ] = SEARCH_RERANK,
         gallery: Annotated[str, Form(description="A gallery name; empty: training set.")] = "",
     ) -> dict:
-        """The records `alexnet search --json` prints, for one query: {"run", "k",
-        "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
-        "results": [{"rank", "id", "path", "class", "hamming", "distance"}]}]}."""
+        """The records `alexnet search --json` prints, for one query: {"run", "query_ms",
+        "k", "rerank", "distance", "bits", "index", "checkpoint", "queries": [{"query",
+        "results": [{"rank", "id", "path", "class", "class_id", "hamming", "distance"}]}]}."""
         target = collection(gallery)
         if (image is None) == (id is None):
             raise HTTPException(400, "send either an image or the id of an indexed one")

@@ -114,6 +114,7 @@ def test_installed_script_runs_the_demo_chain(tmp_path):
     assert "ten-crop: top-1 error" in done.stdout
     assert "learning curve:" in done.stdout and "query:" in done.stdout
     assert "precision" in done.stdout.lower()
+    assert f"alexnet serve --run {tmp_path / 'run'}" in done.stdout  # what to do next
     for name in ("curves.png", "search.png", "eval_retrieval.json", "index/codes.faissindex"):
         assert (tmp_path / "run" / name).is_file(), name
 
