@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -253,13 +254,24 @@ def test_ctrl_c_exits_130_everywhere(command, tmp_path):
     run = tmp_path / "run"
     if command == "train":
         prep_run(make_images(tmp_path / "data", train=40), run)
-        args = ["train", "--run", str(run), "--batch-size", "2", "--threads", "1"]
+        args, busy = ["train", "--run", str(run), "--batch-size", "2", "--threads", "1"], "epoch 1/"
     else:
-        args = ["prep", str(data), "--run", str(run)]
+        args, busy = ["prep", str(data), "--run", str(run), "-j", "1"], "prep statistics"
     alexnet = str(Path(sys.executable).with_name("alexnet"))
-    proc = subprocess.Popen([alexnet, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(8)
+    proc = subprocess.Popen([alexnet, *args], stderr=subprocess.PIPE)
+    err = bytearray()
+
+    def read() -> None:
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            err.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.time() + 120
+    while busy.encode() not in err and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # the work has started: Ctrl-C now lands in the middle of it
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join()
     assert proc.returncode == 130, err.decode()[-2000:]
     assert b"Traceback" not in err
