@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,24 +99,41 @@ def extract_features(
     progress: bool = True,
 ):
     """fc7 of every training image, in manifest order -> INDEX/features.f16.npy."""
-    from tqdm import tqdm
-
     files, _ = split_files(trained.manifest, "train")
     check_space(paths.folder, len(files) * DIM * 2, "the fc7 features")  # float16
-    paths.features_meta.unlink(missing_ok=True)  # from here on, the old array is not complete
     config = replace(trained.config, batch_size=batch_size)
     loader = eval_loader(trained.manifest, trained.stats, config, trained.world, split="train")
+    batches = fc7_batches(trained, (x for x, _ in loader))
+    save_features(paths, source_identity(trained), batches, len(files), progress=progress)
+    log.info("fc7 features of %d training images: %s", len(files), paths.features)
+    return paths.features
+
+
+def save_features(
+    paths: IndexPaths,
+    source: dict,
+    batches: Iterable[np.ndarray],
+    count: int,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write `count` fc7 vectors, arriving in (batch, 4096) arrays, as INDEX/features.f16.npy
+    and then its sidecar (the completion protocol above); `source` is what they were made
+    from (source_identity)."""
+    from tqdm import tqdm
+
+    paths.features_meta.unlink(missing_ok=True)  # from here on, the old array is not complete
 
     def write(tmp: str) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(files), DIM))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(count, DIM))
         done = 0
-        with tqdm(total=len(files), desc="fc7 features", unit="img", disable=not progress) as bar:
-            for h in fc7_batches(trained, (x for x, _ in loader)):
+        with tqdm(total=count, desc="fc7 features", unit="img", disable=not progress) as bar:
+            for h in batches:
                 out[done : done + len(h)] = to_float16(h)
                 done += len(h)
                 bar.update(len(h))
-        if done != len(files):
-            raise RuntimeError(f"the pipeline yielded {done} of {len(files)} training images")
+        if done != count:
+            raise RuntimeError(f"the pipeline yielded {done} of {count} images")
         out.flush()
         del out
 
@@ -124,13 +142,12 @@ def extract_features(
         paths.features_meta,
         {
             "version": FEATURES_VERSION,
-            "source": source_identity(trained),
-            "count": len(files),
+            "source": source,
+            "count": count,
             "dim": DIM,
             "dtype": "float16",
         },
     )
-    log.info("fc7 features of %d training images: %s", len(files), paths.features)
     return paths.features
 
 
