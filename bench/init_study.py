@@ -34,7 +34,7 @@ from alexnet.model.config import TrainConfig
 from alexnet.model.distributed import World
 from alexnet.model.init import resolve
 from alexnet.model.loaders import train_loader
-from alexnet.model.optim import make_optimizer, param_groups, scaled_lr, set_rate
+from alexnet.model.optim import optimizer_for, scaled_lr, set_rate
 from alexnet.pipeline.prep import prepare
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
@@ -78,13 +78,7 @@ def run(manifest, stats, preset: str, batch: int, images: int, points: list[int]
     torch.manual_seed(seed)
     model = build_network(config, len(manifest["classes"]), world.device)
     probe = Probe(model)
-    groups = param_groups(
-        model,
-        weight_decay=config.weight_decay,
-        bias_lr_mult=config.bias_lr_mult,
-        bias_decay=config.bias_decay,
-    )
-    optimizer = make_optimizer(config.optimizer, groups, config.momentum)
+    optimizer = optimizer_for(model, config)
     lr = scaled_lr(config.lr, batch)
     set_rate(optimizer, lr)
     layers = model.layers()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch.optim import SGD, Optimizer
 
+from .config import TrainConfig
+
 
 class PaperSGD(Optimizer):
     """SGD with momentum and weight decay exactly as written in the paper."""
@@ -49,6 +51,17 @@ def make_optimizer(kind: str, groups: list[dict], momentum: float) -> Optimizer:
     if kind == "torch":
         return SGD(groups, lr=0.0, momentum=momentum)
     raise ValueError(f"optimizer must be 'paper' or 'torch', got {kind!r}")
+
+
+def optimizer_for(model: torch.nn.Module, config: TrainConfig) -> Optimizer:
+    """The optimiser a run's settings describe (after `init.resolve` filled the bias options)."""
+    groups = param_groups(
+        model,
+        weight_decay=config.weight_decay,
+        bias_lr_mult=config.bias_lr_mult,
+        bias_decay=config.bias_decay,
+    )
+    return make_optimizer(config.optimizer, groups, config.momentum)
 
 
 def param_groups(

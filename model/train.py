@@ -45,8 +45,7 @@ from .loaders import eval_loader, train_loader, unreadable_training_file
 from .metrics import TensorBoard, epoch_line, read_metrics, write_metrics
 from .optim import (
     PlateauSchedule,
-    make_optimizer,
-    param_groups,
+    optimizer_for,
     scaled_lr,
     set_rate,
     warmup_factor,
@@ -201,13 +200,7 @@ def _fit(
 
     torch.manual_seed(config.seed)
     model = build_network(config, len(manifest["classes"]), world.device)
-    groups = param_groups(
-        model,
-        weight_decay=config.weight_decay,
-        bias_lr_mult=config.bias_lr_mult,
-        bias_decay=config.bias_decay,
-    )
-    optimizer = make_optimizer(config.optimizer, groups, config.momentum)
+    optimizer = optimizer_for(model, config)
     schedule = PlateauSchedule(
         config.patience, max_drops=config.max_drops, min_delta=config.min_delta
     )
