@@ -120,18 +120,16 @@ def extract_features(
         del out
 
     atomic_write(paths.features, write)
-    write_json(
-        paths.features_meta,
-        {
-            "version": FEATURES_VERSION,
-            "source": source_identity(trained),
-            "count": len(files),
-            "dim": DIM,
-            "dtype": "float16",
-        },
-    )
+    mark_complete(paths, source_identity(trained), len(files))
     log.info("fc7 features of %d training images: %s", len(files), paths.features)
     return paths.features
+
+
+def mark_complete(paths: IndexPaths, source: dict, count: int) -> None:
+    """Write the sidecar that says INDEX/features.f16.npy holds all `count` vectors of
+    `source`: the last step of an extraction (module docstring)."""
+    meta = {"version": FEATURES_VERSION, "source": source, "count": count, "dim": DIM}
+    write_json(paths.features_meta, {**meta, "dtype": "float16"})
 
 
 def load_features(paths: IndexPaths) -> np.ndarray:
