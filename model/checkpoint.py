@@ -31,13 +31,18 @@ def save_state(path: str | Path, state: dict, version: int = VERSION) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path: str | Path, what: str, fix: str, version: int = VERSION) -> dict:
-    """Read a dict written by `save_state` (weights only), or fail saying how to remake it."""
+def load_state(
+    path: str | Path, what: str, fix: str, version: int = VERSION, *, mmap: bool = False
+) -> dict:
+    """Read a dict written by `save_state` (weights only), or fail saying how to remake it.
+
+    With `mmap` the tensors are mapped from the file and read only when used: for a caller that
+    copies what it needs at once (a checkpoint's weights, not its momentum)."""
     path = Path(path)
     if not path.is_file():
         raise AlexnetError(f"{path} is missing: {fix}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for a damaged or foreign file
         raise AlexnetError(f"{path} is not a readable {what} ({type(e).__name__}): {fix}") from e
     if not isinstance(state, dict) or state.get("version") != version:
@@ -77,9 +82,9 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 KEYS = ("model", "optimizer", "schedule", "epoch", "step", "config", "classes", "fingerprint")
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     fix = "train first with `alexnet train --run RUN`"
-    state = load_state(path, "checkpoint", fix)
+    state = load_state(path, "checkpoint", fix, mmap=mmap)
     missing = [k for k in KEYS if k not in state]
     if missing:
         raise AlexnetError(

@@ -81,7 +81,7 @@ def load_trained(
     path = Path(checkpoint) if checkpoint else paths.best
     world = world or World(device=local_device())
     manifest, stats = load_run_data(run, check_files)
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, mmap=True)  # the momentum, half the file, is never read
     check_classes(saved, manifest, path, paths)
     config = config_from_dict(saved["config"])
     if workers:

@@ -138,17 +138,15 @@ def save_features(
         del out
 
     atomic_write(paths.features, write)
-    write_json(
-        paths.features_meta,
-        {
-            "version": FEATURES_VERSION,
-            "source": source,
-            "count": count,
-            "dim": DIM,
-            "dtype": "float16",
-        },
-    )
+    mark_complete(paths, source, count)
     return paths.features
+
+
+def mark_complete(paths: IndexPaths, source: dict, count: int) -> None:
+    """Write the sidecar that says INDEX/features.f16.npy holds all `count` vectors of
+    `source`: the last step of an extraction (module docstring)."""
+    meta = {"version": FEATURES_VERSION, "source": source, "count": count, "dim": DIM}
+    write_json(paths.features_meta, {**meta, "dtype": "float16"})
 
 
 def load_features(paths: IndexPaths) -> np.ndarray:
