@@ -235,9 +235,9 @@ def serve(ctx, run, host, port, max_upload_mb):
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn stops first, then passes the Ctrl-C on
-        pass
-    click.echo("stopped")
+    except KeyboardInterrupt:  # uvicorn stops the server first, then passes the Ctrl-C on
+        click.echo("stopped")
+        ctx.exit(130)  # as every command does on Ctrl-C
 
 
 def listen(host: str, port: int) -> socket.socket:
