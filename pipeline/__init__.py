@@ -1,6 +1,7 @@
 """Datasets, training-set statistics and the DALI pipelines that feed every later stage.
 
-dataset   scan and validate an ImageFolder tree -> RUN/manifest.json
+dataset   scan and validate an ImageFolder tree -> RUN/manifest.json (+ manifest.files.npz)
+imagenet  labels of a flat validation folder and class names: ImageNet's files, label files
 stats     mean image, channel mean, RGB covariance and PCA -> RUN/stats.npz
 prep      `alexnet prep` as one function: scan, manifest, statistics
 dali      the DALI graphs (prep, train, eval, query), the torch-side Loader and QueryCrops
