@@ -1,5 +1,7 @@
 """The trainer's and evaluator's DALI loaders for one run: which files, in what order, which
-augmentation seed, and how they are split over torchrun's processes."""
+augmentation seed, and how they are split over torchrun's processes. Given the run's patch
+cache (pipeline/cache.py), they read the decoded patches instead of the files: same images,
+same order, same augmentation, the same batches."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import numpy as np
 from alexnet.pipeline.dali import (
     Loader,
     augmentation,
+    cached_eval_pipeline,
+    cached_train_pipeline,
     check_batch_size,
     eval_pipeline,
     pipe_options,
@@ -27,29 +31,34 @@ def train_loader(
     epoch: int,
     world: World,
     skip_batches: int = 0,
+    cache: np.ndarray | None = None,
 ) -> Loader:
     """This rank's batches of one epoch: a fresh permutation per (seed, epoch), equal shards.
 
     The order depends on (seed, epoch) and each image's crop, mirror and lighting on (seed,
     epoch, image index) alone, so a run resumed mid-epoch sees exactly the data of an
-    uninterrupted one, whatever the number of processes or threads.
+    uninterrupted one, whatever the number of processes or threads, with or without `cache`
+    (the run's patches, from pipeline.cache.open_cache).
     """
     files, labels = split_files(manifest, "train")
     mine = epoch_order(len(files), config, epoch, world)[skip_batches * config.batch_size :]
     choices = augmentation(config.seed, epoch, len(files), config.lighting_std)
     device = world.dali_device
-    pipe = train_pipeline(
-        [files[i] for i in mine],
-        [labels[i] for i in mine],
-        stats.mean(config.mean),
-        stats.eigvecs,
-        stats.eigvals,
-        {name: values[mine] for name, values in choices.items()},
+    graph = dict(
+        mean=stats.mean(config.mean),
+        eigvecs=stats.eigvecs,
+        eigvals=stats.eigvals,
+        augment={name: values[mine] for name, values in choices.items()},
         std=stats.std(config.input_scale),
         device=device,
         **pipe_options(device, config.batch_size, config.seed, config.num_threads),
     )
-    return Loader(pipe, torch_device=world.device)
+    if cache is None:
+        pipe = train_pipeline([files[i] for i in mine], [labels[i] for i in mine], **graph)
+        return Loader(pipe, torch_device=world.device)
+    rows = manifest["files"].positions("train")[mine]
+    pipe = cached_train_pipeline(cache, rows, np.asarray(labels)[mine], **graph)
+    return Loader(pipe, torch_device=world.device, size=len(rows))
 
 
 def epoch_order(count: int, config: TrainConfig, epoch: int, world: World) -> np.ndarray:
@@ -85,21 +94,26 @@ def eval_loader(
     *,
     split: str = "val",
     ten_crop: bool = False,
+    cache: np.ndarray | None = None,
 ) -> Loader:
-    """Every image of `split`, each once across the ranks: centre crops, or 10 crops."""
+    """Every image of `split`, each once across the ranks: centre crops, or 10 crops; from
+    the files, or from `cache` (the run's patches) with the same shards."""
     files, labels = split_files(manifest, split)
     check_batch_size(len(files), 1, "validation" if split == "val" else "training")
     device = world.dali_device
     batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
-    pipe = eval_pipeline(
-        files,
-        labels,
-        stats.mean(config.mean),
+    graph = dict(
+        mean=stats.mean(config.mean),
         std=stats.std(config.input_scale),
         device=device,
         ten_crop=ten_crop,
-        shard_id=world.rank,
-        num_shards=world.size,
         **pipe_options(device, batch, config.seed, config.num_threads),
     )
-    return Loader(pipe, torch_device=world.device)
+    if cache is None:
+        pipe = eval_pipeline(files, labels, shard_id=world.rank, num_shards=world.size, **graph)
+        return Loader(pipe, torch_device=world.device)
+    n = len(files)  # the reader's shards: [n * rank // size, n * (rank + 1) // size)
+    mine = slice(n * world.rank // world.size, n * (world.rank + 1) // world.size)
+    rows = manifest["files"].positions(split)[mine]
+    pipe = cached_eval_pipeline(cache, rows, np.asarray(labels)[mine], **graph)
+    return Loader(pipe, torch_device=world.device, size=len(rows))

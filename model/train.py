@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from alexnet.pipeline.cache import open_cache
 from alexnet.pipeline.dali import Loader, ReadError, check_batch_size
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
@@ -192,6 +193,9 @@ def _fit(
     run = paths.root
     manifest, stats = load_run_data(run)
     check_batch_size(len(split_files(manifest, "val")[0]), 1, "validation")
+    cache = open_cache(run, manifest, warn=world.main)
+    if cache is not None and world.main:
+        log.info("reading decoded patches from %s", paths.cache_patches)
     n_train = len(split_files(manifest, "train")[0])
     steps_per_epoch = -(-(n_train // world.size) // config.batch_size)
     global_batch = config.batch_size * world.size
@@ -267,7 +271,7 @@ def _fit(
             try:
                 result = train_one_epoch(
                     model,
-                    train_loader(manifest, stats, config, epoch, world, skip),
+                    train_loader(manifest, stats, config, epoch, world, skip, cache),
                     optimizer,
                     world,
                     rate=lambda i, first=first: rate_at(first + i),
@@ -304,7 +308,10 @@ def _fit(
             skip, partial = 0, {"loss_sum": 0.0, "images": 0}
             lr = rate_at(first + result["batches"] - 1)
             val = evaluate(
-                model, eval_loader(manifest, stats, config, world), world, progress=progress
+                model,
+                eval_loader(manifest, stats, config, world, cache=cache),
+                world,
+                progress=progress,
             )
             if not math.isfinite(val["loss"]):  # weights gone bad in the epoch's last step
                 raise NonFinite(result["batches"] - 1).at(epoch, 0, paths.last if epoch else None)
@@ -336,7 +343,9 @@ def _fit(
                 eta = sum(seconds) / len(seconds) * (config.epochs - epoch)
                 log.info(epoch_line(metrics, eta, config.plateau_on if dropped else None))
     if final_ten_crop:
-        ten = evaluate(model, eval_loader(manifest, stats, config, world, ten_crop=True), world)
+        ten = evaluate(
+            model, eval_loader(manifest, stats, config, world, ten_crop=True, cache=cache), world
+        )
         metrics = {
             **metrics,
             "ten_crop_top1_error": ten["top1_error"],
@@ -393,9 +402,12 @@ def evaluate_checkpoint(
     this reads."""
     world = setup_world()
     trained = load_trained(run, checkpoint, world, check_files="val", workers=workers)
+    cache = open_cache(run, trained.manifest, warn=world.main)
 
     def run_eval(ten: bool, per_class: bool) -> dict:
-        loader = eval_loader(trained.manifest, trained.stats, trained.config, world, ten_crop=ten)
+        loader = eval_loader(
+            trained.manifest, trained.stats, trained.config, world, ten_crop=ten, cache=cache
+        )
         return evaluate(trained.model, loader, world, per_class=per_class, progress=progress)
 
     n = len(trained.classes)

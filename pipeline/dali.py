@@ -165,6 +165,15 @@ def prep_pipeline(files: Sequence[str], device: str = "cpu"):
     return decode_centre_256(encoded, device)
 
 
+def centre_patches(
+    files: Sequence[str], *, batch_size: int, device: str = "cpu", num_threads: int | None = None
+) -> Iterator[np.ndarray]:
+    """`files` -> uint8 Bx256x256x3 numpy batches of their centre patches, in file order."""
+    options = pipe_options(device, min(batch_size, len(files)), 0, num_threads)
+    for (images,) in Loader(prep_pipeline(files, device=device, **options), outputs=("images",)):
+        yield images.cpu().numpy()
+
+
 @pipeline_def(enable_conditionals=False)
 def train_pipeline(
     files,
@@ -186,7 +195,6 @@ def train_pipeline(
     mirror flag and lighting alpha, so tests can check every property on real batches.
     """
     encoded, label = _reader(files, labels, 0, 1, False)
-    images, mean = centred(decode_centre_256(encoded, device), mean, device)
     offset, mirror, alpha = fn.external_source(
         source=_batches_of(augment, Pipeline.current().max_batch_size),
         num_outputs=3,
@@ -194,7 +202,52 @@ def train_pipeline(
         batch_info=True,
         dtype=[types.FLOAT, types.INT32, types.FLOAT],
     )
-    out = crop_to_chw(
+    images = decode_centre_256(encoded, device)
+    out = train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device)
+    if debug:
+        return out, label, offset, mirror, alpha
+    return out, label
+
+
+@pipeline_def(enable_conditionals=False)
+def cached_train_pipeline(
+    patches,
+    rows,
+    labels,
+    mean,
+    eigvecs,
+    eigvals,
+    augment,
+    *,
+    std=ONES,
+    device="cpu",
+    debug=False,
+):
+    """train_pipeline's outputs from decoded patches instead of files: `patches` is a uint8
+    Nx256x256x3 array (the memory-mapped patch cache), `rows` the patches to read in order,
+    `labels` and `augment` one entry per row. One pass reads each row once; feed it to a
+    Loader with size=len(rows)."""
+    source = PatchBatches(patches, rows, labels, Pipeline.current().max_batch_size, augment)
+    images, label, offset, mirror, alpha = fn.external_source(
+        source=source,
+        num_outputs=5,
+        batch=True,
+        batch_info=True,
+        dtype=[types.UINT8, types.INT32, types.FLOAT, types.INT32, types.FLOAT],
+        layout=["HWC", "", "", "", ""],
+    )
+    images = images.gpu() if device == "gpu" else images
+    out = train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device)
+    if debug:
+        return out, label, offset, mirror, alpha
+    return out, label
+
+
+def train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device: str):
+    """uint8 256x256x3 patches -> float32 3x224x224 crops at `offset` (x, y pixels), mirrored
+    where `mirror`, minus the mean, plus the PCA lighting shift of `alpha`, over `std`."""
+    images, mean = centred(images, mean, device)
+    return crop_to_chw(
         images,
         pos_x=offset[0] / MAX_OFFSET,
         pos_y=offset[1] / MAX_OFFSET,
@@ -202,9 +255,32 @@ def train_pipeline(
         mean=types.Constant(mean) - lighting_shift(eigvecs, eigvals, alpha),
         std=std.astype(np.float32),
     )
-    if debug:
-        return out, label, offset, mirror, alpha
-    return out, label
+
+
+class PatchBatches:
+    """An external_source callback over decoded patches: per batch, the uint8 Bx256x256x3
+    patches at the next `batch_size` entries of `rows`, their int32 labels, and, given
+    `augment` (one row per entry of `rows`), their crop offsets (float32), mirror flags and
+    lighting alphas. The last batch of a pass is partial, and the call after it raises
+    StopIteration: that ends the pass, as a reader's epoch ends."""
+
+    def __init__(self, patches, rows, labels, batch_size: int, augment: dict | None = None):
+        self.patches, self.rows, self.batch_size = patches, np.asarray(rows, np.int64), batch_size
+        self.labels = np.asarray(labels, np.int32).reshape(-1, 1)
+        self.augment = augment
+        if len(self.labels) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows but {len(self.labels)} labels")
+
+    def __call__(self, info):
+        start = info.iteration * self.batch_size
+        if start >= len(self.rows):
+            raise StopIteration
+        take = slice(start, start + self.batch_size)
+        batch = [self.patches[self.rows[take]], self.labels[take]]
+        if self.augment is not None:
+            a = self.augment
+            batch += [a["offset"][take].astype(np.float32), a["mirror"][take], a["alpha"][take]]
+        return batch
 
 
 @pipeline_def(enable_conditionals=False)
@@ -214,6 +290,24 @@ def eval_pipeline(
     """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop), label
+
+
+@pipeline_def(enable_conditionals=False)
+def cached_eval_pipeline(patches, rows, labels, mean, *, std=ONES, device="cpu", ten_crop=False):
+    """eval_pipeline's outputs from decoded patches (see cached_train_pipeline): the patches
+    at `rows`, in order, once per pass. Shards are chosen by the caller's `rows`."""
+    source = PatchBatches(patches, rows, labels, Pipeline.current().max_batch_size)
+    images, label = fn.external_source(
+        source=source,
+        num_outputs=2,
+        batch=True,
+        batch_info=True,
+        dtype=[types.UINT8, types.INT32],
+        layout=["HWC", ""],
+    )
+    images = images.gpu() if device == "gpu" else images
+    images, mean = centred(images, mean, device)
     return eval_crops(images, mean, std.astype(np.float32), ten_crop), label
 
 
@@ -257,18 +351,26 @@ class Loader:
     """Iterate a pipeline as (images, labels) torch tensors on `device`, one epoch per pass.
 
     Evaluation pipelines pad their shard's last batch; the padding is cut off here, so every
-    image of the shard is seen exactly once.
+    image of the shard is seen exactly once. A pipeline without a reader (the cached ones)
+    ends its pass itself and says its `size`, the images of one pass.
     """
 
-    def __init__(self, pipe, outputs: Sequence[str] = ("images", "labels"), torch_device=None):
+    def __init__(
+        self,
+        pipe,
+        outputs: Sequence[str] = ("images", "labels"),
+        torch_device=None,
+        size: int | None = None,
+    ):
         self.pipe = pipe
         self.outputs = list(outputs)
         self.torch_device = torch.device(torch_device or "cpu")
+        self._size = size
         self._it = DALIGenericIterator(
             [pipe],
             self.outputs,
             last_batch_policy=LastBatchPolicy.PARTIAL,
-            reader_name=READER,
+            reader_name=READER if size is None else None,
             auto_reset=True,
         )
 
@@ -278,6 +380,8 @@ class Loader:
     @property
     def size(self) -> int:
         """Images in this shard (what one pass yields)."""
+        if self._size is not None:
+            return self._size
         meta = self.pipe.reader_meta(READER)
         n, shards, shard = meta["epoch_size"], meta["number_of_shards"], meta["shard_id"]
         return n * (shard + 1) // shards - n * shard // shards

@@ -4,6 +4,7 @@
     RUN/manifest.json              classes, names, counts, skipped files, the dataset fingerprint
     RUN/manifest.files.npz         the usable files as columns: paths, labels, splits, sizes, mtimes
     RUN/stats.npz, stats.json      mean image, channel mean, RGB PCA (and a readable summary)
+    RUN/cache/patches.u8.npy, .json  with `prep --cache`: every image's decoded 256x256 patch
     RUN/checkpoints/last.pt, best.pt
     RUN/metrics.jsonl, curves.png  one line per epoch, and its plot
     RUN/eval.json, eval_retrieval.json, search.png
@@ -85,6 +86,16 @@ class RunPaths:
     @property
     def stats_summary(self) -> Path:
         return self.root / "stats.json"
+
+    @property
+    def cache_patches(self) -> Path:
+        """Every image's uint8 256x256x3 centre patch, in manifest order (pipeline/cache.py)."""
+        return self.root / "cache" / "patches.u8.npy"
+
+    @property
+    def cache_record(self) -> Path:
+        """What the patch cache holds; written last, so a cache without it is incomplete."""
+        return self.root / "cache" / "patches.json"
 
     @property
     def checkpoints(self) -> Path:

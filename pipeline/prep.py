@@ -1,12 +1,14 @@
 """`alexnet prep` as one function: scan and validate DATA, write the manifest, compute and
 write the training-set statistics (paper, section 2: the mean activity; section 4.1: the RGB
-covariance and its eigen decomposition for the PCA colour augmentation)."""
+covariance and its eigen decomposition for the PCA colour augmentation), and on request keep
+the decoded patches (the patch cache)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import dataset, stats
+from .cache import check_cache_space, write_cache
 from .dali import default_device
 from .defaults import MAX_PIXELS, MIN_SIZE, PREP_BATCH, SPLIT_SEED, VAL_FRACTION
 from .errors import AlexnetError
@@ -29,9 +31,12 @@ def prepare(
     workers: int | None = None,
     num_threads: int | None = None,
     force: bool = False,
+    cache: bool = False,
     progress: bool = True,
 ) -> tuple[dict, stats.Stats]:
     """DATA -> RUN's manifest and RUN/stats.npz; returns the manifest and the statistics.
+    With `cache`, the same pass also writes every image's decoded 256x256 patch to RUN/cache
+    (pipeline/cache.py: 196,608 bytes an image, checked against the free disk first).
 
     `val_labels` and `class_names` name a labels file and a names file (pipeline/imagenet.py);
     without them ImageNet's own files are found by themselves. A run that already holds
@@ -52,16 +57,20 @@ def prepare(
         )
         if not force:
             check_replaceable(RunPaths(run), manifest)
+        if cache:  # before anything is written: the statistics pass is the long part
+            check_cache_space(len(manifest["files"]), run)
         dataset.save_manifest(manifest, run)
-        files, _ = dataset.split_files(manifest, "train")
-        result = stats.compute_stats(
-            files,
-            manifest["fingerprint"],
+        decoding = dict(
             batch_size=batch_size,
             device=default_device(),
             num_threads=num_threads,
             progress=progress,
         )
+        if cache:
+            result = write_cache(manifest, run, **decoding)
+        else:
+            files, _ = dataset.split_files(manifest, "train")
+            result = stats.compute_stats(files, manifest["fingerprint"], **decoding)
         stats.save_stats(result, run)
     return manifest, result
 

@@ -8,12 +8,13 @@ number of images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .dali import SIZE, Loader, pipe_options, prep_pipeline
+from .dali import SIZE, centre_patches
 from .errors import AlexnetError
 from .files import atomic_write, write_json
 from .layout import RunPaths
@@ -100,19 +101,22 @@ def compute_stats(
     device: str = "cpu",
     num_threads: int | None = None,
     progress: bool = True,
+    sink: Callable[[np.ndarray], None] | None = None,
 ) -> Stats:
-    """Stream `files` through the prep pipeline and return their statistics."""
+    """Stream `files` through the prep pipeline and return their statistics; `sink`, if
+    given, also receives every uint8 batch of patches, in file order (the patch cache)."""
     from tqdm import tqdm
 
     if not files:
         raise AlexnetError("no training images to compute statistics from")
-    pipe = prep_pipeline(
-        files, device=device, **pipe_options(device, min(batch_size, len(files)), 0, num_threads)
-    )
     acc = Accumulator()
     with tqdm(total=len(files), desc="prep statistics", unit="img", disable=not progress) as bar:
-        for (images,) in Loader(pipe, outputs=("images",)):
-            acc.add(images.cpu().numpy())
+        for images in centre_patches(
+            files, batch_size=batch_size, device=device, num_threads=num_threads
+        ):
+            acc.add(images)
+            if sink is not None:
+                sink(images)
             bar.update(len(images))
     return acc.result(fingerprint)
 

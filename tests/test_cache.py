@@ -1,0 +1,179 @@
+"""The patch cache (`alexnet prep --cache`): the decoded patches, their record, and loaders that
+give the same batches, bit for bit, as decoding the files; a stale cache is ignored aloud."""
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from fixtures import make_images
+
+from alexnet.cli.main import cli
+from alexnet.model.checkpoint import load_checkpoint
+from alexnet.model.config import TrainConfig
+from alexnet.model.distributed import World
+from alexnet.model.loaders import eval_loader, train_loader
+from alexnet.model.train import fit
+from alexnet.pipeline.cache import PATCH_BYTES, cache_bytes, check_cache_space, open_cache
+from alexnet.pipeline.dali import SIZE, centre_patches
+from alexnet.pipeline.dataset import load_manifest, split_files
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.prep import prepare
+from alexnet.pipeline.stats import compute_stats, load_stats
+
+CONFIG = TrainConfig(epochs=1, batch_size=4, patience=1, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("data"), train=9)  # 18 training, 6 validation
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cached")
+    prepare(data, run, cache=True, workers=1, progress=False)
+    return run
+
+
+def batches(loader) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in loader]
+
+
+def assert_same(a, b) -> None:
+    assert [len(y) for _, y in a] == [len(y) for _, y in b]
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)  # bit for bit, not close
+
+
+def test_the_cache_holds_every_patch_in_manifest_order_with_its_record(run):
+    paths = RunPaths(run)
+    manifest = load_manifest(run)
+    patches = open_cache(run, manifest)
+    n = len(manifest["files"])
+    assert patches.shape == (n, SIZE, SIZE, 3) and patches.dtype == np.uint8
+    assert paths.cache_patches.stat().st_size == cache_bytes(n) and PATCH_BYTES == 196_608
+    for split in ("train", "val"):
+        files, _ = split_files(manifest, split)
+        decoded = np.concatenate(list(centre_patches(files, batch_size=5, num_threads=1)))
+        np.testing.assert_array_equal(patches[manifest["files"].positions(split)], decoded)
+    record = json.loads(paths.cache_record.read_text())
+    assert record["fingerprint"] == manifest["fingerprint"]
+    assert record["shape"] == [n, SIZE, SIZE, 3] and record["order"] == "manifest"
+    # the statistics are those prep computes without the cache, to the last bit
+    stats = load_stats(run, manifest["fingerprint"])
+    files, _ = split_files(manifest, "train")
+    plain = compute_stats(files, manifest["fingerprint"], num_threads=1, progress=False)
+    np.testing.assert_array_equal(stats.mean_image, plain.mean_image)
+    np.testing.assert_array_equal(stats.cov, plain.cov)
+
+
+@pytest.mark.parametrize("world, skip", [(World(), 0), (World(), 2), (World(1, 2), 1)])
+def test_training_batches_are_bit_exact_with_and_without_the_cache(run, world, skip):
+    manifest = load_manifest(run)
+    stats = load_stats(run, manifest["fingerprint"])
+    patches = open_cache(run, manifest)
+    for epoch in (0, 1):
+        plain = batches(train_loader(manifest, stats, CONFIG, epoch, world, skip))
+        cached = batches(train_loader(manifest, stats, CONFIG, epoch, world, skip, patches))
+        assert sum(len(y) for _, y in cached) == 18 // world.size - 4 * skip
+        assert_same(plain, cached)
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_evaluation_batches_are_bit_exact_and_shards_the_same(run, ten_crop, split):
+    manifest = load_manifest(run)
+    stats = load_stats(run, manifest["fingerprint"])
+    patches = open_cache(run, manifest)
+    config = replace(CONFIG, mean="channel")
+    for world in (World(), World(0, 2), World(1, 2)):
+        plain = eval_loader(manifest, stats, config, world, split=split, ten_crop=ten_crop)
+        cached = eval_loader(
+            manifest, stats, config, world, split=split, ten_crop=ten_crop, cache=patches
+        )
+        assert cached.size == plain.size and len(cached) == len(plain)
+        for _ in range(2):  # and again on the next pass
+            assert_same(batches(plain), batches(cached))
+
+
+def test_training_with_the_cache_learns_the_same_weights(data, run, tmp_path, caplog):
+    plain = tmp_path / "plain"
+    prepare(data, plain, workers=1, progress=False)
+    assert not RunPaths(plain).cache_patches.exists()  # off by default
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        fit(run, CONFIG, progress=False, final_ten_crop=False)
+    assert "reading decoded patches" in caplog.text
+    fit(plain, CONFIG, progress=False, final_ten_crop=False)
+    ours, theirs = (load_checkpoint(RunPaths(r).last) for r in (run, plain))
+    for name, weight in ours["model"].items():
+        assert torch.equal(weight, theirs["model"][name]), name
+    RunPaths(run).last.unlink()
+    RunPaths(run).best.unlink()
+
+
+def stale_cache(run: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the cached run whose cache is broken `how`."""
+    copy = tmp_path / how
+    copy.mkdir()
+    for f in ("manifest.json", "manifest.files.npz", "stats.npz"):
+        (copy / f).write_bytes((run / f).read_bytes())
+    paths, source = RunPaths(copy), RunPaths(run)
+    paths.cache_patches.parent.mkdir()
+    paths.cache_patches.write_bytes(source.cache_patches.read_bytes())
+    record = json.loads(source.cache_record.read_text())
+    record["patches"]["mtime_ns"] = paths.cache_patches.stat().st_mtime_ns
+    if how == "other data":
+        record["fingerprint"] = "0123456789abcdef"
+    if how == "changed":
+        with open(paths.cache_patches, "ab") as f:
+            f.write(b"\0")
+    if how != "incomplete":
+        paths.cache_record.write_text(json.dumps(record))
+    return copy
+
+
+@pytest.mark.parametrize("how", ["incomplete", "other data", "changed", "sound"])
+def test_a_stale_or_partial_cache_is_ignored_with_one_warning(run, tmp_path, caplog, how):
+    copy = stale_cache(run, tmp_path, how)
+    manifest = load_manifest(copy)
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        patches = open_cache(copy, manifest)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    if how == "sound":  # the copy itself is a valid cache: the check is not too strict
+        assert patches is not None and not warnings
+        return
+    assert patches is None and len(warnings) == 1
+    line = warnings[0].getMessage()
+    assert "\n" not in line and "reading the images instead" in line
+    assert f"alexnet prep {manifest['root']} --run {copy} --cache" in line
+
+
+def test_no_cache_is_no_warning(data, tmp_path, caplog):
+    prepare(data, tmp_path / "run", workers=1, progress=False)
+    with caplog.at_level(logging.INFO, logger="alexnet"):
+        assert open_cache(tmp_path / "run", load_manifest(tmp_path / "run")) is None
+    assert not caplog.records
+
+
+def test_a_cache_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="alexnet"), pytest.raises(AlexnetError) as e:
+        check_cache_space(10**12, tmp_path / "run")  # 196 PB
+    assert "the patch cache" in str(e.value) and "GiB" in str(e.value)
+    assert "196608000.00 GB" in caplog.text  # said how big it would be
+    assert not (tmp_path / "run").exists()
+
+
+def test_prep_cache_from_the_command_line(data, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["prep", str(data), "--run", str(tmp_path / "run"), "--cache", "-j", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"patch cache: {RunPaths(tmp_path / 'run').cache_patches}" in result.output
+    assert open_cache(tmp_path / "run", load_manifest(tmp_path / "run")) is not None
