@@ -1,12 +1,17 @@
 """Data-loading benchmark: DALI (CPU) against torchvision DataLoaders on the same images and cores.
 
     python bench/pipeline.py [--data DIR] [--images N] [--batch 128] [--seconds S] [--rounds R]
+                             [--device cpu|gpu] [--json PATH]
 
 Measures images/s of
   a   JPEG decode only, DALI CPU decoder (the floor set by the decoder)
   b   the DALI train pipeline (alexnet.pipeline.dali.train_pipeline) through alexnet's Loader
+  b2  the same graph over the patch cache (cached_train_pipeline, `alexnet prep --cache`):
+      the decoded 256x256 patches, memory-mapped, in a random order as training reads them
   c1  torchvision DataLoader, PIL decode + transforms (num_workers=2)
   c2  torchvision DataLoader, torchvision.io.decode_jpeg + transforms.v2 (num_workers=2)
+  c3  (--device gpu only) torchvision.io.decode_jpeg on the GPU, a batch of files at a time,
+      and the same transforms on the GPU tensors, in this process
 on two image sets: the files under --data as they are, and the same photos re-encoded by PIL
 at ImageNet-like sizes (500x375 landscape, 375x500 portrait for every 4th, quality 90) in a
 temporary folder. Every loader does the same work per image: shorter side to 256, centre crop
@@ -15,12 +20,21 @@ temporary folder. Every loader does the same work per image: shorter side to 256
 
 Every loader is warmed up for one full epoch, then the loaders are timed in turn for --seconds
 each, --rounds times (the order rotates every round); the table gives the median rate and the
-spread (min-max) over the rounds.
+spread (min-max) over the rounds. b2's patches are written while the statistics are computed,
+as prep does (its rate is printed: the one-off cost of the cache), so b2 measures the epochs
+after the first.
+
+With --device gpu, the DALI loaders decode with nvJPEG ("mixed") and run on the GPU, the
+DataLoaders' batches are copied to the GPU (pinned, non-blocking), every loader's first batch
+is checked to be on the GPU (the script stops with one line if any is not), and each timing
+window ends with a CUDA synchronisation. --json writes the table's figures for
+bench/gpu_check.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -39,11 +53,13 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from alexnet.pipeline.cache import Rows
 from alexnet.pipeline.dali import (
     CROP,
     SIZE,
     Loader,
     augmentation,
+    cached_train_pipeline,
     pipe_options,
     train_pipeline,
 )
@@ -55,6 +71,15 @@ DEFAULT_DATA = str(
 LIGHTING_STD = 0.1
 CPU_THREADS = 2  # the machine's cores: DALI threads and DataLoader workers alike
 TORCH_PREFETCH = 2  # DataLoader's default prefetch_factor, batches per worker
+DEVICE = "cpu"  # --device: where the DALI graphs and the torch batches go
+
+
+def on_device(batch, name: str):
+    """Stop loudly when a loader meant for the GPU hands its batch over on the CPU."""
+    gpu = batch.is_cuda if isinstance(batch, torch.Tensor) else "GPU" in type(batch).__name__
+    if DEVICE == "gpu" and not gpu:
+        raise SystemExit(f"error: {name} ran on the CPU although --device gpu was asked for")
+    return batch
 
 
 # --- image sets ---------------------------------------------------------------------------
@@ -95,18 +120,20 @@ def imagenet_sized(files: list[str], folder: str) -> list[str]:
 
 
 @pipeline_def(enable_conditionals=False)
-def decode_only_pipeline(files):
-    """Encoded files -> uint8 HWC RGB images, the whole image, DALI's CPU decoder."""
+def decode_only_pipeline(files, device="cpu"):
+    """Encoded files -> uint8 HWC RGB images, the whole image, DALI's CPU (or nvJPEG) decoder."""
     encoded, _ = fn.readers.file(files=list(files), random_shuffle=False, name="Reader")
-    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+    return fn.decoders.image(
+        encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
+    )
 
 
 def dali_decode_batches(files: list[str], batch: int) -> Iterator[int]:
-    pipe = decode_only_pipeline(files, **pipe_options("cpu", batch, 0, CPU_THREADS))
+    pipe = decode_only_pipeline(files, device=DEVICE, **pipe_options(DEVICE, batch, 0, CPU_THREADS))
     pipe.build()
     while True:
         (images,) = pipe.run()
-        yield len(images)
+        yield len(on_device(images, "a  DALI decode only"))
 
 
 # --- (b) the DALI train pipeline ----------------------------------------------------------
@@ -122,13 +149,54 @@ def dali_train_batches(
         stats.eigvecs,
         stats.eigvals,
         augmentation(0, 0, len(files), LIGHTING_STD),
-        device="cpu",
-        **pipe_options("cpu", batch, 0, CPU_THREADS),
+        device=DEVICE,
+        **pipe_options(DEVICE, batch, 0, CPU_THREADS),
     )
-    loader = Loader(pipe)
+    loader = Loader(pipe, torch_device="cuda" if DEVICE == "gpu" else "cpu")
     while True:
         for images, _ in loader:
-            yield len(images)
+            yield len(on_device(images, "b  DALI train pipeline"))
+
+
+def dali_cached_batches(patches: np.ndarray, labels: list[int], stats: Stats, batch: int):
+    """(b2): the train graph over memory-mapped patches, read in a random order (one pipeline
+    for every pass, as (b) keeps one reader)."""
+    rows = np.random.default_rng(0).permutation(len(patches))
+    pipe = cached_train_pipeline(
+        patches,
+        rows,
+        np.asarray(labels)[rows],
+        stats.mean_image,
+        stats.eigvecs,
+        stats.eigvals,
+        augmentation(0, 0, len(rows), LIGHTING_STD),
+        device=DEVICE,
+        **pipe_options(DEVICE, batch, 0, CPU_THREADS),
+    )
+    loader = Loader(pipe, torch_device="cuda" if DEVICE == "gpu" else "cpu", size=len(rows))
+    while True:
+        for images, _ in loader:
+            yield len(on_device(images, "b2 DALI train, patch cache"))
+
+
+def cached_patches(files: list[str], name: str, folder: str) -> tuple[Stats, np.ndarray, float]:
+    """The statistics and, on the way, the patch cache of `files` in `folder` (as `alexnet
+    prep --cache` writes it); returns them with the images/s of that pass."""
+    path = os.path.join(folder, f"{name}.patches.u8.npy")
+    out = np.lib.format.open_memmap(path, "w+", np.uint8, (len(files), SIZE, SIZE, 3))
+    start = time.perf_counter()
+    stats = compute_stats(
+        files,
+        name,
+        batch_size=min(64, len(files)),
+        num_threads=CPU_THREADS,
+        progress=False,
+        sink=Rows(out, np.arange(len(files))),
+    )
+    out.flush()
+    rate = len(files) / (time.perf_counter() - start)
+    del out
+    return stats, np.load(path, mmap_mode="r"), rate
 
 
 # --- (c) torchvision DataLoaders ----------------------------------------------------------
@@ -138,11 +206,11 @@ class MeanImageCropLighting:
     """uint8 CHW 256x256 tensor -> float32 3x224x224: random crop, mirror p=1/2, minus the mean
     image cropped and mirrored alike, plus the per-image PCA lighting shift (as in dali.py)."""
 
-    def __init__(self, stats: Stats, std: float = LIGHTING_STD):
+    def __init__(self, stats: Stats, std: float = LIGHTING_STD, device: str = "cpu"):
         mean = torch.from_numpy(stats.mean_image.astype(np.float32))
-        self.mean = mean.permute(2, 0, 1).contiguous()
-        self.eigvecs = torch.from_numpy(stats.eigvecs.astype(np.float32))
-        self.eigvals = torch.from_numpy((stats.eigvals / 255.0).astype(np.float32))
+        self.mean = mean.permute(2, 0, 1).contiguous().to(device)
+        self.eigvecs = torch.from_numpy(stats.eigvecs.astype(np.float32)).to(device)
+        self.eigvals = torch.from_numpy((stats.eigvals / 255.0).astype(np.float32)).to(device)
         self.std = std
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -153,7 +221,7 @@ class MeanImageCropLighting:
         )
         if torch.rand(()) < 0.5:
             x = x.flip(-1)
-        alpha = torch.randn(3) * self.std
+        alpha = torch.randn(3, device=self.mean.device) * self.std
         return x.add_((self.eigvecs @ (alpha * self.eigvals)).view(3, 1, 1))
 
 
@@ -186,7 +254,7 @@ class TorchvisionTrain(PilTrain):
         return self.augment(self.resize(image)), self.labels[i]
 
 
-def torch_batches(dataset: Dataset, batch: int) -> Iterator[int]:
+def torch_batches(dataset: Dataset, batch: int, name: str) -> Iterator[int]:
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -194,10 +262,25 @@ def torch_batches(dataset: Dataset, batch: int) -> Iterator[int]:
         num_workers=CPU_THREADS,
         prefetch_factor=TORCH_PREFETCH,
         persistent_workers=True,
+        pin_memory=DEVICE == "gpu",
     )
     while True:
         for images, _ in loader:
-            yield len(images)
+            if DEVICE == "gpu":
+                images = images.to("cuda", non_blocking=True)
+            yield len(on_device(images, name))
+
+
+def torch_gpu_batches(files: list[str], stats: Stats, batch: int) -> Iterator[int]:
+    """c3: torchvision's GPU decoder on a batch of files, then c2's transforms on the GPU."""
+    resize = v2.Compose([v2.Resize(SIZE, antialias=True), v2.CenterCrop(SIZE)])
+    augment = MeanImageCropLighting(stats, device="cuda")
+    while True:
+        for start in range(0, len(files) - batch + 1, batch):
+            data = [read_file(f) for f in files[start : start + batch]]
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
+            out = torch.stack([augment(resize(image)) for image in images])
+            yield len(on_device(out, "c3 torchvision GPU decode"))
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -238,10 +321,19 @@ def timed(batches: Iterator[int], prefetched: int, seconds: float) -> tuple[floa
     settle()
     for _ in range(prefetched):
         next(batches)
+    sync()
     n, cpu, start = 0, own_cpu_seconds(), time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    while time.perf_counter() - start < seconds:
         n += next(batches)
+    sync()
+    elapsed = time.perf_counter() - start
     return n / elapsed, (own_cpu_seconds() - cpu) / elapsed
+
+
+def sync() -> None:
+    """On the GPU, a rate counts work done, not work queued."""
+    if DEVICE == "gpu":
+        torch.cuda.synchronize()
 
 
 def warm_up(batches: Iterator[int], n_images: int) -> None:
@@ -251,15 +343,16 @@ def warm_up(batches: Iterator[int], n_images: int) -> None:
         seen += next(batches)
 
 
-def bench_set(name: str, files: list[str], labels: list[int], args) -> dict[str, list]:
+def bench_set(name: str, files: list[str], labels: list[int], args, folder: str) -> dict[str, list]:
     """{loader: [(images/s, cores busy) per round]} for one image set."""
     print(
-        f"\n[{name}] {len(files)} images: computing mean image and PCA statistics ...", flush=True
+        f"\n[{name}] {len(files)} images: computing mean image and PCA statistics, writing the "
+        "patch cache ...",
+        flush=True,
     )
-    stats = compute_stats(
-        files, name, batch_size=min(64, len(files)), num_threads=CPU_THREADS, progress=False
-    )
-    dali_queue = pipe_options("cpu", args.batch, 0)["prefetch_queue_depth"]
+    stats, patches, rate = cached_patches(files, name, folder)
+    print(f"  statistics + patch cache: {rate:.0f} images/s (once, in prep)", flush=True)
+    dali_queue = pipe_options(DEVICE, args.batch, 0)["prefetch_queue_depth"]
     torch_queue = CPU_THREADS * TORCH_PREFETCH
     makers: dict[str, Callable[[], tuple[Iterator[int], int]]] = {
         "a  DALI decode only": lambda: (dali_decode_batches(files, args.batch), dali_queue),
@@ -267,15 +360,26 @@ def bench_set(name: str, files: list[str], labels: list[int], args) -> dict[str,
             dali_train_batches(files, labels, stats, args.batch),
             dali_queue,
         ),
+        "b2 DALI train, patch cache": lambda: (
+            dali_cached_batches(patches, labels, stats, args.batch),
+            dali_queue,
+        ),
         "c1 DataLoader PIL": lambda: (
-            torch_batches(PilTrain(files, labels, stats), args.batch),
+            torch_batches(PilTrain(files, labels, stats), args.batch, "c1 DataLoader PIL"),
             torch_queue,
         ),
         "c2 DataLoader decode_jpeg+v2": lambda: (
-            torch_batches(TorchvisionTrain(files, labels, stats), args.batch),
+            torch_batches(
+                TorchvisionTrain(files, labels, stats), args.batch, "c2 DataLoader decode_jpeg+v2"
+            ),
             torch_queue,
         ),
     }
+    if DEVICE == "gpu":
+        makers["c3 torchvision GPU decode"] = lambda: (
+            torch_gpu_batches(files, stats, args.batch),
+            0,
+        )
     loaders = {}
     for key, make in makers.items():
         loaders[key] = make()
@@ -295,12 +399,17 @@ def bench_set(name: str, files: list[str], labels: list[int], args) -> dict[str,
     return results
 
 
-def report(results: dict[str, dict[str, list]]) -> str:
+def report(results: dict[str, dict[str, list]]) -> tuple[str, dict]:
+    """The tables in markdown, and their figures (for --json)."""
     lines = [
         "| image set | loader | images/s (median) | min - max | cores busy |",
         "| --- | --- | ---: | ---: | ---: |",
     ]
-    ratios = ["| image set | b / max(c1, c2) | b / a |", "| --- | ---: | ---: |"]
+    ratios = [
+        "| image set | b / best c | b / a | b2 / best c | b2 / b |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    figures = {}
     for set_name, runs in results.items():
         med = {}
         for key, v in runs.items():
@@ -311,17 +420,30 @@ def report(results: dict[str, dict[str, list]]) -> str:
                 f"{min(rates):.0f} - {max(rates):.0f} | "
                 f"{statistics.median(c for _, c in v):.2f} |"
             )
-        vs_torch = med["b"] / max(med["c1"], med["c2"])
+        best = max((k for k in med if k.startswith("c")), key=med.get)
+        vs_torch = med["b"] / med[best]
         vs_decode = med["b"] / med["a"]
+        cached = med["b2"] / med[best]
         ratios.append(
             f"| {set_name} | {vs_torch:.2f} ({'met' if vs_torch >= 1.2 else 'NOT met'}, "
             f"target 1.2) | {vs_decode:.2f} ({'met' if vs_decode >= 0.8 else 'NOT met'}, "
-            f"target 0.8) |"
+            f"target 0.8) | {cached:.2f} ({'met' if cached >= 1.5 else 'NOT met'}, "
+            f"target 1.5) | {med['b2'] / med['b']:.2f} |"
         )
-    return "\n".join(lines + [""] + ratios)
+        figures[set_name] = {
+            "images_per_s": med,
+            "best_torch": best,
+            "b_over_best_torch": vs_torch,
+            "b2_over_best_torch": cached,
+            "b2_over_b": med["b2"] / med["b"],
+        }
+    fastest = ", ".join(sorted({f["best_torch"] for f in figures.values()}))
+    ratios.append(f"\nbest c: the faster torchvision loader of each set ({fastest})")
+    return "\n".join(lines + [""] + ratios), figures
 
 
 def main(argv=None) -> None:
+    global DEVICE, CPU_THREADS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="an ImageFolder split: DIR/<class>/<image>")
     p.add_argument("--images", type=int, default=None, help="use N images (default: all)")
@@ -333,7 +455,18 @@ def main(argv=None) -> None:
         default="original,imagenet-sized",
         help="comma-separated: original, imagenet-sized",
     )
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="see above")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=CPU_THREADS,
+        help="DALI CPU threads, and DataLoader workers alike",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    DEVICE, CPU_THREADS = args.device, args.threads
+    if DEVICE == "gpu" and not torch.cuda.is_available():
+        sys.exit("error: --device gpu, but CUDA is not available (torch.cuda.is_available())")
 
     files, labels = list_images(args.data, args.images)
     if len(files) < args.batch:
@@ -342,20 +475,24 @@ def main(argv=None) -> None:
     print(
         f"{len(files)} images from {args.data} ({len(sizes)} distinct sizes, "
         f"e.g. {sorted(sizes)[0]}); "
-        f"batch {args.batch}; {os.cpu_count()} CPU cores; CUDA: {torch.cuda.is_available()}"
+        f"batch {args.batch}; {os.cpu_count()} CPU cores, {CPU_THREADS} used; "
+        f"device {DEVICE}; CUDA: {torch.cuda.is_available()}"
     )
     results = {}
     wanted = args.sets.split(",")
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
         if "original" in wanted:
             results[f"original {sorted(sizes)[0][0]}x{sorted(sizes)[0][1]}"] = bench_set(
-                "original", files, labels, args
+                "original", files, labels, args, tmp
             )
         if "imagenet-sized" in wanted:
             big = imagenet_sized(files, tmp)
-            results["ImageNet-sized 500x375"] = bench_set("imagenet-sized", big, labels, args)
+            results["ImageNet-sized 500x375"] = bench_set("imagenet-sized", big, labels, args, tmp)
+    text, figures = report(results)
     print()
-    print(report(results))
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"device": DEVICE, "sets": figures}, indent=1))
 
 
 if __name__ == "__main__":
