@@ -31,6 +31,7 @@ import torchvision
 from torch import nn
 
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
+from alexnet.model.distributed import autocast
 from alexnet.model.lrn import LocalResponseNorm
 from alexnet.model.optim import PaperSGD
 
@@ -128,19 +129,28 @@ def matmul_gflops(n: int, seconds: float) -> float:
 
 
 class Inference:
-    """fc7 extraction as retrieval runs it: eval mode, inference_mode, one fixed batch."""
+    """fc7 extraction as retrieval runs it: eval mode, inference_mode, one fixed batch; on a
+    GPU as retrieval/features.py runs it there (channels-last, bf16 autocast), timed to the
+    end of the GPU's work."""
 
-    def __init__(self, model: AlexNet, batch: int):
-        self.model, self.x = model, torch.randn(batch, 3, 224, 224) * 60
+    def __init__(self, model: AlexNet, batch: int, device: torch.device | None = None):
+        self.device = device or torch.device("cpu")
+        self.model, self.x = model, torch.randn(batch, 3, 224, 224, device=self.device) * 60
+        if self.device.type == "cuda":
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.run(1)  # warm-up
 
     def run(self, batches: int) -> float:
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device):
             start = clock()
             for _ in range(batches):
-                self.model.fc7(self.x)
+                out = self.model.fc7(self.x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
             rate = len(self.x) * batches / (clock() - start)
+        if out.device.type != self.device.type:
+            raise SystemExit(f"error: fc7 ran on {out.device}, not {self.device}")
         self.model.train()
         return rate
 

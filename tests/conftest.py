@@ -1,10 +1,23 @@
-"""Shared fixtures: real photos of the read-only imagenette-mini set (never copied wholesale)."""
+"""Shared fixtures: real photos of the read-only imagenette-mini set (never copied wholesale);
+and tests marked `gpu` (pyproject.toml) skipped where no CUDA device is."""
 
 from pathlib import Path
 
 import pytest
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu:
+        item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(scope="session")
