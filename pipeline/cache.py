@@ -58,16 +58,15 @@ def write_cache(
     the training-set statistics, computed from the same patches on the way (exactly as
     stats.compute_stats computes them without a cache). The record is written last.
 
-    Refuses before any work when the disk cannot hold the file (an old cache it replaces
-    counts as free); the old cache is removed before the new one is written.
+    The old cache is removed first. The new file's blocks are claimed before any decoding
+    (a full disk fails then, as one AlexnetError); `check_cache_space` says so earlier, before
+    prep writes anything.
     """
     from tqdm import tqdm
 
     paths = RunPaths(run)
     table = manifest["files"]
     count = len(table)
-    old = paths.cache_patches.stat().st_size if paths.cache_patches.is_file() else 0
-    check_space(paths.cache_patches.parent, cache_bytes(count) - old, "the patch cache")
     paths.cache_record.unlink(missing_ok=True)  # from here on the old cache is invalid
     paths.cache_patches.unlink(missing_ok=True)
     splits = {s: (table.positions(s), split_files(manifest, s)[0]) for s in ("train", "val")}
@@ -75,8 +74,8 @@ def write_cache(
 
     def write(tmp: str) -> None:
         out = np.lib.format.open_memmap(tmp, "w+", np.uint8, (count, SIZE, SIZE, 3))
-        with open(tmp, "r+b") as f:  # claim the blocks now: a memory map that meets a full
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)  # disk crashes
+        with open(tmp, "r+b") as f:  # a memory map that meets a full disk crashes the process
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         train_rows, train_files = splits["train"]
         filled = Rows(out, train_rows)
         result.append(
