@@ -240,7 +240,7 @@ def table(out: Path) -> tuple[str, bool]:
         b = f"batch {train['batch']}, bf16, channels-last"
         row(f"training, model alone ({b})", f"{train['model_alone']:.0f} img/s", "")
         row(
-            "training end to end, DALI mixed decoding",
+            f"training end to end, DALI mixed decoding ({train['images']} small photos)",
             f"{train['end_to_end']:.0f} img/s "
             f"(data wait {100 * train['end_to_end_data_wait']:.0f}%)",
             "",

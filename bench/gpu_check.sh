@@ -64,6 +64,7 @@ if [ -n "$PY" ]; then
 fi
 [ -d "$DATA/train" ] || die "no training images in $DATA/train: pass --data DIR"
 DATA=$(absolute "$DATA")
+VENV=$(absolute "$VENV")
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
     die "no NVIDIA GPU on this host (nvidia-smi lists none): run this on a GPU host" 3
