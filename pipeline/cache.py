@@ -92,6 +92,9 @@ def write_cache(
         val_rows, val_files = splits["val"]
         filled_val = Rows(out, val_rows)
         if val_files:
+            batches = centre_patches(
+                val_files, batch_size=batch_size, device=device, num_threads=num_threads
+            )
             bar = tqdm(
                 total=len(val_files),
                 desc="prep cache (validation)",
@@ -99,9 +102,7 @@ def write_cache(
                 disable=not progress,
             )
             with bar:
-                for images in centre_patches(
-                    val_files, batch_size=batch_size, device=device, num_threads=num_threads
-                ):
+                for images in batches:
                     filled_val(images)
                     bar.update(len(images))
         if filled.done != len(train_rows) or filled_val.done != len(val_rows):

@@ -168,10 +168,11 @@ def prep_pipeline(files: Sequence[str], device: str = "cpu"):
 def centre_patches(
     files: Sequence[str], *, batch_size: int, device: str = "cpu", num_threads: int | None = None
 ) -> Iterator[np.ndarray]:
-    """`files` -> uint8 Bx256x256x3 numpy batches of their centre patches, in file order."""
+    """`files` -> uint8 Bx256x256x3 numpy batches of their centre patches, in file order. The
+    pipeline is built here, before the first batch is asked for."""
     options = pipe_options(device, min(batch_size, len(files)), 0, num_threads)
-    for (images,) in Loader(prep_pipeline(files, device=device, **options), outputs=("images",)):
-        yield images.cpu().numpy()
+    loader = Loader(prep_pipeline(files, device=device, **options), outputs=("images",))
+    return (images.cpu().numpy() for (images,) in loader)
 
 
 @pipeline_def(enable_conditionals=False)

@@ -110,10 +110,9 @@ def compute_stats(
     if not files:
         raise AlexnetError("no training images to compute statistics from")
     acc = Accumulator()
+    batches = centre_patches(files, batch_size=batch_size, device=device, num_threads=num_threads)
     with tqdm(total=len(files), desc="prep statistics", unit="img", disable=not progress) as bar:
-        for images in centre_patches(
-            files, batch_size=batch_size, device=device, num_threads=num_threads
-        ):
+        for images in batches:
             acc.add(images)
             if sink is not None:
                 sink(images)
