@@ -132,11 +132,12 @@ def check_cache_space(count: int, run: str | Path) -> None:
     paths = RunPaths(run)
     size = cache_bytes(count)
     old = paths.cache_patches.stat().st_size if paths.cache_patches.is_file() else 0
+    amount = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
     log.info(
-        "patch cache: %d images x %d bytes = %.2f GB in %s",
-        count,
-        PATCH_BYTES,
-        size / 1e9,
+        "patch cache: %s images x %s bytes = %s in %s",
+        f"{count:,}",
+        f"{PATCH_BYTES:,}",
+        amount,
         paths.cache_patches,
     )
     check_space(paths.cache_patches.parent, size - old, f"the patch cache ({count} images)")

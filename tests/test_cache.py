@@ -164,9 +164,9 @@ def test_no_cache_is_no_warning(data, tmp_path, caplog):
 
 def test_a_cache_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="alexnet"), pytest.raises(AlexnetError) as e:
-        check_cache_space(10**12, tmp_path / "run")  # 196 PB
+        check_cache_space(10**12, tmp_path / "run")  # 196 PB: said, then refused
     assert "the patch cache" in str(e.value) and "GiB" in str(e.value)
-    assert "196608000.00 GB" in caplog.text  # said how big it would be
+    assert "patch cache: 1,000,000,000,000 images x 196,608 bytes = 196608000.0 GB" in caplog.text
     assert not (tmp_path / "run").exists()
 
 
