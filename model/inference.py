@@ -86,8 +86,7 @@ def load_trained(
     config = config_from_dict(saved["config"])
     if workers:
         config = replace(config, num_threads=workers)
-    model = build_network(config, len(manifest["classes"]), world.device)
-    model.load_state_dict(saved["model"])
+    model = build_network(config, len(manifest["classes"]), world.device, saved["model"])
     model.eval()
     return TrainedRun(paths, model, config, manifest, stats, path, saved["epoch"], world)
 
