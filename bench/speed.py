@@ -1,6 +1,7 @@
 """CPU speed of the network: what local response normalisation costs, and how close to matmul.
 
     python bench/speed.py [--batch 32] [--steps 2] [--rounds 5] [--threads N] [--clock cpu]
+                          [--malloc trainer|default]
 
 In one process, on the same harness (forward + backward + PaperSGD step on one random 224x224
 batch, `torch.manual_seed(0)`, a warm-up step, then rounds that each measure everything once;
@@ -16,6 +17,9 @@ Also the rate of a 2048x2048 float32 matmul, the FLOP/s ours achieves (multiply-
 conv and linear layer counted with hooks; a training step is taken as forward + input
 gradient + weight gradient, i.e. 3x forward less conv1's input gradient; FLOPs = 2 x MACs) as a
 share of it, and forward-only fc7 extraction (eval, inference_mode, batch 64) against training.
+
+The process's malloc is set as the trainer sets it (model/distributed.py `reuse_freed_memory`)
+unless --malloc default leaves glibc's own thresholds.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torchvision
 from torch import nn
 
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
-from alexnet.model.distributed import autocast
+from alexnet.model.distributed import autocast, reuse_freed_memory
 from alexnet.model.lrn import LocalResponseNorm
 from alexnet.model.optim import PaperSGD
 
@@ -175,7 +179,19 @@ def main() -> None:
         help="cpu: rates per CPU-second of this process, steadier with --threads 1 on a box "
         "shared with other jobs (with more threads it counts their idle spinning too)",
     )
+    parser.add_argument(
+        "--malloc",
+        choices=["trainer", "default"],
+        default="trainer",
+        help="trainer: glibc keeps freed memory for reuse, as training sets it; default: "
+        "glibc's own thresholds",
+    )
     args = parser.parse_args()
+    malloc = (
+        "reuse (as the trainer)"
+        if args.malloc == "trainer" and reuse_freed_memory()
+        else ("glibc default")
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     global clock
@@ -206,8 +222,8 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"{args.rounds} rounds x {args.steps} steps, {args.clock} clock, THP_MEM_ALLOC_ENABLE="
-        f"{os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
+        f"{args.rounds} rounds x {args.steps} steps, {args.clock} clock, malloc {malloc}, "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
     )
     print(f"{'img/s (median, min, max of rounds)':36s} {'median':>8s} {'min':>8s} {'max':>8s}")
     for name, v in rows.items():

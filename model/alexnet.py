@@ -49,38 +49,47 @@ def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class AlexNet(nn.Module):
-    def __init__(self, config: AlexNetConfig = AlexNetConfig()):
+    """The network, initialised by its config's preset.
+
+    On `device="meta"` its layers hold no memory and are left uninitialised: the form for a
+    network whose trained weights are put in next (model/checkpoint.py `build_network`), which
+    skips drawing 61M random numbers only to replace them (half a second on a CPU).
+    """
+
+    def __init__(self, config: AlexNetConfig = AlexNetConfig(), *, device: str | None = None):
         super().__init__()
         self.config = config
         g = config.columns
         norm = local_response_norm if config.lrn else nn.Identity
+        on = {"device": device}
         self.features = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=2),  # conv1: 224 -> 55
+            nn.Conv2d(3, 96, 11, stride=4, padding=2, **on),  # conv1: 224 -> 55
             nn.ReLU(inplace=True),
             norm(),
             nn.MaxPool2d(3, 2),  # 27
-            nn.Conv2d(96, 256, 5, padding=2, groups=g),  # conv2: two columns of 128
+            nn.Conv2d(96, 256, 5, padding=2, groups=g, **on),  # conv2: two columns of 128
             nn.ReLU(inplace=True),
             norm(),
             nn.MaxPool2d(3, 2),  # 13
-            nn.Conv2d(256, 384, 3, padding=1),  # conv3 sees both columns
+            nn.Conv2d(256, 384, 3, padding=1, **on),  # conv3 sees both columns
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 384, 3, padding=1, groups=g),  # conv4
+            nn.Conv2d(384, 384, 3, padding=1, groups=g, **on),  # conv4
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1, groups=g),  # conv5
+            nn.Conv2d(384, 256, 3, padding=1, groups=g, **on),  # conv5
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2),  # 6
         )
         self.classifier = nn.Sequential(
             nn.Dropout(config.dropout),
-            nn.Linear(256 * 6 * 6, 4096),  # fc6
+            nn.Linear(256 * 6 * 6, 4096, **on),  # fc6
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
-            nn.Linear(4096, 4096),  # fc7: the last hidden layer, the retrieval feature
+            nn.Linear(4096, 4096, **on),  # fc7: the last hidden layer, the retrieval feature
             nn.ReLU(inplace=True),
-            nn.Linear(4096, config.num_classes),  # fc8
+            nn.Linear(4096, config.num_classes, **on),  # fc8
         )
-        self.reset_parameters()
+        if device != "meta":
+            self.reset_parameters()
 
     def layers(self) -> dict[str, nn.Conv2d | nn.Linear]:
         """The eight learned layers by the paper's names, conv1 ... fc8."""

@@ -93,17 +93,28 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
     return state
 
 
-def build_network(config: TrainConfig, num_classes: int, device: torch.device) -> AlexNet:
-    """The network `config` describes, on `device` (channels-last on GPUs)."""
-    model = AlexNet(
-        AlexNetConfig(
-            num_classes=num_classes,
-            columns=config.columns,
-            lrn=config.lrn,
-            dropout=config.dropout,
-            init=config.init,
-        )
-    ).to(device)
+def build_network(
+    config: TrainConfig,
+    num_classes: int,
+    device: torch.device,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> AlexNet:
+    """The network `config` describes, on `device` (channels-last on GPUs): initialised by the
+    config's preset, or holding `weights` (a state dict, e.g. a checkpoint's "model"), which it
+    then uses as they are, without a random initialisation first or a copy on the CPU."""
+    shape = AlexNetConfig(
+        num_classes=num_classes,
+        columns=config.columns,
+        lrn=config.lrn,
+        dropout=config.dropout,
+        init=config.init,
+    )
+    if weights is None:
+        model = AlexNet(shape)
+    else:
+        model = AlexNet(shape, device="meta")
+        model.load_state_dict(weights, assign=True)
+    model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model

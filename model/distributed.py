@@ -6,6 +6,7 @@ One process, or one of torchrun's: gloo on the CPU, nccl on GPUs, one GPU per lo
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -35,6 +36,25 @@ class World:
         return "gpu" if self.device.type == "cuda" else "cpu"
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEEP_FREED = 1 << 30
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc serve large tensors from memory it keeps, instead of fresh pages.
+
+    On the CPU a training step allocates and frees activations of tens of MB (conv1's at
+    batch 32: 37 MB); above glibc's mmap threshold (at most 32 MB by default) each is mapped
+    fresh and page-faults on first touch. Raising the threshold and the trim threshold to
+    1 GB lets freed blocks be reused: ~10% of a CPU training step (bench/speed.py). Returns
+    whether malloc accepted it (False where it is not glibc's)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_FREED) and mallopt(M_TRIM_THRESHOLD, KEEP_FREED))
+
+
 def local_device() -> torch.device:
     """This process's GPU when CUDA is usable, else the CPU."""
     if default_device() == "gpu":
@@ -45,6 +65,7 @@ def local_device() -> torch.device:
 def setup_world() -> World:
     """The world of this process, joining torchrun's process group when there is one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
+    reuse_freed_memory()
     if default_device() == "gpu":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     device = local_device()

@@ -20,7 +20,7 @@ from alexnet.pipeline.stats import Stats, load_stats
 
 from .checkpoint import build_network, load_checkpoint
 from .config import TrainConfig, config_from_dict
-from .distributed import World, autocast, local_device
+from .distributed import World, autocast, local_device, reuse_freed_memory
 
 
 @dataclass
@@ -79,6 +79,7 @@ def load_trained(
     `workers` sets the DALI threads of this use (default: those the run was trained with)."""
     paths = RunPaths(run)
     path = Path(checkpoint) if checkpoint else paths.best
+    reuse_freed_memory()  # fc7 extraction's batches, like training's
     world = world or World(device=local_device())
     manifest, stats = load_run_data(run, check_files)
     saved = load_checkpoint(path, mmap=True)  # the momentum, half the file, is never read
@@ -86,8 +87,7 @@ def load_trained(
     config = config_from_dict(saved["config"])
     if workers:
         config = replace(config, num_threads=workers)
-    model = build_network(config, len(manifest["classes"]), world.device)
-    model.load_state_dict(saved["model"])
+    model = build_network(config, len(manifest["classes"]), world.device, saved["model"])
     model.eval()
     return TrainedRun(paths, model, config, manifest, stats, path, saved["epoch"], world)
 

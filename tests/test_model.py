@@ -109,3 +109,25 @@ def test_channels_last_on_cpu_changes_only_the_layout():
         nchw = model.classifier(torch.flatten(model.features(x), 1))
         torch.testing.assert_close(model(x), nchw, rtol=1e-4, atol=1e-5)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_a_network_built_around_saved_weights_is_that_network(tmp_path):
+    """Inference builds the network on the meta device and puts the checkpoint's weights in
+    (no random initialisation first): the same function as the network that was saved."""
+    from alexnet.model.checkpoint import build_network
+    from alexnet.model.config import TrainConfig
+
+    torch.manual_seed(0)
+    config = TrainConfig(columns=1, lrn=False)
+    trained = AlexNet(AlexNetConfig(num_classes=5, columns=1, lrn=False)).eval()
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    weights = torch.load(tmp_path / "w.pt", mmap=True)
+    rebuilt = build_network(config, 5, torch.device("cpu"), weights).eval()
+    assert rebuilt.features[4].groups == 1 and isinstance(rebuilt.features[2], torch.nn.Identity)
+    assert all(p.device.type == "cpu" for p in rebuilt.parameters())
+    x = torch.randn(2, 3, 224, 224) * 50
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), trained(x), rtol=0, atol=0)
+    assert not any(p.is_meta for p in AlexNet(AlexNetConfig(num_classes=5)).parameters())
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        build_network(TrainConfig(), 5, torch.device("cpu"), weights)  # two columns: other shapes
