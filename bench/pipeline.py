@@ -82,6 +82,15 @@ def on_device(batch, name: str):
     return batch
 
 
+def dali_on_device(loader: Loader, name: str) -> Loader:
+    """The same for a DALI graph whose images a Loader copies to the GPU: their last operator
+    must run there (a CPU graph's batches would reach the GPU too, by a copy)."""
+    device = loader.pipe._graph_out[0].device  # the images' node, once the pipeline is built
+    if DEVICE == "gpu" and device != "gpu":
+        raise SystemExit(f"error: {name}'s DALI graph ends on the {device}, not the GPU")
+    return loader
+
+
 # --- image sets ---------------------------------------------------------------------------
 
 
@@ -153,6 +162,7 @@ def dali_train_batches(
         **pipe_options(DEVICE, batch, 0, CPU_THREADS),
     )
     loader = Loader(pipe, torch_device="cuda" if DEVICE == "gpu" else "cpu")
+    dali_on_device(loader, "b  DALI train pipeline")
     while True:
         for images, _ in loader:
             yield len(on_device(images, "b  DALI train pipeline"))
@@ -174,6 +184,7 @@ def dali_cached_batches(patches: np.ndarray, labels: list[int], stats: Stats, ba
         **pipe_options(DEVICE, batch, 0, CPU_THREADS),
     )
     loader = Loader(pipe, torch_device="cuda" if DEVICE == "gpu" else "cpu", size=len(rows))
+    dali_on_device(loader, "b2 DALI train, patch cache")
     while True:
         for images, _ in loader:
             yield len(on_device(images, "b2 DALI train, patch cache"))

@@ -98,9 +98,11 @@ def main(argv=None) -> None:
     if world.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = PaperSGD(model.parameters())
-    if args.require_gpu:
-        x, _ = next(iter(train_loader(manifest, st, config, 0, world)))
+    if args.require_gpu:  # the weights, the batches and the DALI graph's last operator
+        loader = train_loader(manifest, st, config, 0, world)
+        x, _ = next(iter(loader))
         where = {p.device.type for p in model.parameters()} | {x.device.type}
+        where.add("cuda" if loader.pipe._graph_out[0].device == "gpu" else "cpu (DALI)")
         if where != {"cuda"}:
             sys.exit(f"error: training runs on {sorted(where)}, not only on the GPU")
     train_one_epoch(

@@ -157,3 +157,22 @@ def test_the_table_names_a_failed_step_and_exits_1(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "FAILED (exit 1): error: faiss 1.15.1 sees no GPU" in out
     assert "some steps failed" in one_line(err)
+
+
+def test_a_dali_graph_left_on_the_cpu_is_caught_though_its_batches_reach_the_gpu():
+    import numpy as np
+
+    from alexnet.pipeline.dali import Loader, cached_eval_pipeline, pipe_options
+
+    pipeline = bench("pipeline")
+    patches = np.zeros((2, 256, 256, 3), np.uint8)
+    pipe = cached_eval_pipeline(
+        patches, np.arange(2), np.arange(2), np.zeros(3), **pipe_options("cpu", 2, 0, 1)
+    )
+    loader = Loader(pipe, size=2)
+    assert pipeline.dali_on_device(loader, "b") is loader  # --device cpu: as asked
+    pipeline.DEVICE = "gpu"
+    with pytest.raises(SystemExit, match="b's DALI graph ends on the cpu, not the GPU"):
+        pipeline.dali_on_device(loader, "b")
+    with pytest.raises(SystemExit, match="b ran on the CPU although --device gpu"):
+        pipeline.on_device(next(iter(loader))[0], "b")
