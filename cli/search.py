@@ -56,14 +56,45 @@ def check_bits(ctx, param, bits: int) -> int:
     show_default=True,
     help="Images per batch for the fc7 features.",
 )
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Index this folder of photos (any depth, any names) as a gallery instead of the "
+    "training set; run again to add new and changed files and drop deleted ones.",
+)
+@click.option("--name", default=None, help="The gallery's name (default: the folder's name).")
 @workers_option
 @click.pass_context
-def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
+def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, workers):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
 
-    Each step is skipped when its output is current; a stale index is rebuilt.
+    Each step is skipped when its output is current; a stale index is rebuilt. With
+    --images DIR, index DIR as gallery NAME (RUN/galleries/NAME) with the training set's
+    network and autoencoder; under torchrun the processes share the extraction.
     """
     from alexnet.retrieval.api import index_run
+
+    if images is None and name is not None:
+        raise click.BadParameter(
+            "a gallery is made from a folder: add --images DIR", param_hint="--name"
+        )
+    if images is not None:
+        from alexnet.retrieval.gallery import index_gallery
+
+        name = name or images.resolve().name
+        g = index_gallery(
+            run, images, name, batch_size=batch_size, progress=progress(ctx), workers=workers
+        )
+        if g:  # the other torchrun processes return nothing to print
+            for s in g["skipped"]:
+                click.secho(f"skipped: {s['path']}: {s['reason']}", fg="yellow", err=True)
+            click.echo(
+                f"gallery {name}: {g['count']} images ({g['added']} added, {g['updated']} "
+                f"updated, {g['removed']} removed, {len(g['skipped'])} skipped); {g['bits']}-bit "
+                f"codes; written: {g['path']}"
+            )
+        return
 
     meta = index_run(
         run,
@@ -99,6 +130,14 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
+    "--jsonl",
+    is_flag=True,
+    help="Print one JSON line per query as each batch is answered (for large folders).",
+)
+@click.option(
+    "--gallery", default=None, help="Search this gallery (alexnet index --images) instead."
+)
+@click.option(
     "--montage",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -110,22 +149,34 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
 )
 @workers_option
 @click.pass_context
-def search(ctx, images, run, k, rerank, as_json, montage, absolute, workers):
-    """The training images most similar to each IMAGE (files or folders of images)."""
+def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, workers):
+    """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
     from alexnet.pipeline.dataset import image_files
-    from alexnet.retrieval.api import open_index
+    from alexnet.retrieval.api import open_index, search_stream
     from alexnet.retrieval.api import search as run_search
 
+    if jsonl and (as_json or montage):
+        raise click.BadParameter("use it without --json and --montage", param_hint="--jsonl")
     files, skipped = image_files(images)
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    ri = open_index(run, progress=progress(ctx), workers=workers)
+    if gallery is None:
+        ri = open_index(run, progress=progress(ctx), workers=workers)
+        root = ri.trained.manifest["root"]
+    else:
+        from alexnet.retrieval.gallery import open_gallery
+
+        ri = open_gallery(run, gallery, workers=workers)
+        root = ri.record["root"]
+    if jsonl:
+        for row in search_stream(ri, files, k=k, rerank_top=rerank):
+            click.echo(json.dumps(row))
+        return
     result = run_search(ri, files, k=k, rerank_top=rerank)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:
-        root = None if absolute else ri.trained.manifest["root"]
-        click.echo(search_table(result, root))
+        click.echo(search_table(result, None if absolute else root))
     if montage:
         from alexnet.retrieval.montage import make_montage
 
@@ -144,7 +195,7 @@ def search_table(result: dict, root: str | None) -> str:
     ]
     for row in result["queries"]:
         rows = row["results"]
-        width = max(len(r["class"]) for r in rows)
+        width = max((len(r["class"] or "") for r in rows), default=5)
         known = f" ({row['class']})" if "class" in row else ""
         lines += ["", f"query: {row['query']}{known}"]
         fc7 = f"{'fc7 L2':>9}" if rerank else ""
@@ -152,7 +203,8 @@ def search_table(result: dict, root: str | None) -> str:
         for r in rows:
             path = os.path.relpath(r["path"], root) if root else r["path"]
             dist = f"{r['distance']:9.3f}" if rerank else ""
-            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {r['class']:{width}}  {path}")
+            label = r["class"] or ""  # a gallery image outside the run's classes
+            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {label:{width}}  {path}")
     return "\n".join(lines)
 
 

@@ -54,6 +54,17 @@ class IndexPaths:
     def meta(self) -> Path:
         return self.folder / "codes.json"
 
+    def entries(self, generation: int) -> Path:
+        """A gallery's files, sizes, times, feature rows and codes, as of one update."""
+        return self.folder / f"files.{generation}.npz"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.folder / "duplicates.json"
+
+    def duplicate_sheet(self, group: int) -> Path:
+        return self.folder / "duplicates" / f"{group}.png"
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -144,8 +155,12 @@ class RunPaths:
         """The training set's index."""
         return IndexPaths(self.root / "index")
 
+    @property
+    def galleries(self) -> Path:
+        return self.root / "galleries"
+
     def gallery(self, name: str) -> IndexPaths:
-        return IndexPaths(self.root / "galleries" / name)
+        return IndexPaths(self.galleries / name)
 
 
 RUNS = Path("runs")  # where runs live unless --run says otherwise
