@@ -1,7 +1,7 @@
-"""`alexnet index`, `search`, `eval-retrieval`, `serve`: parse, call alexnet.retrieval, print
-(or, for `serve`, answer HTTP requests with cli/web.py's app).
+"""`alexnet index`, `search`, `eval-retrieval`, `serve`, `duplicates`: parse, call
+alexnet.retrieval, print (or, for `serve`, answer HTTP requests with cli/web.py's app).
 
-`register(group)` adds the four commands to a click group (cli/main.py's `cli`).
+`register(group)` adds the five commands to a click group (cli/main.py's `cli`).
 """
 
 from __future__ import annotations
@@ -270,8 +270,14 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     show_default=True,
     help="Larger uploads are refused (HTTP 413).",
 )
+@click.option(
+    "--gallery",
+    "galleries",
+    multiple=True,
+    help="Also offer this gallery (alexnet index --images) on the page; repeat for more.",
+)
 @click.pass_context
-def serve(ctx, run, host, port, max_upload_mb):
+def serve(ctx, run, host, port, max_upload_mb, galleries):
     """A search page and a JSON API for RUN in the browser (API documented at /docs).
 
     The run's index is opened once (and built first when missing); Ctrl-C stops the server.
@@ -281,7 +287,7 @@ def serve(ctx, run, host, port, max_upload_mb):
     from alexnet.cli.web import create_app
 
     sock = listen(host, port)  # before the index loads: a taken port fails at once
-    app = create_app(run, max_upload_mb=max_upload_mb, progress=progress(ctx))
+    app = create_app(run, galleries=galleries, max_upload_mb=max_upload_mb, progress=progress(ctx))
     port = sock.getsockname()[1]
     click.echo(f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -290,6 +296,54 @@ def serve(ctx, run, host, port, max_upload_mb):
     except KeyboardInterrupt:  # uvicorn stops the server first, then passes the Ctrl-C on
         click.echo("stopped")
         ctx.exit(130)  # as every command does on Ctrl-C
+
+
+@click.command()
+@run_option
+@click.option("--gallery", required=True, help="The gallery to look in (alexnet index --images).")
+@click.option(
+    "--max-distance",
+    type=NON_NEGATIVE,
+    default=None,
+    help="Candidate pairs: codes at most this many bits apart (default: bits / 16, 4 of 64).",
+)
+@click.option(
+    "--max-fc7",
+    type=click.FloatRange(min=0),
+    default=R.DUPLICATE_FC7,
+    show_default=True,
+    help="A candidate pair is a duplicate when its relative fc7 distance "
+    "||a - b|| / sqrt(||a|| ||b||) is at most this.",
+)
+@click.option(
+    "--mirrors/--no-mirrors",
+    default=True,
+    show_default=True,
+    help="Also catch mirrored copies (checks close pairs with the mirrored crop).",
+)
+@workers_option
+@click.pass_context
+def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, workers):
+    """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
+    writes RUN/galleries/NAME/duplicates.json and a contact sheet per group."""
+    from alexnet.retrieval.duplicates import find_duplicates
+    from alexnet.retrieval.gallery import open_gallery
+
+    gi = open_gallery(run, gallery, workers=workers)
+    report = find_duplicates(
+        gi, max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors, progress=progress(ctx)
+    )
+    groups = report["groups"]
+    root = gi.record["root"]
+    for n, group in enumerate(groups):
+        names = ", ".join(os.path.relpath(p, root) for p in group["images"])
+        click.echo(f"{n}: {names}")
+    click.echo(
+        f"{report['images']} images, {report['candidates']} pairs within "
+        f"{report['max_distance']} bits, {len(groups)} groups of near-duplicates "
+        f"({sum(len(g['images']) for g in groups)} images; fc7 <= {report['max_fc7']:g}); "
+        f"written: {gi.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -308,6 +362,6 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def register(group: click.Group) -> None:
-    """Add `index`, `search`, `eval-retrieval` and `serve` to `group`."""
-    for command in (index_command, search, eval_retrieval, serve):
+    """Add `index`, `search`, `eval-retrieval`, `serve` and `duplicates` to `group`."""
+    for command in (index_command, search, eval_retrieval, serve, duplicates):
         group.add_command(command)
