@@ -41,6 +41,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from alexnet.model.distributed import World, setup_world
@@ -238,7 +239,6 @@ def extract_rows(
         return
     device = world.dali_device
     config = trained.config
-    batch = max(1, min(batch_size, end - begin))
     pipe = eval_pipeline(
         files,
         [0] * n,
@@ -247,16 +247,28 @@ def extract_rows(
         device=device,
         shard_id=world.rank,
         num_shards=world.size,
-        **pipe_options(device, batch, config.seed, config.num_threads),
+        **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
     )
     loader = Loader(pipe, torch_device=world.device)
+    sizes = []
+
+    def padded():
+        # The network always sees batch_size images (the last batch padded by repeating its
+        # last image): the arithmetic of a batch depends on its size, so this makes each
+        # image's vector the same whichever batch, update or shard it was extracted in.
+        for x, _ in loader:
+            if not len(x):  # a shard's padding, cut off by the Loader
+                continue
+            sizes.append(len(x))
+            yield torch.cat([x, x[-1:].expand(batch_size - len(x), *x.shape[1:])])
+
     out = np.load(features, mmap_mode="r+")
     row = first_row + begin
     with tqdm(total=end - begin, desc="fc7 features", unit="img", disable=not progress) as bar:
-        for h in fc7_batches(trained, (x for x, _ in loader)):
-            out[row : row + len(h)] = to_float16(h)
-            row += len(h)
-            bar.update(len(h))
+        for h, n in zip(fc7_batches(trained, padded()), sizes, strict=True):
+            out[row : row + n] = to_float16(h[:n])
+            row += n
+            bar.update(n)
     out.flush()
     del out
     if row != first_row + end:
