@@ -8,16 +8,19 @@ Two stages, as a search does: the binary codes shortlist, fc7 decides.
    (faiss IndexBinaryFlat.range_search, in blocks of queries; checked against a numpy
    popcount scan in the tests). Default: bits / 16, 4 bits of a 64-bit code.
 2. Confirmation by the relative fc7 distance ||a - b|| / sqrt(||a|| ||b||) (the float16
-   features, so the scale of a run's fc7 does not matter): at most `max_fc7` (0.08).
-   Measured on imagenette-mini photos with the imagenette-mini run (BENCHMARKS.md,
-   "Galleries"): a copy resized to 3/4 or re-encoded at JPEG quality 25 lies at 0.003 to
-   0.046 from its original; the closest two distinct photos (two parachutists against the sky)
-   at 0.124.
-3. Mirrors: fc7 of a mirrored photo lies at 0.17 to 0.26 from the original's, as far as
+   features, so the scale of a run's fc7 does not matter): at most `max_fc7` (0.075).
+   Measured with the imagenette-mini run (BENCHMARKS.md, "Galleries"): a photo resized to
+   3/4 or re-encoded at JPEG quality 25 lies at 0.003 to 0.071 from its original; the
+   closest distinct photos at 0.082 (a blue golf ball and parachutists in a blue sky) and
+   0.124 (two parachutists). The margin is thin with a network at 53% top-1 error: lower
+   --max-fc7 for fewer false groups, raise it to catch harder edits.
+3. Mirrors: fc7 of a mirrored photo lies at 0.1 to 0.33 from the original's, as far as
    similar distinct photos do, though its code stays close (within 3 bits there). So a
    candidate pair that fails step 2 but lies within MIRROR_SHORTLIST (0.4) is checked once
    more with the mirrored centre crop of its first image (the evaluation pipeline's tenth
-   crop): a mirrored copy then lies as close as a re-encoded one. `mirrors=False` skips this
+   crop): a mirrored copy then lies as close as a re-encoded one (0.02 to 0.07), and it
+   counts when that at least halves the pair's distance (MIRROR_GAIN), which keeps apart
+   two distinct look-alikes that are as close mirrored as not. `mirrors=False` skips this
    (it costs one network pass per image in such pairs).
 
 Confirmed pairs are joined into groups (connected components). The report goes to
@@ -43,6 +46,7 @@ from .montage import make_montage
 log = logging.getLogger(__name__)
 
 MIRROR_SHORTLIST = 0.4  # pairs closer than this get the mirrored check
+MIRROR_GAIN = 0.5  # ... which must at least halve their distance
 MIRRORED_CENTRE = 9  # eval_crops' ten crops: 5 positions (centre last), then their mirrors
 BLOCK = 4096  # queries per range search
 
@@ -158,7 +162,10 @@ def find_duplicates(
             flipped = mirrored_features(gi, [str(table.paths[i]) for i in firsts], progress)
             at = np.searchsorted(firsts, pairs[retry, 0])
             again = relative_distance(flipped[at], feats[table.rows[pairs[retry, 1]]])
-            better = again < rel[retry]
+            # A mirrored copy is explained by the flip: it must at least halve the distance.
+            # Two distinct photos that look alike (a blue ball, blue sky) stay as close
+            # mirrored as not, and are left apart.
+            better = again <= MIRROR_GAIN * rel[retry]
             rel[retry[better]] = again[better]
             mirrored[retry[better]] = True
     confirmed = rel <= max_fc7
