@@ -10,6 +10,8 @@ A gallery lives in RUN/galleries/NAME/ (pipeline.layout's IndexPaths):
   mapped. Append-only: each new or changed file gets the next free row, and the rows of
   deleted or changed files are no longer listed. The file grows in place: numpy pads the
   .npy header for growth along the first axis, so the header is rewritten in its place.
+  Unlisted rows are not reclaimed (8 KiB each): a gallery whose files change often
+  is compacted by deleting RUN/galleries/NAME and indexing the folder again.
 - files.G.npz: update G's table: path, bytes, mtime_ns, feature row and packed code of each
   indexed image, in path order.
 - codes.json: the completion record: the generation G, the rows in use, what the gallery was

@@ -321,6 +321,11 @@ class RunIndex:
         """Paths and labels of the indexed images: id i is the i-th training file."""
         return split_files(self.trained.manifest, "train")
 
+    @cached_property
+    def train_positions(self) -> np.ndarray:
+        """Manifest positions of the indexed images: id i is the i-th training file."""
+        return self.trained.manifest["files"].positions("train")
+
     @property
     def thumb_key(self) -> str:
         """What names this collection's thumbnail folder: the manifest's fingerprint."""
@@ -338,7 +343,7 @@ class RunIndex:
         its file is as it was at prep (gone or changed: an error)."""
         manifest = self.trained.manifest
         table, root = manifest["files"], manifest["root"]
-        positions = table.positions("train")[ids]  # ids are positions in the training split
+        positions = self.train_positions[ids]
         verify_files(manifest, positions)
         return [
             {

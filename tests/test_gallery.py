@@ -328,3 +328,23 @@ def test_the_gallery_module_refuses_bad_folders(run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlexnetError, match="no usable images"):
         G.index_gallery(run, tmp_path / "empty", "x", progress=False)
+
+
+def test_serve_offers_a_gallery(run, real_jpegs, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from alexnet.cli.web import create_app
+
+    folder = photos(tmp_path / "photos", real_jpegs[:4])
+    G.index_gallery(run, folder, "web", batch_size=4, progress=False)
+    client = TestClient(create_app(run, galleries=["web"]))
+    assert client.get("/api/info").json()["galleries"] == ["web"]
+    query = folder / "red/photo 0.JPG"
+    with open(query, "rb") as f:
+        answer = client.post("/api/search", files={"image": f}, data={"k": 2, "gallery": "web"})
+    best = answer.json()["queries"][0]["results"][0]
+    assert best["path"] == str(query.resolve()) and best["hamming"] == 0
+    thumb = client.get(f"/api/thumb/{best['id']}", params={"gallery": "web"})
+    assert thumb.headers["content-type"] == "image/jpeg"
+    with pytest.raises(AlexnetError, match="no gallery 'nope'"):
+        create_app(run, galleries=["nope"])
