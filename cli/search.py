@@ -61,7 +61,8 @@ def check_bits(ctx, param, bits: int) -> int:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Index this folder of photos (any depth, any names) as a gallery instead of the "
-    "training set; run again to add new and changed files and drop deleted ones.",
+    "training set, with the training set's autoencoder (and its code length); run again to "
+    "add new and changed files and drop deleted ones.",
 )
 @click.option("--name", default=None, help="The gallery's name (default: the folder's name).")
 @workers_option

@@ -9,6 +9,7 @@
     RUN/eval.json, eval_retrieval.json, search.png
     RUN/index/...                  the training set's retrieval index (IndexPaths)
     RUN/galleries/NAME/...         other photo collections, each an IndexPaths of its own
+                                   (+ files.G.npz per update, duplicates.json, duplicates/)
     RUN/thumbs/FINGERPRINT/ID.jpg  thumbnails of indexed images, made by `alexnet serve`
 
 Every module asks `RunPaths(run)` for a path; none spells one itself.

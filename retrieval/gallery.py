@@ -52,7 +52,14 @@ from alexnet.pipeline.dali import Loader, eval_pipeline, pipe_options
 from alexnet.pipeline.dataset import images_below
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write, check_space, file_identity, read_json, write_json
+from alexnet.pipeline.files import (
+    atomic_write,
+    check_space,
+    file_identity,
+    make_folder,
+    read_json,
+    write_json,
+)
 from alexnet.pipeline.layout import IndexPaths, RunPaths
 from alexnet.pipeline.lock import RunLock
 
@@ -426,7 +433,7 @@ def index_gallery(
                     progress=progress,
                 )
                 check_space(paths.folder, len(plan["new"]) * ROW_BYTES, "the fc7 features")
-                paths.folder.mkdir(parents=True, exist_ok=True)
+                make_folder(paths.folder)
                 grow_features(paths.features, plan["first_row"] + len(plan["new"]))
             except AlexnetError as e:
                 plan = {"error": str(e)}
