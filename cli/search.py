@@ -17,6 +17,8 @@ from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option, wo
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
 
+JSONL_CHUNK = 256  # --jsonl: queries checked, then searched, this many at a time
+
 
 def png_only(ctx, param, path: Path | None) -> Path | None:
     if path is not None and path.suffix.lower() != ".png":
@@ -152,13 +154,13 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
 @click.pass_context
 def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, workers):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
-    from alexnet.pipeline.dataset import image_files
+    from alexnet.pipeline.dataset import image_files, usable_images
     from alexnet.retrieval.api import open_index, search_stream
     from alexnet.retrieval.api import search as run_search
 
     if jsonl and (as_json or montage):
         raise click.BadParameter("use it without --json and --montage", param_hint="--jsonl")
-    files, skipped = image_files(images)
+    files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
     if gallery is None:
@@ -170,8 +172,12 @@ def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolu
         ri = open_gallery(run, gallery, workers=workers)
         root = ri.record["root"]
     if jsonl:
-        for row in search_stream(ri, files, k=k, rerank_top=rerank):
-            click.echo(json.dumps(row))
+        for start in range(0, len(files), JSONL_CHUNK):
+            usable, skipped = usable_images(files[start : start + JSONL_CHUNK])
+            for path, why in skipped:
+                click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
+            for row in search_stream(ri, usable, k=k, rerank_top=rerank):
+                click.echo(json.dumps(row))
         return
     result = run_search(ri, files, k=k, rerank_top=rerank)
     if as_json:

@@ -576,11 +576,14 @@ def split_files(manifest: dict, split: str) -> tuple[list[str], list[int]]:
     return [f"{root}/{table.paths[i]}" for i in chosen], table.labels[chosen].tolist()
 
 
-def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
+def image_files(
+    paths: Sequence[str | Path], *, check: bool = True
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand folders to the images below them (sorted) and check that every file decodes.
 
     Returns the usable files and the (path, reason) of those skipped, so that one bad file in
-    a folder of queries does not stop the others; no usable file at all is an error.
+    a folder of queries does not stop the others; no usable file at all is an error. With
+    `check` False files are only listed (a caller checks them as it goes: `usable_images`).
     """
     files: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -598,7 +601,16 @@ def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str,
             skipped.append((str(p), "does not exist"))
         else:
             files.append(str(p))
-    usable = []
+    usable, bad = usable_images(files) if check else (files, [])
+    skipped += bad
+    if not usable:
+        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
+    return usable, skipped
+
+
+def usable_images(files: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files that decode, and the (path, reason) of those that do not."""
+    usable, skipped = [], []
     for f in files:
         reason = (
             "is not readable (permission denied)"
@@ -609,6 +621,4 @@ def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str,
             skipped.append((f, f"cannot be used as a query: {reason}"))
         else:
             usable.append(f)
-    if not usable:
-        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
     return usable, skipped

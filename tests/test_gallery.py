@@ -221,8 +221,12 @@ def test_jsonl_streams_one_line_per_query_as_batches_complete(
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "lines")
     queries = tmp_path / "queries"
     photos(queries, real_jpegs[5:12])
-    out = invoke("search", queries, "--run", run, "--gallery", "lines", "-k", 2, "--jsonl")
-    rows = [json.loads(line) for line in out.output.splitlines()]
+    (queries / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    out = CliRunner().invoke(
+        cli, ["search", str(queries), "--run", str(run), "--gallery", "lines", "-k", "2", "--jsonl"]
+    )
+    assert out.exit_code == 0 and "broken.jpg cannot be used as a query" in out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 7 and len({r["query"] for r in rows}) == 7
     assert all(len(r["results"]) == 2 for r in rows)
 
@@ -234,7 +238,7 @@ def test_jsonl_streams_one_line_per_query_as_batches_complete(
         api, "query_features", lambda *a, **kw: calls.append(1) or features(*a, **kw)
     )
     gi = G.open_gallery(run, "lines")
-    stream = api.search_stream(gi, sorted(map(str, queries.rglob("*.JPG"))), k=2)
+    stream = api.search_stream(gi, sorted(map(str, queries.rglob("*.JPG"))), k=2)  # 7 photos
     first = next(stream)
     assert len(calls) == 1 and first["results"]
     assert len([first, *stream]) == 7 and len(calls) == 4
