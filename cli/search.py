@@ -1,7 +1,7 @@
-"""`alexnet index`, `search`, `eval-retrieval`, `serve`: parse, call alexnet.retrieval, print
-(or, for `serve`, answer HTTP requests with cli/web.py's app).
+"""`alexnet index`, `search`, `eval-retrieval`, `serve`, `duplicates`: parse, call
+alexnet.retrieval, print (or, for `serve`, answer HTTP requests with cli/web.py's app).
 
-`register(group)` adds the four commands to a click group (cli/main.py's `cli`).
+`register(group)` adds the five commands to a click group (cli/main.py's `cli`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import click
 from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option, workers_option
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
+
+JSONL_CHUNK = 256  # --jsonl: queries checked, then searched, this many at a time
 
 
 def png_only(ctx, param, path: Path | None) -> Path | None:
@@ -56,14 +58,46 @@ def check_bits(ctx, param, bits: int) -> int:
     show_default=True,
     help="Images per batch for the fc7 features.",
 )
+@click.option(
+    "--images",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Index this folder of photos (any depth, any names) as a gallery instead of the "
+    "training set, with the training set's autoencoder (and its code length); run again to "
+    "add new and changed files and drop deleted ones.",
+)
+@click.option("--name", default=None, help="The gallery's name (default: the folder's name).")
 @workers_option
 @click.pass_context
-def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
+def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, workers):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
 
-    Each step is skipped when its output is current; a stale index is rebuilt.
+    Each step is skipped when its output is current; a stale index is rebuilt. With
+    --images DIR, index DIR as gallery NAME (RUN/galleries/NAME) with the training set's
+    network and autoencoder; under torchrun the processes share the extraction.
     """
     from alexnet.retrieval.api import index_run
+
+    if images is None and name is not None:
+        raise click.BadParameter(
+            "a gallery is made from a folder: add --images DIR", param_hint="--name"
+        )
+    if images is not None:
+        from alexnet.retrieval.gallery import index_gallery
+
+        name = name or images.resolve().name
+        g = index_gallery(
+            run, images, name, batch_size=batch_size, progress=progress(ctx), workers=workers
+        )
+        if g:  # the other torchrun processes return nothing to print
+            for s in g["skipped"]:
+                click.secho(f"skipped: {s['path']}: {s['reason']}", fg="yellow", err=True)
+            click.echo(
+                f"gallery {name}: {g['count']} images ({g['added']} added, {g['updated']} "
+                f"updated, {g['removed']} removed, {len(g['skipped'])} skipped); {g['bits']}-bit "
+                f"codes; written: {g['path']}"
+            )
+        return
 
     meta = index_run(
         run,
@@ -99,6 +133,14 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
+    "--jsonl",
+    is_flag=True,
+    help="Print one JSON line per query as each batch is answered (for large folders).",
+)
+@click.option(
+    "--gallery", default=None, help="Search this gallery (alexnet index --images) instead."
+)
+@click.option(
     "--montage",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -110,22 +152,38 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, workers):
 )
 @workers_option
 @click.pass_context
-def search(ctx, images, run, k, rerank, as_json, montage, absolute, workers):
-    """The training images most similar to each IMAGE (files or folders of images)."""
-    from alexnet.pipeline.dataset import image_files
-    from alexnet.retrieval.api import open_index
+def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, workers):
+    """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
+    from alexnet.pipeline.dataset import image_files, usable_images
+    from alexnet.retrieval.api import open_index, search_stream
     from alexnet.retrieval.api import search as run_search
 
-    files, skipped = image_files(images)
+    if jsonl and (as_json or montage):
+        raise click.BadParameter("use it without --json and --montage", param_hint="--jsonl")
+    files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    ri = open_index(run, progress=progress(ctx), workers=workers)
+    if gallery is None:
+        ri = open_index(run, progress=progress(ctx), workers=workers)
+        root = ri.trained.manifest["root"]
+    else:
+        from alexnet.retrieval.gallery import open_gallery
+
+        ri = open_gallery(run, gallery, workers=workers)
+        root = ri.record["root"]
+    if jsonl:
+        for start in range(0, len(files), JSONL_CHUNK):
+            usable, skipped = usable_images(files[start : start + JSONL_CHUNK])
+            for path, why in skipped:
+                click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
+            for row in search_stream(ri, usable, k=k, rerank_top=rerank):
+                click.echo(json.dumps(row))
+        return
     result = run_search(ri, files, k=k, rerank_top=rerank)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:
-        root = None if absolute else ri.trained.manifest["root"]
-        click.echo(search_table(result, root))
+        click.echo(search_table(result, None if absolute else root))
     if montage:
         from alexnet.retrieval.montage import make_montage
 
@@ -144,7 +202,7 @@ def search_table(result: dict, root: str | None) -> str:
     ]
     for row in result["queries"]:
         rows = row["results"]
-        width = max(len(r["class"]) for r in rows)
+        width = max((len(r["class"] or "") for r in rows), default=5)
         known = f" ({row['class']})" if "class" in row else ""
         lines += ["", f"query: {row['query']}{known}"]
         fc7 = f"{'fc7 L2':>9}" if rerank else ""
@@ -152,7 +210,8 @@ def search_table(result: dict, root: str | None) -> str:
         for r in rows:
             path = os.path.relpath(r["path"], root) if root else r["path"]
             dist = f"{r['distance']:9.3f}" if rerank else ""
-            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {r['class']:{width}}  {path}")
+            label = r["class"] or ""  # a gallery image outside the run's classes
+            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {label:{width}}  {path}")
     return "\n".join(lines)
 
 
@@ -218,8 +277,14 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     show_default=True,
     help="Larger uploads are refused (HTTP 413).",
 )
+@click.option(
+    "--gallery",
+    "galleries",
+    multiple=True,
+    help="Also offer this gallery (alexnet index --images) on the page; repeat for more.",
+)
 @click.pass_context
-def serve(ctx, run, host, port, max_upload_mb):
+def serve(ctx, run, host, port, max_upload_mb, galleries):
     """A search page and a JSON API for RUN in the browser (API documented at /docs).
 
     The run's index is opened once (and built first when missing); Ctrl-C stops the server.
@@ -229,7 +294,7 @@ def serve(ctx, run, host, port, max_upload_mb):
     from alexnet.cli.web import create_app
 
     sock = listen(host, port)  # before the index loads: a taken port fails at once
-    app = create_app(run, max_upload_mb=max_upload_mb, progress=progress(ctx))
+    app = create_app(run, galleries=galleries, max_upload_mb=max_upload_mb, progress=progress(ctx))
     port = sock.getsockname()[1]
     click.echo(f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -238,6 +303,54 @@ def serve(ctx, run, host, port, max_upload_mb):
     except KeyboardInterrupt:  # uvicorn stops the server first, then passes the Ctrl-C on
         click.echo("stopped")
         ctx.exit(130)  # as every command does on Ctrl-C
+
+
+@click.command()
+@run_option
+@click.option("--gallery", required=True, help="The gallery to look in (alexnet index --images).")
+@click.option(
+    "--max-distance",
+    type=NON_NEGATIVE,
+    default=None,
+    help="Candidate pairs: codes at most this many bits apart (default: bits / 16, 4 of 64).",
+)
+@click.option(
+    "--max-fc7",
+    type=click.FloatRange(min=0),
+    default=R.DUPLICATE_FC7,
+    show_default=True,
+    help="A candidate pair is a duplicate when its relative fc7 distance "
+    "||a - b|| / sqrt(||a|| ||b||) is at most this.",
+)
+@click.option(
+    "--mirrors/--no-mirrors",
+    default=True,
+    show_default=True,
+    help="Also catch mirrored copies (checks close pairs with the mirrored crop).",
+)
+@workers_option
+@click.pass_context
+def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, workers):
+    """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
+    writes RUN/galleries/NAME/duplicates.json and a contact sheet per group."""
+    from alexnet.retrieval.duplicates import find_duplicates
+    from alexnet.retrieval.gallery import open_gallery
+
+    gi = open_gallery(run, gallery, workers=workers)
+    report = find_duplicates(
+        gi, max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors, progress=progress(ctx)
+    )
+    groups = report["groups"]
+    root = gi.record["root"]
+    for n, group in enumerate(groups):
+        names = ", ".join(os.path.relpath(p, root) for p in group["images"])
+        click.echo(f"{n}: {names}")
+    click.echo(
+        f"{report['images']} images, {report['candidates']} pairs within "
+        f"{report['max_distance']} bits, {len(groups)} groups of near-duplicates "
+        f"({sum(len(g['images']) for g in groups)} images; fc7 <= {report['max_fc7']:g}); "
+        f"written: {gi.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -256,6 +369,6 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def register(group: click.Group) -> None:
-    """Add `index`, `search`, `eval-retrieval` and `serve` to `group`."""
-    for command in (index_command, search, eval_retrieval, serve):
+    """Add `index`, `search`, `eval-retrieval`, `serve` and `duplicates` to `group`."""
+    for command in (index_command, search, eval_retrieval, serve, duplicates):
         group.add_command(command)

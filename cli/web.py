@@ -1,6 +1,7 @@
 """`alexnet serve`'s web app: a search page and a JSON API over alexnet.retrieval.api.
 
     app = create_app("runs/demo")              # opens the run's index once (builds it if missing)
+    app = create_app(run, galleries=["photos"])  # and galleries, searched by `gallery`
     app = create_app(run, index=ri)            # an index already open (tests)
 
     GET  /                 the page: cli/static/index.html, app.js, style.css
@@ -19,6 +20,7 @@ not thread-safe, so one lock serialises searches; thumbnails need no lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -40,14 +42,22 @@ MAX_UPLOAD_MB = 20.0
 
 
 def create_app(
-    run: str | Path, *, index=None, max_upload_mb: float = MAX_UPLOAD_MB, progress: bool = False
+    run: str | Path,
+    *,
+    index=None,
+    galleries: Sequence[str] = (),
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    progress: bool = False,
 ) -> FastAPI:
-    """The app for RUN: `index` is RUN's opened RunIndex, or None to open it here."""
+    """The app for RUN: `index` is RUN's opened RunIndex, or None to open it here;
+    `galleries` names galleries of RUN (alexnet index --images) to open beside it."""
     from alexnet.pipeline.errors import AlexnetError
     from alexnet.retrieval import api
+    from alexnet.retrieval.gallery import open_gallery
 
     ri = index or api.open_index(run, progress=progress)
-    collections = {"": ri}  # "" is the training set; named galleries would join it here
+    collections = {"": ri}  # "" is the training set
+    collections |= {name: open_gallery(run, name) for name in galleries}
     info = {
         **api.describe(ri),
         "galleries": sorted(name for name in collections if name),

@@ -424,6 +424,52 @@ def _candidates(
     return classes, candidates
 
 
+def images_below(
+    folder: str | Path,
+    *,
+    min_size: int = MIN_SIZE,
+    max_pixels: int = MAX_PIXELS,
+    known: dict[str, tuple[int, int]] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[list[tuple[str, int, int]], list[dict]]:
+    """The usable images below `folder`, at any depth and with any names, walked as `scan`
+    walks a class folder, and the skipped entries {"path" (relative), "reason"}.
+
+    Returns (path, bytes, mtime_ns) per usable image, sorted by path. A file listed in `known`
+    {path: (bytes, mtime_ns)} with that size and modification time is taken as it was, without
+    decoding it again: an update checks only new and changed files.
+    """
+    root = Path(folder).resolve()
+    if not root.is_dir():
+        raise AlexnetError(f"{folder} is not a folder: pass the folder of images to index")
+    walk = _Walk(root)
+    below = walk.files_below(str(root))
+    if below is None:
+        raise AlexnetError(f"{root} cannot be read: {walk.skipped[-1]['reason']}")
+    usable, check = [], []
+    for path in below:
+        if Path(path).suffix.lower() not in EXTENSIONS:
+            walk.skip(path, f"unsupported extension {Path(path).suffix or '(none)'}")
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            walk.skip(path, f"unreadable ({e.strerror})")
+            continue
+        if known is not None and known.get(path) == (st.st_size, st.st_mtime_ns):
+            usable.append((path, st.st_size, st.st_mtime_ns))
+        else:
+            check.append(path)
+    results = _inspect_all(check, min_size, max_pixels, workers, progress) if check else []
+    for path, (reason, size, mtime) in zip(check, results, strict=True):
+        if reason:
+            walk.skip(path, reason)
+        else:
+            usable.append((path, size, mtime))
+    return sorted(usable), sorted(walk.skipped, key=lambda s: s["path"])
+
+
 def _inspect_all(
     paths: list[str], min_size: int, max_pixels: int, workers: int | None, progress: bool
 ) -> list[tuple[str | None, int, int]]:
@@ -530,11 +576,14 @@ def split_files(manifest: dict, split: str) -> tuple[list[str], list[int]]:
     return [f"{root}/{table.paths[i]}" for i in chosen], table.labels[chosen].tolist()
 
 
-def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
+def image_files(
+    paths: Sequence[str | Path], *, check: bool = True
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand folders to the images below them (sorted) and check that every file decodes.
 
     Returns the usable files and the (path, reason) of those skipped, so that one bad file in
-    a folder of queries does not stop the others; no usable file at all is an error.
+    a folder of queries does not stop the others; no usable file at all is an error. With
+    `check` False files are only listed (a caller checks them as it goes: `usable_images`).
     """
     files: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -552,7 +601,16 @@ def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str,
             skipped.append((str(p), "does not exist"))
         else:
             files.append(str(p))
-    usable = []
+    usable, bad = usable_images(files) if check else (files, [])
+    skipped += bad
+    if not usable:
+        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
+    return usable, skipped
+
+
+def usable_images(files: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files that decode, and the (path, reason) of those that do not."""
+    usable, skipped = [], []
     for f in files:
         reason = (
             "is not readable (permission denied)"
@@ -563,6 +621,4 @@ def image_files(paths: Sequence[str | Path]) -> tuple[list[str], list[tuple[str,
             skipped.append((f, f"cannot be used as a query: {reason}"))
         else:
             usable.append(f)
-    if not usable:
-        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
     return usable, skipped

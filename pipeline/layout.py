@@ -10,6 +10,7 @@
     RUN/eval.json, eval_retrieval.json, search.png
     RUN/index/...                  the training set's retrieval index (IndexPaths)
     RUN/galleries/NAME/...         other photo collections, each an IndexPaths of its own
+                                   (+ files.G.npz per update, duplicates.json, duplicates/)
     RUN/thumbs/FINGERPRINT/ID.jpg  thumbnails of indexed images, made by `alexnet serve`
 
 Every module asks `RunPaths(run)` for a path; none spells one itself.
@@ -54,6 +55,17 @@ class IndexPaths:
     @property
     def meta(self) -> Path:
         return self.folder / "codes.json"
+
+    def entries(self, generation: int) -> Path:
+        """A gallery's files, sizes, times, feature rows and codes, as of one update."""
+        return self.folder / f"files.{generation}.npz"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.folder / "duplicates.json"
+
+    def duplicate_sheet(self, group: int) -> Path:
+        return self.folder / "duplicates" / f"{group}.png"
 
 
 @dataclass(frozen=True)
@@ -155,8 +167,12 @@ class RunPaths:
         """The training set's index."""
         return IndexPaths(self.root / "index")
 
+    @property
+    def galleries(self) -> Path:
+        return self.root / "galleries"
+
     def gallery(self, name: str) -> IndexPaths:
-        return IndexPaths(self.root / "galleries" / name)
+        return IndexPaths(self.galleries / name)
 
 
 RUNS = Path("runs")  # where runs live unless --run says otherwise

@@ -6,6 +6,8 @@ index        faiss binary index (exact Hamming; IVF above a size threshold; GPU 
              GPU is), optional fc7 re-rank; a collection's build and stale-index checks
 api          open_index, search, index_run, describe, thumbnail: what every face (terminal,
              web page) calls
+gallery      any folder of photos indexed with a run (incremental; sharded under torchrun)
+duplicates   near-duplicate groups in a gallery: codes shortlist, fc7 confirms
 evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, float fc7, raw pixels
 montage      a PNG contact sheet of search results
 defaults     the retrieval settings' defaults (light: no torch, no faiss)
@@ -20,11 +22,15 @@ _EXPORTS = {
     "build_run_index": "index",
     "describe": "api",
     "evaluate_retrieval": "evaluate",
+    "find_duplicates": "duplicates",
+    "index_gallery": "gallery",
+    "open_gallery": "gallery",
     "index_run": "api",
     "make_montage": "montage",
     "open_index": "api",
     "query_features": "features",
     "search": "api",
+    "search_stream": "api",
     "thumbnail": "api",
 }
 __all__ = sorted(_EXPORTS)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from alexnet.pipeline.files import atomic_write
 from alexnet.pipeline.lock import RunLock
 
 from .autoencoder import encode
-from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, SEARCH_RERANK, K
+from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
 from .features import query_features, source_identity
 from .index import RunIndex, build_run_index, hamming, index_problem, open_run_index
 from .montage import centre_square
@@ -125,46 +125,16 @@ def search(
     Returns {"query_ms", "k", "rerank", "distance", "bits", "index", "checkpoint", "queries":
     [{"query", ("class", "class_id": when the query's folder names a class), "results":
     [{"rank", "id", "path", "class", "class_id", "hamming", "distance"}]}]}.
-    The files returned are checked against the manifest first (gone or changed: an error).
+    The files returned are checked first (gone or changed since indexed: an error); a
+    gallery's images whose folder names none of the run's classes have class None.
     """
-    if rerank_top < 0:
-        raise AlexnetError(f"the re-rank shortlist must be 0 (off) or more, got {rerank_top}")
-    items = [_encoded(q) for q in queries]
-    if names is None:
-        names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
-    for item, name in zip(items, names, strict=True):
-        # Bytes come from outside (uploads): PIL says what is wrong before DALI meets them.
-        reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
-        if reason:
-            raise AlexnetError(f"{name} cannot be used as a query: {reason}")
+    items, names = _queries(queries, names, rerank_top)
     start = time.perf_counter()
-    vectors = query_features(ri.trained, items, crops=ri.crops)
-    codes = encode(ri.autoencoder, vectors)
-    D, I = ri.query(vectors, k, rerank_top, codes)
-    manifest = ri.trained.manifest
-    table, root = manifest["files"], manifest["root"]
-    train = table.positions("train")  # ids are positions in the training split
-    verify_files(manifest, train[I[I >= 0]])
-    rows = []
-    for q, name in enumerate(names):
-        found = I[q] >= 0  # an approximate index may find fewer than k
-        ids, dist = I[q][found], D[q][found]
-        ham = hamming(codes[q : q + 1], ri.codes[ids])[0]
-        results = []
-        for r, (i, p) in enumerate(zip(ids, train[ids], strict=True)):
-            label = table.labels[p]
-            results.append(
-                {
-                    "rank": r + 1,
-                    "id": int(i),
-                    "path": f"{root}/{table.paths[p]}",
-                    "class": ri.trained.class_names[label],
-                    "class_id": ri.trained.classes[label],
-                    "hamming": int(ham[r]),
-                    "distance": float(dist[r]),
-                }
-            )
-        rows.append({"query": name, **query_class(ri.trained, name), "results": results})
+    rows = [
+        row
+        for batch in search_batches(ri, items, names, k=k, rerank_top=rerank_top)
+        for row in batch
+    ]
     return {
         "query_ms": 1000 * (time.perf_counter() - start) / max(1, len(items)),
         "k": k,
@@ -175,6 +145,64 @@ def search(
         "checkpoint": str(ri.trained.checkpoint),
         "queries": rows,
     }
+
+
+def search_stream(
+    ri: RunIndex,
+    queries: Sequence[str | Path | bytes | np.ndarray],
+    *,
+    k: int = K,
+    rerank_top: int = SEARCH_RERANK,
+    names: Sequence[str] | None = None,
+) -> Iterator[dict]:
+    """search's per-query records ({"query", ("class", "class_id"), "results"}), yielded as
+    each batch of queries is answered: a folder of 10^5 queries prints as it goes."""
+    items, names = _queries(queries, names, rerank_top)
+    for batch in search_batches(ri, items, names, k=k, rerank_top=rerank_top):
+        yield from batch
+
+
+def _queries(queries, names, rerank_top: int) -> tuple[list[str | bytes], Sequence[str]]:
+    """The queries as paths or bytes, and their names; bytes that do not decode refused."""
+    if rerank_top < 0:
+        raise AlexnetError(f"the re-rank shortlist must be 0 (off) or more, got {rerank_top}")
+    items = [_encoded(q) for q in queries]
+    if names is None:
+        names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
+    for item, name in zip(items, names, strict=True):
+        # Bytes come from outside (uploads): PIL says what is wrong before DALI meets them.
+        reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
+        if reason:
+            raise AlexnetError(f"{name} cannot be used as a query: {reason}")
+    return items, names
+
+
+def search_batches(
+    ri: RunIndex, items: list[str | bytes], names: Sequence[str], *, k: int, rerank_top: int
+) -> Iterator[list[dict]]:
+    """The records of each batch of QUERY_BATCH queries, batch after batch."""
+    ri.check_k(k)
+    for s in range(0, len(items), QUERY_BATCH):
+        vectors = query_features(ri.trained, items[s : s + QUERY_BATCH], crops=ri.crops)
+        codes = encode(ri.autoencoder, vectors)
+        D, I = ri.query(vectors, k, rerank_top, codes)
+        rows = []
+        for q, name in enumerate(names[s : s + QUERY_BATCH]):
+            found = I[q] >= 0  # an approximate index may find fewer than k
+            ids, dist = I[q][found], D[q][found]
+            ham = hamming(codes[q : q + 1], ri.codes[ids])[0]
+            results = [
+                {
+                    "rank": r + 1,
+                    "id": int(i),
+                    **hit,
+                    "hamming": int(ham[r]),
+                    "distance": float(dist[r]),
+                }
+                for r, (i, hit) in enumerate(zip(ids, ri.hits(ids), strict=True))
+            ]
+            rows.append({"query": name, **query_class(ri.trained, name), "results": results})
+        yield rows
 
 
 def query_class(trained, name: str) -> dict:
@@ -188,18 +216,15 @@ def query_class(trained, name: str) -> dict:
 
 
 def indexed_file(ri: RunIndex, i: int) -> str:
-    """The file of indexed image `i`, as the manifest lists it; ids outside 0..N-1 refused."""
-    n = ri.index.ntotal
-    if not 0 <= i < n:
-        raise AlexnetError(f"there is no indexed image {i}: ids run from 0 to {n - 1}")
-    return ri.files[0][i]
+    """The file of indexed image `i` (an unknown id: an error)."""
+    return ri.file_of(i)
 
 
 def thumbnail(ri: RunIndex, i: int) -> bytes:
     """A JPEG of indexed image `i`'s centre square, THUMB pixels a side: made on first request
     and kept under RUN/thumbs (made each time where the run folder cannot be written)."""
     source = indexed_file(ri, i)
-    path = ri.trained.paths.thumb(ri.trained.manifest["fingerprint"], i)
+    path = ri.trained.paths.thumb(ri.thumb_key, i)
     if path.is_file():
         return path.read_bytes()
     buf = io.BytesIO()

@@ -12,3 +12,4 @@ K = 10  # results per query
 SEARCH_RERANK = 0  # search: re-rank shortlist length; 0 keeps the Hamming order
 EVAL_RERANK = 100  # eval-retrieval: shortlist of the "hamming+rerank" mode
 PIXEL_SIZE = 32  # eval-retrieval: side of the raw-pixel baseline's vectors
+DUPLICATE_FC7 = 0.075  # duplicates: relative fc7 distance that confirms a pair (duplicates.py)

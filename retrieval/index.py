@@ -41,7 +41,7 @@ import numpy as np
 
 from alexnet.model.inference import TrainedRun, query_crops
 from alexnet.pipeline.dali import QueryCrops
-from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.dataset import split_files, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
 from alexnet.pipeline.layout import IndexPaths
@@ -314,11 +314,45 @@ class RunIndex:
     fast: faiss.IndexBinary  # the same, on the GPU where there is one
     features: np.ndarray  # float16 (N, 4096), memory-mapped
     meta: dict
+    unit = "training images"  # what the database holds, in messages
 
     @cached_property
     def files(self) -> tuple[list[str], list[int]]:
         """Paths and labels of the indexed images: id i is the i-th training file."""
         return split_files(self.trained.manifest, "train")
+
+    @cached_property
+    def train_positions(self) -> np.ndarray:
+        """Manifest positions of the indexed images: id i is the i-th training file."""
+        return self.trained.manifest["files"].positions("train")
+
+    @property
+    def thumb_key(self) -> str:
+        """What names this collection's thumbnail folder: the manifest's fingerprint."""
+        return self.trained.manifest["fingerprint"]
+
+    def file_of(self, i: int) -> str:
+        """The file of indexed image `i`; ids outside 0..N-1 refused."""
+        n = self.index.ntotal
+        if not 0 <= i < n:
+            raise AlexnetError(f"there is no indexed image {i}: ids run from 0 to {n - 1}")
+        return self.files[0][i]
+
+    def hits(self, ids: np.ndarray) -> list[dict]:
+        """{"path", "class", "class_id"} of each indexed image in `ids`, after checking that
+        its file is as it was at prep (gone or changed: an error)."""
+        manifest = self.trained.manifest
+        table, root = manifest["files"], manifest["root"]
+        positions = self.train_positions[ids]
+        verify_files(manifest, positions)
+        return [
+            {
+                "path": f"{root}/{table.paths[p]}",
+                "class": self.trained.class_names[table.labels[p]],
+                "class_id": self.trained.classes[table.labels[p]],
+            }
+            for p in positions
+        ]
 
     @cached_property
     def crops(self) -> QueryCrops:
@@ -333,7 +367,7 @@ class RunIndex:
             raise AlexnetError(f"-k must be at least 1, got {k}")
         if k > self.index.ntotal:
             raise AlexnetError(
-                f"-k {k} is larger than the database ({self.index.ntotal} training images)"
+                f"-k {k} is larger than the database ({self.index.ntotal} {self.unit})"
             )
 
     def query(

@@ -43,7 +43,7 @@ def make_montage(
         cells += [
             (
                 res["path"],
-                str(res["class"])[:18],
+                str(res["class"] or "")[:18],
                 f"#{i + 1}  d={_number(res['distance'])} {unit}",
                 OTHER if known is None else SAME if res["class"] == known else WRONG,
             )

@@ -1,0 +1,227 @@
+"""Near-duplicates in a gallery: the same photo resized, re-encoded or mirrored.
+
+    report = find_duplicates(open_gallery(run, "photos"))   # also writes duplicates.json
+    report["groups"][0]["images"]                             # paths of one group
+
+Two stages, as a search does: the binary codes shortlist, fc7 decides.
+1. Candidate pairs: every pair of images whose codes lie within `max_distance` bits
+   (faiss IndexBinaryFlat.range_search, in blocks of queries; checked against a numpy
+   popcount scan in the tests). Default: bits / 16, 4 bits of a 64-bit code.
+2. Confirmation by the relative fc7 distance ||a - b|| / sqrt(||a|| ||b||) (the float16
+   features, so the scale of a run's fc7 does not matter): at most `max_fc7` (0.075).
+   Measured with the imagenette-mini run (BENCHMARKS.md, "Galleries"): a photo resized to
+   3/4 or re-encoded at JPEG quality 25 lies at 0.003 to 0.071 from its original; the
+   closest distinct photos at 0.082 (a blue golf ball and parachutists in a blue sky) and
+   0.124 (two parachutists). The margin is thin with a network at 53% top-1 error: lower
+   --max-fc7 for fewer false groups, raise it to catch harder edits.
+3. Mirrors: fc7 of a mirrored photo lies at 0.1 to 0.33 from the original's, as far as
+   similar distinct photos do, though its code stays close (within 3 bits there). So a
+   candidate pair that fails step 2 but lies within MIRROR_SHORTLIST (0.4) is checked once
+   more with the mirrored centre crop of its first image (the evaluation pipeline's tenth
+   crop): a mirrored copy then lies as close as a re-encoded one (0.02 to 0.07), and it
+   counts when that at least halves the pair's distance (MIRROR_GAIN), which keeps apart
+   two distinct look-alikes that are as close mirrored as not. `mirrors=False` skips this
+   (it costs one network pass per image in such pairs).
+
+Confirmed pairs are joined into groups (connected components). The report goes to
+GALLERY/duplicates.json and a contact sheet per group to GALLERY/duplicates/N.png.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+
+from alexnet.model.inference import encoded, query_crops
+from alexnet.pipeline.files import write_json
+from alexnet.pipeline.lock import RunLock
+
+from .defaults import DUPLICATE_FC7, QUERY_BATCH
+from .features import fc7_batches, to_float16
+from .gallery import GalleryIndex
+from .montage import make_montage
+
+log = logging.getLogger(__name__)
+
+MIRROR_SHORTLIST = 0.4  # pairs closer than this get the mirrored check
+MIRROR_GAIN = 0.5  # ... which must at least halve their distance
+MIRRORED_CENTRE = 9  # eval_crops' ten crops: 5 positions (centre last), then their mirrors
+BLOCK = 4096  # queries per range search
+
+
+def default_distance(bits: int) -> int:
+    return max(1, bits // 16)
+
+
+def candidate_pairs(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs (P, 2) int64 with i < j, their Hamming distances int32) of all codes within
+    `max_distance` bits of each other."""
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.add(np.ascontiguousarray(codes))
+    pairs, dists = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int32)]
+    for s in range(0, len(codes), BLOCK):
+        # range_search keeps distances strictly below the radius
+        lims, D, I = index.range_search(
+            np.ascontiguousarray(codes[s : s + BLOCK]), max_distance + 1
+        )
+        rows = s + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
+        later = I > rows
+        pairs.append(np.stack([rows[later], I[later]], 1).astype(np.int64))
+        dists.append(D[later].astype(np.int32))
+    pairs, dists = np.concatenate(pairs), np.concatenate(dists)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    return pairs[order], dists[order]
+
+
+def relative_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """||a - b|| / sqrt(||a|| ||b||) row by row (0 for two zero vectors)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    scale = np.sqrt(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.linalg.norm(a - b, axis=1) / np.maximum(scale, 1e-12)
+
+
+def mirrored_features(gi: GalleryIndex, files: list[str], progress: bool) -> np.ndarray:
+    """float16-rounded fc7 of the mirrored centre crop of each file, as a float32 array."""
+    from tqdm import tqdm
+
+    crops = query_crops(gi.trained, min(QUERY_BATCH, len(files)), ten_crop=True)
+    step = crops.batch_size
+    batches = (
+        crops([encoded(f) for f in files[s : s + step]])[:, MIRRORED_CENTRE]
+        for s in range(0, len(files), step)
+    )
+    out = [
+        to_float16(h)
+        for h in tqdm(
+            fc7_batches(gi.trained, batches),
+            total=-(-len(files) // step),
+            desc="mirrored fc7",
+            unit="batch",
+            disable=not progress,
+        )
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def components(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """The groups of 2 or more of n items joined by `pairs`, each sorted, by first item."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = root(int(a)), root(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def find_duplicates(
+    gi: GalleryIndex,
+    *,
+    max_distance: int | None = None,
+    max_fc7: float = DUPLICATE_FC7,
+    mirrors: bool = True,
+    sheets: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Groups of near-duplicate images in a gallery (module docstring), written to
+    GALLERY/duplicates.json with a contact sheet per group; returns that report:
+    {"gallery", "images", "bits", "max_distance", "max_fc7", "mirrors", "candidates",
+    "groups": [{"images": [path], "ids", "pairs": [{"a", "b", "hamming", "fc7",
+    "mirrored"}], "sheet"}]}."""
+    table, paths = gi.table, gi.paths
+    bits = table.codes.shape[1] * 8
+    max_distance = default_distance(bits) if max_distance is None else max_distance
+    pairs, hams = candidate_pairs(table.codes, max_distance)
+    feats = gi.features
+    rel = np.concatenate(
+        [np.zeros(0, np.float32)]
+        + [
+            relative_distance(
+                feats[table.rows[pairs[s : s + BLOCK, 0]]],
+                feats[table.rows[pairs[s : s + BLOCK, 1]]],
+            )
+            for s in range(0, len(pairs), BLOCK)
+        ]
+    )
+    mirrored = np.zeros(len(pairs), bool)
+    if mirrors:
+        retry = np.flatnonzero((rel > max_fc7) & (rel <= MIRROR_SHORTLIST))
+        if len(retry):
+            firsts = np.unique(pairs[retry, 0])
+            flipped = mirrored_features(gi, [str(table.paths[i]) for i in firsts], progress)
+            at = np.searchsorted(firsts, pairs[retry, 0])
+            again = relative_distance(flipped[at], feats[table.rows[pairs[retry, 1]]])
+            # A mirrored copy is explained by the flip: it must at least halve the distance.
+            # Two distinct photos that look alike (a blue ball, blue sky) stay as close
+            # mirrored as not, and are left apart.
+            better = again <= MIRROR_GAIN * rel[retry]
+            rel[retry[better]] = again[better]
+            mirrored[retry[better]] = True
+    confirmed = rel <= max_fc7
+    groups = []
+    for members in components(len(table), pairs[confirmed]):
+        inside = np.flatnonzero(confirmed & np.isin(pairs[:, 0], members))
+        groups.append(
+            {
+                "images": [str(table.paths[i]) for i in members],
+                "ids": [int(table.rows[i]) for i in members],
+                "pairs": [
+                    {
+                        "a": str(table.paths[pairs[p, 0]]),
+                        "b": str(table.paths[pairs[p, 1]]),
+                        "hamming": int(hams[p]),
+                        "fc7": round(float(rel[p]), 4),
+                        "mirrored": bool(mirrored[p]),
+                    }
+                    for p in inside
+                ],
+            }
+        )
+    report = {
+        "gallery": gi.name,
+        "images": len(table),
+        "bits": bits,
+        "max_distance": max_distance,
+        "max_fc7": max_fc7,
+        "mirrors": mirrors,
+        "candidates": len(pairs),
+        "groups": groups,
+    }
+    with RunLock(gi.trained.paths.root, f"duplicates --gallery {gi.name}"):
+        if sheets:
+            for n, group in enumerate(groups):
+                group["sheet"] = str(contact_sheet(gi, group, n))
+            n = len(groups)
+            while paths.duplicate_sheet(n).is_file():  # a previous report's extra sheets
+                paths.duplicate_sheet(n).unlink()
+                n += 1
+        write_json(paths.duplicates, report)
+    return report
+
+
+def contact_sheet(gi: GalleryIndex, group: dict, n: int):
+    """One row: the group's first image, then the others with their fc7 distance to it (as
+    confirmed, mirrored where that was closer; else the plain one)."""
+    first, rows = group["images"][0], group["ids"]
+    confirmed = {p["b"]: p for p in group["pairs"] if p["a"] == first}
+    plain = relative_distance(
+        np.repeat(np.asarray(gi.features[rows[:1]]), len(rows) - 1, 0), gi.features[rows[1:]]
+    )
+    results = []
+    for path, d in zip(group["images"][1:], plain, strict=True):
+        pair = confirmed.get(path, {"fc7": float(d), "mirrored": False})
+        label = "mirrored" if pair["mirrored"] else ""
+        results.append({"path": path, "class": label, "distance": pair["fc7"]})
+    row = {"query": first, "class": None, "results": results}
+    return make_montage([row], gi.paths.duplicate_sheet(n), unit="fc7")
