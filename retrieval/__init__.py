@@ -6,7 +6,8 @@ index        faiss binary index (exact Hamming; IVF above a size threshold; GPU 
              GPU is), optional fc7 re-rank; a collection's build and stale-index checks
 api          open_index, search, index_run, describe, thumbnail: what every face (terminal,
              web page) calls
-evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, float fc7, raw pixels
+baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
+evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, baselines, float fc7, pixels
 montage      a PNG contact sheet of search results
 defaults     the retrieval settings' defaults (light: no torch, no faiss)
 """

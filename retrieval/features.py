@@ -17,6 +17,7 @@ extraction therefore leaves no sidecar and is redone from scratch, never taken a
 from __future__ import annotations
 
 import logging
+import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +45,7 @@ from .defaults import FEATURE_BATCH, QUERY_BATCH
 log = logging.getLogger(__name__)
 
 DIM = 4096
+BLOCK = 8192  # rows per block when streaming features: 64 MB of float16 4096-d vectors
 FEATURES_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -152,6 +154,34 @@ def mark_complete(paths: IndexPaths, source: dict, count: int) -> None:
 def load_features(paths: IndexPaths) -> np.ndarray:
     """The collection's float16 (N, 4096) features, memory-mapped read-only."""
     return np.load(paths.features, mmap_mode="r")
+
+
+def feature_blocks(features: np.ndarray, *, block: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 rows) of `features`, `block` rows at a time, in order.
+
+    A whole memory-mapped .npy file (load_features) is read with plain file reads, not
+    through the map: pages read through a map stay in the process's resident memory until
+    it is unmapped, so one pass over 10^6 vectors (8 GB) would leave them all counted as
+    resident; read from the file they live only in the page cache. Memory: one block.
+    """
+    n = len(features)
+    whole_file = (
+        isinstance(features, np.memmap)
+        and isinstance(features.base, mmap.mmap)  # not a view of a part of it
+        and features.flags.c_contiguous
+        and features.filename
+    )
+    if not whole_file:
+        for start in range(0, n, block):
+            yield start, np.array(features[start : start + block], np.float32)  # a copy
+        return
+    dim = int(np.prod(features.shape[1:]))
+    with open(features.filename, "rb") as f:
+        f.seek(features.offset)
+        for start in range(0, n, block):
+            rows = min(block, n - start)
+            x = np.fromfile(f, features.dtype, count=rows * dim).reshape(rows, dim)
+            yield start, x.astype(np.float32)
 
 
 # --- query images ------------------------------------------------------------------------
