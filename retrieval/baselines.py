@@ -17,8 +17,8 @@ approach to learning binary codes", CVPR; its PCA-direct and LSH baselines):
 Everything is fitted on the database's features only, streamed in blocks (features'
 feature_blocks): the mean and covariance are accumulated in float64 over every row (memory:
 the d x d covariance, 128 MB at d = 4096, and one block, whatever the number of rows), the
-principal directions are the covariance's top B eigenvectors (faiss.PCAMatrix would need
-every row in memory at once), each signed so that its largest coordinate is positive.
+principal directions are the covariance's top B eigenvectors (`pca`; faiss.PCAMatrix would
+need every row in memory at once), each signed so that its largest coordinate is positive.
 
 Functions, numpy in and out: `fit_baselines(features, bits)` -> {name: Projection};
 `encode(projections, features)` -> {name: packed uint8 codes}, one pass for all of them;
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 from .features import BLOCK, feature_blocks
 
@@ -67,34 +68,60 @@ def _blocks(features, block: int, progress: bool, desc: str):
 
 
 def moments(
-    features: np.ndarray, *, block: int = BLOCK, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """float64 mean (d,) and covariance (d, d) of the rows, one block at a time.
+    features: np.ndarray, *, covariance: bool = True, block: int = BLOCK, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """float64 mean (d,) and covariance (d, d) (or None) of the rows, one block at a time.
 
     Sums are taken about the first block's mean, so that the covariance does not come from
     the difference of two large, nearly equal terms (fc7 is non-negative, its mean large).
     """
     shift = s1 = s2 = None
-    for _, x in _blocks(features, block, progress, "fc7 covariance"):
+    desc = "fc7 covariance" if covariance else "fc7 mean"
+    for _, x in _blocks(features, block, progress, desc):
         if shift is None:
             shift = x.mean(0)
-            s1, s2 = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+            s1 = np.zeros(x.shape[1])
+            s2 = np.zeros((x.shape[1], x.shape[1])) if covariance else None
         x -= shift
         s1 += x.sum(0, dtype=np.float64)
-        s2 += x.T @ x  # float32 within a block, float64 across blocks
+        if covariance:
+            s2 += x.T @ x  # float32 within a block, float64 across blocks
     n = len(features)
     m = s1 / n
-    return shift + m, s2 / n - np.outer(m, m)
+    return shift + m, s2 / n - np.outer(m, m) if covariance else None
 
 
-def principal_directions(cov: np.ndarray, bits: int) -> np.ndarray:
-    """float64 (d, bits): the covariance's top `bits` eigenvectors, largest variance first,
-    each signed so that its largest-magnitude coordinate is positive (deterministic)."""
-    d = len(cov)
-    _, vecs = scipy.linalg.eigh(cov, subset_by_index=[d - bits, d - 1])
-    vecs = vecs[:, ::-1]
+def pca(
+    features: np.ndarray, bits: int, *, block: int = BLOCK, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean (d,) and top `bits` principal directions (d, bits), largest variance
+    first, each signed so that its largest-magnitude coordinate is positive.
+
+    More rows than dimensions: the covariance, streamed, and its top eigenvectors by
+    Lanczos iteration (scipy's eigsh, from a fixed start: ~8 s at d = 4096 where a full
+    eigendecomposition took 20-60 s on this machine). Fewer: the rows are no larger than the
+    covariance, so their SVD; directions beyond the rows' rank (no variance) complete the
+    basis in a seeded random orthonormal way.
+    """
+    n, d = features.shape
+    if n > d:
+        mean, cov = moments(features, block=block, progress=progress)
+        try:
+            values, vecs = scipy.sparse.linalg.eigsh(cov, k=bits, which="LA", v0=np.ones(d))
+        except (ValueError, scipy.sparse.linalg.ArpackError):  # k too close to d; no convergence
+            values, vecs = scipy.linalg.eigh(cov, subset_by_index=[d - bits, d - 1])
+        vecs = vecs[:, np.argsort(-values, kind="stable")]
+    else:
+        x = np.asarray(features, np.float64)
+        mean = x.mean(0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        vecs = vt[: min(bits, int((s > s[0] * 1e-6).sum()))].T
+        if vecs.shape[1] < bits:
+            extra = np.random.default_rng(0).standard_normal((d, bits - vecs.shape[1]))
+            q, _ = np.linalg.qr(np.concatenate([vecs, extra], axis=1))
+            vecs = np.concatenate([vecs, q[:, vecs.shape[1] :]], axis=1)
     flip = np.sign(vecs[np.abs(vecs).argmax(0), np.arange(bits)])
-    return vecs * flip
+    return mean, vecs * flip
 
 
 def itq_rotation(v: np.ndarray, *, iterations: int = ITQ_ITERATIONS, seed: int = 0) -> np.ndarray:
@@ -161,17 +188,15 @@ def fit_baselines(
     n, dim = features.shape
     if not 1 <= bits <= dim:
         raise ValueError(f"bits must be in 1..{dim}, got {bits}")
-    mean, cov = moments(features, block=block, progress=progress)
     out = {}
-    if "lsh" in names:
-        out["lsh"] = lsh_hyperplanes(dim, bits, seed=seed)
     if {"pca_sign", "itq"} & set(names):
-        pca = principal_directions(cov, bits).astype(np.float32)
-        out["pca_sign"] = pca
+        mean, directions = pca(features, bits, block=block, progress=progress)
+        out["pca_sign"] = directions.astype(np.float32)
         if "itq" in names:
             rng = np.random.default_rng(seed)
             rows = np.sort(rng.choice(n, min(n, itq_sample), replace=False))
-            v = _sample_rows(features, rows, (mean.astype(np.float32), pca), block, progress)
+            proj = (mean.astype(np.float32), out["pca_sign"])
+            v = _sample_rows(features, rows, proj, block, progress)
             r = itq_rotation(v, seed=seed)
             log.info(
                 "ITQ on %d rows: quantisation loss %.4g per row (PCA-sign: %.4g)",
@@ -179,7 +204,11 @@ def fit_baselines(
                 quantisation_loss(v, r),
                 quantisation_loss(v, np.eye(bits)),
             )
-            out["itq"] = pca @ r
+            out["itq"] = out["pca_sign"] @ r
+    else:
+        mean, _ = moments(features, covariance=False, block=block, progress=progress)
+    if "lsh" in names:
+        out["lsh"] = lsh_hyperplanes(dim, bits, seed=seed)
     mean = mean.astype(np.float32)
     return {k: Projection(k, mean, out[k].astype(np.float32)) for k in names}
 

@@ -70,6 +70,17 @@ def test_pca_sign_matches_numpy_pca_up_to_the_sign_of_each_component(features, m
     assert (bits_of(codes) != expected).mean() < 1e-3  # float32 vs float64 at the boundary
 
 
+def test_pca_of_fewer_rows_than_dimensions(features):
+    x = features[:40].astype(np.float64)  # 40 rows, 64 dimensions: the SVD path
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    mean, w = bl.pca(features[:40], BITS)
+    assert np.allclose(mean, x.mean(0)) and np.allclose(np.abs(w.T @ vt[:BITS].T), np.eye(BITS))
+    mean, w = bl.pca(features[:10], BITS)  # rank 9: the other 7 directions complete a basis
+    assert np.allclose(w.T @ w, np.eye(BITS), atol=1e-8)
+    _, _, vt = np.linalg.svd(features[:10].astype(np.float64) - mean, full_matrices=False)
+    assert np.allclose(np.abs(w[:, :9].T @ vt[:9].T), np.eye(9), atol=1e-6)
+
+
 def test_the_fit_is_the_same_streamed_or_in_memory_and_seeded(features, mapped):
     a = bl.fit_baselines(features, BITS, block=N)
     b = bl.fit_baselines(mapped, BITS, block=512)
