@@ -188,6 +188,8 @@ def fit_baselines(
     n, dim = features.shape
     if not 1 <= bits <= dim:
         raise ValueError(f"bits must be in 1..{dim}, got {bits}")
+    if not names:
+        return {}
     out = {}
     if {"pca_sign", "itq"} & set(names):
         mean, directions = pca(features, bits, block=block, progress=progress)
