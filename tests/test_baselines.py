@@ -15,7 +15,7 @@ from alexnet.retrieval.evaluate import (
     query_groups,
     streamed_l2,
 )
-from alexnet.retrieval.features import feature_blocks
+from alexnet.retrieval.features import feature_blocks, read_rows
 
 N, D, BITS = 3000, 64, 16
 
@@ -52,6 +52,9 @@ def test_feature_blocks_read_a_map_as_its_rows(features, mapped):
         assert got.dtype == np.float32 and np.array_equal(got, np.asarray(source, np.float32))
     starts = [s for s, _ in feature_blocks(mapped, block=700)]
     assert starts == list(range(0, N, 700))
+    ids = np.array([0, 5, 6, 999, N - 1])
+    for source in (features, mapped):
+        assert np.array_equal(read_rows(source, ids), features[ids].astype(np.float32))
 
 
 def test_pca_sign_matches_numpy_pca_up_to_the_sign_of_each_component(features, mapped):
