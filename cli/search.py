@@ -244,7 +244,8 @@ def search_table(result: dict, root: str | None) -> str:
 @click.pass_context
 def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     """Validation images as queries against the training set: precision@k and mAP of binary
-    codes, codes + re-rank, float fc7 and raw pixels; writes RUN/eval_retrieval.json."""
+    codes, codes + re-rank, ITQ / PCA-sign / LSH codes of as many bits, float fc7 and raw
+    pixels; writes RUN/eval_retrieval.json."""
     from alexnet.retrieval.api import open_index
     from alexnet.retrieval.evaluate import evaluate_retrieval, format_table, write_result
 

@@ -8,7 +8,8 @@ api          open_index, search, index_run, describe, thumbnail: what every face
              web page) calls
 gallery      any folder of photos indexed with a run (incremental; sharded under torchrun)
 duplicates   near-duplicate groups in a gallery: codes shortlist, fc7 confirms
-evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, float fc7, raw pixels
+baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
+evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, baselines, float fc7, pixels
 montage      a PNG contact sheet of search results
 defaults     the retrieval settings' defaults (light: no torch, no faiss)
 """

@@ -7,28 +7,35 @@ training set, and a result is relevant when it has the query's class. Modes:
 - "hamming": the autoencoder's binary codes, ranked by Hamming distance.
 - "hamming+rerank": the top R by Hamming re-ordered by Euclidean fc7 distance (the rest of
   the ranking keeps its Hamming order).
-- "fc7_euclidean": exact Euclidean distance between float fc7 vectors.
+- "itq", "pca_sign", "lsh": binary codes of as many bits as the autoencoder's, made by the
+  baselines of retrieval/baselines.py (fitted on the training set's fc7 only), by Hamming.
+- "fc7_euclidean": exact Euclidean distance between fc7 vectors (the stored float16).
 - "pixels_euclidean": Euclidean distance between raw pixels of the 256x256 centre patches
   (the prep pipeline's output), area-averaged down to `pixel_size` (default 32: the 32x32
   images of Krizhevsky & Hinton 2011, and 64x smaller; pass 256 for the full patch).
 
 For each: mean precision@k, mean average precision over the full ranking of the training set,
-bytes per database image as searched (codes; codes + float16 fc7 for the re-rank; float32
-vectors for the exact searches), and the query time (ms per query, batched, excluding the
-network's forward pass which all fc7 modes share; encoding and re-ranking are included).
-Hamming distances tie often; ties are broken in a fixed random order of the database, not in
-manifest order, which is sorted by class and would favour the first classes.
+bytes per database image as searched (codes; codes + float16 fc7 for the re-rank; float16
+fc7 vectors; float32 pixel vectors), and the query time (ms per query, batched, excluding the
+network's forward pass which all fc7 modes share; encoding and re-ranking are included; every
+code mode is timed on an exact faiss.IndexBinaryFlat). Hamming distances tie often; ties are
+broken in a fixed random order of the database, not in manifest order, which is sorted by
+class and would favour the first classes.
 
-Unlike search, this holds the training set's fc7 as float32 (16 KB per image) and its pixel
-vectors in memory, and ranks the whole database for every query (CHUNK queries at a time):
-it is meant for validation sets of up to some tens of thousands of images (--max-queries
-samples the queries of a larger one).
+Memory: the training set's fc7 stay in their float16 memory map and are streamed a block at a
+time (the float mode, the baselines' fitting and encoding; the re-rank reads only its
+shortlist), so a database of 10^6 images needs its codes, about `MEMORY` bytes of distances
+and rankings, and the pixel vectors (float32, 12 KB per image at 32x32: the one part that
+grows with the database). Every query is ranked against the whole database, so time grows
+with queries x database (--max-queries samples the queries of a large validation set).
+`evaluate_modes` is the part that needs no run: features, labels and codes in, the table out.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -41,21 +48,28 @@ from alexnet.pipeline.files import write_json
 from alexnet.pipeline.layout import RunPaths
 
 from . import autoencoder as ae
+from . import baselines as bl
+from .baselines import BASELINES
 from .defaults import EVAL_RERANK, PIXEL_SIZE, K
-from .features import DIM, query_features
+from .features import BLOCK, feature_blocks, query_features
 from .index import RunIndex, hamming, rerank
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64  # queries ranked at a time: memory is CHUNK x database size
+CHUNK = 64  # queries ranked at a time, at most
+MEMORY = 1 << 30  # bytes of distances and rankings held at once, whatever the database's size
+RANK_BYTES = 32  # bytes per (query, database image) while a chunk of queries is ranked
 
 
 def average_precision(relevant: np.ndarray) -> np.ndarray:
-    """AP of each row of a (Q, N) boolean relevance matrix in rank order (0 with no relevant)."""
-    hits = np.cumsum(relevant, axis=1)
-    precision = hits / np.arange(1, relevant.shape[1] + 1)
-    total = relevant.sum(1)
-    return np.where(total > 0, (precision * relevant).sum(1) / np.maximum(total, 1), 0.0)
+    """AP of each row of a (Q, N) boolean relevance matrix in rank order (0 with no relevant):
+    the mean, over the relevant results, of the precision at each one's rank."""
+    ap = np.zeros(len(relevant))
+    for q, row in enumerate(relevant):
+        ranks = np.flatnonzero(row) + 1
+        if len(ranks):
+            ap[q] = (np.arange(1, len(ranks) + 1) / ranks).mean()
+    return ap
 
 
 def rank_by(distances: np.ndarray, tie_order: np.ndarray) -> np.ndarray:
@@ -92,17 +106,151 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def exact_search(
+    features: np.ndarray, queries: np.ndarray, k: int, *, block: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray]:
+    """(D, I) of the k nearest rows of `features` (memory-mapped float16 is fine) by squared
+    Euclidean distance: float32 and int64, best first. Streamed a block at a time."""
+    heap = faiss.ResultHeap(len(queries), k)
+    queries = np.ascontiguousarray(queries, np.float32)
+    for start, x in feature_blocks(features, block=block):
+        D, I = faiss.knn(queries, x, min(k, len(x)))
+        heap.add_result(D, I + start)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def streamed_l2(features: np.ndarray, queries: np.ndarray, *, block: int = BLOCK) -> np.ndarray:
+    """float32 (len(queries), N) squared Euclidean distances to every row of `features`,
+    one block of the (memory-mapped) features at a time."""
+    out = np.empty((len(queries), len(features)), np.float32)
+    for start, x in feature_blocks(features, block=block):
+        out[:, start : start + len(x)] = squared_l2(queries, x)
+    return out
+
+
+def query_groups(n: int, queries: int, memory: int = MEMORY) -> tuple[int, int]:
+    """(queries whose float distances are held at once, queries ranked at a time) for a
+    database of n images within about `memory` bytes."""
+    group = max(1, min(queries, memory // (4 * n)))
+    chunk = max(1, min(CHUNK, memory // (RANK_BYTES * n), group))
+    return group, chunk
+
+
+def evaluate_modes(
+    features: np.ndarray,
+    db_labels: np.ndarray,
+    queries: np.ndarray,
+    q_labels: np.ndarray,
+    *,
+    codes: dict[str, tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]],
+    rerank_of: str | None = None,
+    pixels: tuple[np.ndarray, np.ndarray] | None = None,
+    k: int = K,
+    rerank_top: int = EVAL_RERANK,
+    tie_order: np.ndarray | None = None,
+    memory: int = MEMORY,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """Precision@k, mAP, bytes per image and query time of each mode (module docstring).
+
+    `features`: the database's (N, d) fc7, memory-mapped float16 is fine (streamed);
+    `queries`: float32 (Q, d) query fc7; labels: int arrays. `codes`: mode -> (database's
+    packed codes, function from float fc7 to packed codes). `rerank_of`: the code mode whose
+    top `rerank_top` are re-ranked by fc7 ("MODE+rerank"). `pixels`: (database, queries)
+    float32 pixel vectors, or None. Ties in `tie_order` (default: a seeded permutation).
+    Memory: the codes, the pixels, and about `memory` bytes of distances and rankings.
+    """
+    from tqdm import tqdm
+
+    n, nq = len(features), len(queries)
+    k = min(k, n)
+    rerank_top = min(max(rerank_top, k), n)
+    if tie_order is None:
+        tie_order = np.random.default_rng(0).permutation(n)
+    db_labels = np.asarray(db_labels, np.int32)
+    q_labels = np.asarray(q_labels, np.int32)
+    dim_bytes = features.dtype.itemsize * features.shape[1]
+
+    modes: dict[str, dict] = {}
+    for mode, (db_codes, encoder) in codes.items():
+        index = faiss.IndexBinaryFlat(db_codes.shape[1] * 8)
+        index.add(np.ascontiguousarray(db_codes))
+        seconds, q_codes = _timed(lambda e=encoder: e(queries))
+        seconds += _timed(lambda i=index, c=q_codes: i.search(c, k))[0]
+        modes[mode] = {"codes": q_codes, "bytes": db_codes.shape[1], "seconds": seconds}
+        if mode == rerank_of:
+            seconds = _timed(lambda e=encoder: e(queries))[0]
+            seconds += _timed(
+                lambda i=index, c=q_codes: rerank(features, queries, i.search(c, rerank_top)[1], k)
+            )[0]
+            modes[f"{mode}+rerank"] = {"bytes": db_codes.shape[1] + dim_bytes, "seconds": seconds}
+    modes["fc7_euclidean"] = {
+        "bytes": dim_bytes,
+        "seconds": _timed(lambda: exact_search(features, queries, k))[0],
+    }
+    if pixels is not None:
+        db_pix, q_pix = pixels
+        modes["pixels_euclidean"] = {
+            "bytes": 4 * db_pix.shape[1],
+            "seconds": _timed(lambda: faiss.knn(q_pix, db_pix, k))[0],
+        }
+    precision = {m: [] for m in modes}
+    aps = {m: [] for m in modes}
+
+    def score(mode: str, rows: slice, ranking: np.ndarray) -> None:
+        relevant = db_labels[ranking] == q_labels[rows, None]
+        precision[mode].append(relevant[:, :k].mean(1))
+        aps[mode].append(average_precision(relevant))
+
+    group, chunk = query_groups(n, nq, memory)
+    with tqdm(total=nq, desc="ranking", unit="query", disable=not progress) as bar:
+        for g in range(0, nq, group):
+            fc7 = streamed_l2(features, queries[g : g + group])
+            for s in range(g, min(g + group, nq), chunk):
+                rows = slice(s, min(s + chunk, nq))
+                for mode, (db_codes, _) in codes.items():
+                    d = hamming(modes[mode]["codes"][rows], db_codes).astype(np.uint16)
+                    ranking = rank_by(d, tie_order)  # uint16: numpy's radix sort
+                    del d
+                    score(mode, rows, ranking)
+                    if mode == rerank_of:
+                        _, top = rerank(
+                            features, queries[rows], ranking[:, :rerank_top], rerank_top
+                        )
+                        ranking[:, :rerank_top] = top
+                        score(f"{mode}+rerank", rows, ranking)
+                    del ranking
+                score("fc7_euclidean", rows, rank_by(fc7[s - g : rows.stop - g], tie_order))
+                if pixels is not None:
+                    d = squared_l2(q_pix[rows], db_pix)
+                    score("pixels_euclidean", rows, rank_by(d, tie_order))
+                bar.update(rows.stop - rows.start)
+            del fc7
+
+    return {
+        m: {
+            f"precision_at_{k}": float(np.concatenate(precision[m]).mean()),
+            "map": float(np.concatenate(aps[m]).mean()),
+            "bytes_per_image": int(modes[m]["bytes"]),
+            "query_ms": 1000 * modes[m]["seconds"] / nq,
+        }
+        for m in modes
+    }
+
+
 def evaluate_retrieval(
     ri: RunIndex,
     *,
     k: int = K,
     rerank_top: int = EVAL_RERANK,
     pixel_size: int = PIXEL_SIZE,
+    baselines: tuple[str, ...] = BASELINES,
     max_queries: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Precision@k, mAP, bytes per image and query time of the four modes (module docstring)."""
+    """Precision@k, mAP, bytes per image and query time of every mode (module docstring)."""
     net = ri.trained
     verify_files(net.manifest)  # every file is read below, for the raw-pixel baseline
     db_files, db_labels = split_files(net.manifest, "train")
@@ -117,14 +265,17 @@ def evaluate_retrieval(
         keep = np.sort(rng.choice(len(q_files), max_queries, replace=False))
         q_files, q_labels = [q_files[i] for i in keep], [q_labels[i] for i in keep]
     n = len(db_files)
-    k = min(k, n)
-    rerank_top = min(max(rerank_top, k), n)
-    db_labels, q_labels = np.array(db_labels), np.array(q_labels)
     tie_order = rng.permutation(n)
 
     q_fc7 = query_features(net, q_files, progress=progress)
-    q_codes = ae.encode(ri.autoencoder, q_fc7)
-    db_fc7 = np.asarray(ri.features, np.float32)
+    bits = ri.codes.shape[1] * 8
+    codes = {"hamming": (ri.codes, lambda x: ae.encode(ri.autoencoder, x))}
+    fit_seconds, projections = _timed(
+        lambda: bl.fit_baselines(ri.features, bits, names=baselines, seed=seed, progress=progress)
+    )
+    db_codes = bl.encode(projections, ri.features, progress=progress)
+    for name, p in projections.items():
+        codes[name] = (db_codes[name], lambda x, p=p: bl.encode({p.name: p}, x)[p.name])
     log.info(
         "raw pixels at %dx%d of %d training and %d validation images",
         pixel_size,
@@ -135,63 +286,30 @@ def evaluate_retrieval(
     threads = net.config.num_threads
     db_pix = pixel_vectors(db_files, pixel_size, num_threads=threads)
     q_pix = pixel_vectors(q_files, pixel_size, num_threads=threads)
-
-    def flat_l2(db):
-        index = faiss.IndexFlatL2(db.shape[1])
-        index.add(db)
-        return index
-
-    fc7_index, pix_index = flat_l2(db_fc7), flat_l2(db_pix)
-    times = {
-        "hamming": _timed(lambda: ri.query(q_fc7, k))[0],
-        "hamming+rerank": _timed(lambda: ri.query(q_fc7, k, rerank_top))[0],
-        "fc7_euclidean": _timed(lambda: fc7_index.search(q_fc7, k))[0],
-        "pixels_euclidean": _timed(lambda: pix_index.search(q_pix, k))[0],
-    }
-    code_bytes = ri.codes.shape[1]
-    bytes_per_image = {
-        "hamming": code_bytes,
-        "hamming+rerank": code_bytes + 2 * DIM,
-        "fc7_euclidean": 4 * DIM,
-        "pixels_euclidean": 4 * db_pix.shape[1],
-    }
-
-    precision = {m: [] for m in times}
-    aps = {m: [] for m in times}
-    for s in range(0, len(q_files), CHUNK):
-        rows = slice(s, s + CHUNK)
-        by_hamming = rank_by(hamming(q_codes[rows], ri.codes), tie_order)
-        _, top = rerank(ri.features, q_fc7[rows], by_hamming[:, :rerank_top], rerank_top)
-        rankings = {
-            "hamming": by_hamming,
-            "hamming+rerank": np.concatenate([top, by_hamming[:, rerank_top:]], axis=1),
-            "fc7_euclidean": rank_by(squared_l2(q_fc7[rows], db_fc7), tie_order),
-            "pixels_euclidean": rank_by(squared_l2(q_pix[rows], db_pix), tie_order),
-        }
-        for mode, ranking in rankings.items():
-            relevant = db_labels[ranking] == q_labels[rows, None]
-            precision[mode].append(relevant[:, :k].mean(1))
-            aps[mode].append(average_precision(relevant))
-
-    modes = {
-        m: {
-            f"precision_at_{k}": float(np.concatenate(precision[m]).mean()),
-            "map": float(np.concatenate(aps[m]).mean()),
-            "bytes_per_image": int(bytes_per_image[m]),
-            "query_ms": 1000 * times[m] / len(q_files),
-        }
-        for m in times
-    }
+    modes = evaluate_modes(
+        ri.features,
+        np.array(db_labels),
+        q_fc7,
+        np.array(q_labels),
+        codes=codes,
+        rerank_of="hamming",
+        pixels=(db_pix, q_pix),
+        k=k,
+        rerank_top=rerank_top,
+        tie_order=tie_order,
+        progress=progress,
+    )
     return {
         "checkpoint": str(net.checkpoint),
         "queries": len(q_files),
         "database": n,
-        "k": k,
-        "bits": int(code_bytes * 8),
-        "rerank": rerank_top,
+        "k": min(k, n),
+        "bits": bits,
+        "rerank": min(max(rerank_top, k), n),
         "pixel_size": pixel_size,
         "index": ri.meta.get("kind"),
-        "chance_precision": float(np.mean([np.mean(db_labels == c) for c in q_labels])),
+        "baselines_fit_seconds": round(fit_seconds, 3),
+        "chance_precision": float(np.mean([np.mean(np.array(db_labels) == c) for c in q_labels])),
         "modes": modes,
     }
 

@@ -17,6 +17,8 @@ extraction therefore leaves no sidecar and is redone from scratch, never taken a
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +46,7 @@ from .defaults import FEATURE_BATCH, QUERY_BATCH
 log = logging.getLogger(__name__)
 
 DIM = 4096
+BLOCK = 8192  # rows per block when streaming features: 64 MB of float16 4096-d vectors
 FEATURES_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -152,6 +155,55 @@ def mark_complete(paths: IndexPaths, source: dict, count: int) -> None:
 def load_features(paths: IndexPaths) -> np.ndarray:
     """The collection's float16 (N, 4096) features, memory-mapped read-only."""
     return np.load(paths.features, mmap_mode="r")
+
+
+def _whole_file(features: np.ndarray) -> bool:
+    """Whether `features` is a whole memory-mapped .npy file (load_features), not a view."""
+    return bool(
+        isinstance(features, np.memmap)
+        and isinstance(features.base, mmap.mmap)
+        and features.flags.c_contiguous
+        and features.filename
+    )
+
+
+def feature_blocks(features: np.ndarray, *, block: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 rows) of `features`, `block` rows at a time, in order.
+
+    A whole memory-mapped .npy file (load_features) is read with plain file reads, not
+    through the map: pages read through a map stay in the process's resident memory until
+    it is unmapped, so one pass over 10^6 vectors (8 GB) would leave them all counted as
+    resident; read from the file they live only in the page cache. Memory: one block.
+    """
+    n = len(features)
+    if not _whole_file(features):
+        for start in range(0, n, block):
+            yield start, np.array(features[start : start + block], np.float32)  # a copy
+        return
+    dim = int(np.prod(features.shape[1:]))
+    with open(features.filename, "rb") as f:
+        f.seek(features.offset)
+        for start in range(0, n, block):
+            rows = min(block, n - start)
+            x = np.fromfile(f, features.dtype, count=rows * dim).reshape(rows, dim)
+            yield start, x.astype(np.float32)
+
+
+def read_rows(features: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 rows `ids` of `features`. From a whole memory-mapped file, one file read per
+    row, as feature_blocks reads (through the map, the kernel maps ~64 KB around each row
+    read, and a re-rank's scattered rows soon hold much of the file resident)."""
+    if not _whole_file(features):
+        return np.asarray(features[ids], np.float32)
+    size = features.dtype.itemsize * int(np.prod(features.shape[1:]))
+    out = np.empty((len(ids), *features.shape[1:]), features.dtype)
+    fd = os.open(features.filename, os.O_RDONLY)
+    try:
+        for j, i in enumerate(ids):
+            out[j] = np.frombuffer(os.pread(fd, size, features.offset + int(i) * size), out.dtype)
+    finally:
+        os.close(fd)
+    return out.astype(np.float32)
 
 
 # --- query images ------------------------------------------------------------------------

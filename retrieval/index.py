@@ -48,7 +48,13 @@ from alexnet.pipeline.layout import IndexPaths
 
 from . import autoencoder as ae
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, IVF_LISTS, IVF_NPROBE, QUERY_BATCH
-from .features import extract_features, features_current, load_features, source_identity
+from .features import (
+    extract_features,
+    features_current,
+    load_features,
+    read_rows,
+    source_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +160,7 @@ def rerank(
     I = np.full((len(queries), k), -1, np.int64)
     for q, (x, ids) in enumerate(zip(np.asarray(queries, np.float32), candidates, strict=True)):
         ids = np.sort(ids[ids >= 0])  # sorted: sequential reads from the memory map
-        d = np.sqrt(((np.asarray(features[ids], np.float32) - x) ** 2).sum(1))
+        d = np.sqrt(((read_rows(features, ids) - x) ** 2).sum(1))
         best = np.argsort(d, kind="stable")[:k]
         D[q, : len(best)], I[q, : len(best)] = d[best], ids[best]
     return D, I

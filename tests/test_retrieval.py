@@ -243,17 +243,22 @@ def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
     assert search(ri, [path.read_bytes()], k=3)["queries"][0]["results"] == expected
 
 
-def test_eval_retrieval_writes_the_four_modes(run):
+def test_eval_retrieval_writes_every_mode_and_the_baselines(run):
     result = invoke("eval-retrieval", "--run", run, "--rerank", 5, "--pixel-size", 16)
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "eval_retrieval.json").read_text())
     assert saved["queries"] == 6 and saved["database"] == 12
-    assert set(saved["modes"]) == {"hamming", "hamming+rerank", "fc7_euclidean", "pixels_euclidean"}
+    modes = ["hamming", "hamming+rerank", "itq", "pca_sign", "lsh", "fc7_euclidean"]
+    assert list(saved["modes"]) == [*modes, "pixels_euclidean"]
     for mode in saved["modes"].values():
         assert 0 <= mode["precision_at_10"] <= 1 and 0 < mode["map"] <= 1 and mode["query_ms"] > 0
-    assert saved["modes"]["hamming"]["bytes_per_image"] == 8
+    for mode in ("hamming", "itq", "pca_sign", "lsh"):  # codes of the run's 64 bits
+        assert saved["modes"][mode]["bytes_per_image"] == 8
+    assert saved["modes"]["fc7_euclidean"]["bytes_per_image"] == 4096 * 2  # float16, streamed
     assert saved["modes"]["pixels_euclidean"]["bytes_per_image"] == 16 * 16 * 3 * 4
-    assert "hamming+rerank" in result.output
+    table = result.output.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("mode "))
+    assert [line.split()[0] for line in table[header + 1 : header + 8]] == list(saved["modes"])
 
 
 def test_search_checks_the_files_it_returns_and_only_those(run, data):
