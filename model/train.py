@@ -194,8 +194,6 @@ def _fit(
     manifest, stats = load_run_data(run)
     check_batch_size(len(split_files(manifest, "val")[0]), 1, "validation")
     cache = open_cache(run, manifest, warn=world.main)
-    if cache is not None and world.main:
-        log.info("reading decoded patches from %s", paths.cache_patches)
     n_train = len(split_files(manifest, "train")[0])
     steps_per_epoch = -(-(n_train // world.size) // config.batch_size)
     global_batch = config.batch_size * world.size

@@ -157,7 +157,8 @@ class Rows:
 def open_cache(run: str | Path, manifest: dict, *, warn: bool = True) -> np.ndarray | None:
     """RUN's patch cache as a read-only memory-mapped uint8 (N, 256, 256, 3) array in manifest
     order, or None when there is none; a cache that is incomplete, of other data or changed
-    since prep is not used, and (with `warn`) one warning line says how to rebuild it."""
+    since prep is not used, and (with `warn`) one warning line says how to rebuild it (and
+    one info line says when the cache is used)."""
     paths = RunPaths(run)
     if not paths.cache_patches.exists() and not paths.cache_record.exists():
         return None
@@ -172,6 +173,8 @@ def open_cache(run: str | Path, manifest: dict, *, warn: bool = True) -> np.ndar
                 patches.shape == (len(manifest["files"]), SIZE, SIZE, 3)
                 and patches.dtype == np.uint8
             ):
+                if warn:
+                    log.info("reading decoded patches from %s", paths.cache_patches)
                 return patches
             problem = f"holds {patches.dtype} {patches.shape}, not the manifest's patches"
     if warn:

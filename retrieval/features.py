@@ -29,6 +29,7 @@ import torch
 from alexnet.model.distributed import autocast
 from alexnet.model.inference import TrainedRun, encoded, query_crops
 from alexnet.model.loaders import eval_loader
+from alexnet.pipeline.cache import open_cache
 from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
@@ -105,7 +106,10 @@ def extract_features(
     files, _ = split_files(trained.manifest, "train")
     check_space(paths.folder, len(files) * DIM * 2, "the fc7 features")  # float16
     config = replace(trained.config, batch_size=batch_size)
-    loader = eval_loader(trained.manifest, trained.stats, config, trained.world, split="train")
+    cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if prep kept them
+    loader = eval_loader(
+        trained.manifest, trained.stats, config, trained.world, split="train", cache=cache
+    )
     batches = fc7_batches(trained, (x for x, _ in loader))
     save_features(paths, source_identity(trained), batches, len(files), progress=progress)
     log.info("fc7 features of %d training images: %s", len(files), paths.features)

@@ -177,3 +177,27 @@ def test_prep_cache_from_the_command_line(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"patch cache: {RunPaths(tmp_path / 'run').cache_patches}" in result.output
     assert open_cache(tmp_path / "run", load_manifest(tmp_path / "run")) is not None
+
+
+def test_fc7_features_are_the_same_from_the_cache(data, tmp_path, caplog):
+    """`alexnet index` extracts the training set's fc7 from the patches when prep kept them."""
+    from retrieval_fixtures import save_untrained_checkpoint
+
+    from alexnet.model.inference import load_trained
+    from alexnet.pipeline.layout import IndexPaths
+    from alexnet.retrieval.features import extract_features, load_features
+
+    features = {}
+    for name, cache in (("cached", True), ("plain", False)):
+        manifest, _ = prepare(data, tmp_path / name, cache=cache, workers=1, progress=False)
+        save_untrained_checkpoint(tmp_path / name, manifest)
+        trained = load_trained(tmp_path / name, check_files=False)
+        paths = IndexPaths(tmp_path / name / "index")
+        paths.folder.mkdir()
+        with caplog.at_level(logging.INFO, logger="alexnet"):
+            extract_features(trained, paths, batch_size=4, progress=False)
+        assert ("reading decoded patches" in caplog.text) == cache
+        caplog.clear()
+        features[name] = np.array(load_features(paths))
+    assert features["cached"].shape == (18, 4096) and features["cached"].any()
+    np.testing.assert_array_equal(features["cached"], features["plain"])
