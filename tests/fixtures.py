@@ -1,5 +1,8 @@
 """Tiny generated datasets and prepped runs shared by the tests."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,3 +27,24 @@ def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 3) -> P
 def prep_run(data: Path, run: Path) -> Path:
     prepare(data, run, workers=1, progress=False)
     return run
+
+
+def alexnet_cmd(*args: str) -> list[str]:
+    """The installed `alexnet` command with `args`."""
+    return [str(Path(sys.executable).with_name("alexnet")), *args]
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`alexnet ARGS` under torchrun with `processes` CPU processes (gloo), one thread each."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(processes),
+        "--no-python",
+        "--",
+        *alexnet_cmd(*args),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

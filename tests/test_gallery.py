@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fixtures import torchrun
 from PIL import Image, ImageOps
 from retrieval_fixtures import QuickConfig, make_images, make_run
 
@@ -294,16 +293,7 @@ def test_planted_copies_are_grouped_and_distinct_photos_are_not(run, real_jpegs,
 def test_sharded_extraction_gives_the_single_process_features(run, real_jpegs, tmp_path):
     folder = photos(tmp_path / "photos", real_jpegs[:7])
     G.index_gallery(run, folder, "one", batch_size=4, progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--no-python",
-        "--",
-        str(Path(sys.executable).with_name("alexnet")),
+    done = torchrun(
         "index",
         "--run",
         str(run),
@@ -314,8 +304,7 @@ def test_sharded_extraction_gives_the_single_process_features(run, real_jpegs, t
         "--batch-size",
         "4",
         "-q",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    )
     assert done.returncode == 0, done.stderr[:9000]
     assert done.stdout.count("gallery two: 7 images (7 added") == 1  # printed by rank 0 only
     one, two = G.open_gallery(run, "one"), G.open_gallery(run, "two")

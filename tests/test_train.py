@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from fixtures import make_images, prep_run
+from fixtures import alexnet_cmd, make_images, prep_run, torchrun
 
 from alexnet.cli.main import cli
 from alexnet.model import train
@@ -224,10 +223,6 @@ def test_checkpoint_of_another_class_count_is_refused(tiny_data, tmp_path):
         evaluate_checkpoint(other, run / "checkpoints/last.pt")
 
 
-def alexnet_cmd(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("alexnet")), *args]
-
-
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_resume_finishes(run):
     cmd = alexnet_cmd(
@@ -250,20 +245,9 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(run):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_one_epoch(run):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--no-python",
-        "--",
-        *alexnet_cmd(
-            "train", "--run", str(run), "--epochs", "1", "--batch-size", "2", "--threads", "1"
-        ),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    done = torchrun(
+        "train", "--run", str(run), "--epochs", "1", "--batch-size", "2", "--threads", "1"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["images"] == 6  # the two shards together see each image once
