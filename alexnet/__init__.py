@@ -1,0 +1,27 @@
+"""AlexNet (Krizhevsky, Sutskever and Hinton, 2012) as a library: the few verbs a script needs.
+
+    import alexnet
+    run = alexnet.prepare("photos/", "runs/photos")      # manifest + mean image + RGB PCA
+    alexnet.fit(run, epochs=30, batch_size=32)           # the paper's trainer
+    model = alexnet.load(run)                            # .predict(images), .features(images)
+    train = alexnet.collection(run)                      # the training set, searchable
+    train.update()                                       # fc7 -> binary codes -> FAISS index
+    train.search(["query.jpg"], k=10)
+
+Images are paths, folders, encoded bytes, PIL images or uint8 HxWx3 arrays everywhere.
+Names are imported on first use, so `import alexnet` loads neither torch, DALI nor faiss.
+"""
+
+from alexnet.pipeline.lazy import lazy_exports
+
+_EXPORTS = {
+    "AlexnetError": "alexnet.pipeline.errors",
+    "prepare": "alexnet.pipeline.prep",
+    "fit": "alexnet.model.train",
+    "load": "alexnet.model.inference",
+    "import_weights": "alexnet.model.reference",
+    "collection": "alexnet.retrieval.collection",
+    "collections": "alexnet.retrieval.collection",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(None, _EXPORTS)
