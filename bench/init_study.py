@@ -76,7 +76,7 @@ def run(manifest, stats, preset: str, batch: int, images: int, points: list[int]
     )
     world = World()
     torch.manual_seed(seed)
-    model = build_network(config, len(manifest["classes"]), world.device)
+    model = build_network(config, len(manifest.classes), world.device)
     probe = Probe(model)
     optimizer = optimizer_for(model, config)
     lr = scaled_lr(config.lr, batch)
@@ -120,7 +120,7 @@ def run(manifest, stats, preset: str, batch: int, images: int, points: list[int]
         if not math.isfinite(losses[-1]):
             break
         epoch += 1
-    chance = math.log(len(manifest["classes"]))
+    chance = math.log(len(manifest.classes))
     smooth = [
         sum(losses[max(0, i - 9) : i + 1]) / len(losses[max(0, i - 9) : i + 1])
         for i in range(len(losses))

@@ -79,7 +79,7 @@ def main(argv=None) -> None:
         sys.exit("error: --require-gpu, but CUDA is not available (torch.cuda.is_available())")
     with tempfile.TemporaryDirectory() as run:
         manifest, st = prepare(args.data, run, cache=True, progress=False)
-        table = manifest["files"]
+        table = manifest.files
         train = table.positions("train")[: args.images]
         kept = np.r_[train, table.positions("val")]
         cache = np.ascontiguousarray(open_cache(run, manifest)[kept])  # rows of the kept files

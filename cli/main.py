@@ -39,11 +39,29 @@ class Group(click.Group):
             cmd.params.append(quiet_option())
         super().add_command(cmd, name)
 
+    def flag_namer(self, ctx: click.Context, command: click.Command | None):
+        """How this face names a library parameter: the flag of the command that ran (`force`
+        -> `--force`, `batch_size` -> `--batch-size`), else of any command, else the name."""
+        commands = [command] if command else []
+        commands += [self.get_command(ctx, name) for name in self.list_commands(ctx)]
+
+        def name(parameter: str) -> str:
+            for cmd in commands:
+                for p in cmd.params:
+                    if isinstance(p, click.Option) and p.name == parameter:
+                        long = [o for o in p.opts if o.startswith("--")]
+                        spelled = "--" + parameter.replace("_", "-")
+                        return spelled if spelled in long else (long or p.opts)[0]
+            return parameter
+
+        return name
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except AlexnetError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            click.secho(f"error: {e.render(self.flag_namer(ctx, command))}", fg="red", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler
             click.echo("interrupted", err=True)
@@ -154,24 +172,24 @@ def run_prep(data: Path, run: Path, **options) -> None:
 
     paths = RunPaths(run)
     manifest, stats = prepare(data, run, **options)
-    n = {s: len(manifest["files"].positions(s)) for s in ("train", "val")}
+    n = {s: len(manifest.files.positions(s)) for s in ("train", "val")}
     click.echo(
-        f"{len(manifest['classes'])} classes, {n['train']} training and {n['val']} validation "
-        f"images ({manifest['layout']}); manifest: {paths.manifest}"
+        f"{len(manifest.classes)} classes, {n['train']} training and {n['val']} validation "
+        f"images ({manifest.layout}); manifest: {paths.manifest}"
     )
-    if manifest["labels_from"]:
-        click.echo(f"validation labels: {manifest['labels_from']}")
-    if manifest["names_from"]:
-        names = manifest["class_names"]
+    if manifest.labels_from:
+        click.echo(f"validation labels: {manifest.labels_from}")
+    if manifest.names_from:
+        names = manifest.class_names
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        click.echo(f"class names: {manifest['names_from']} ({shown})")
-    if manifest["skipped"]:
+        click.echo(f"class names: {manifest.names_from} ({shown})")
+    if manifest.skipped:
         click.secho(
-            f"skipped {len(manifest['skipped'])} unusable files, listed with reasons under "
+            f"skipped {len(manifest.skipped)} unusable files, listed with reasons under "
             f'"skipped" in {paths.manifest}',
             fg="yellow",
         )
-        for s in manifest["skipped"][:5]:
+        for s in manifest.skipped[:5]:
             click.echo(f"  {s['path']}: {s['reason']}")
     click.echo(format_summary(stats))
     click.echo(f"statistics: {paths.stats} (readable: {paths.stats_summary})")
@@ -500,7 +518,7 @@ def predict(ctx, images, run, top, ten_crop, as_json, checkpoint, workers):
     probabilities."""
     from alexnet.model.inference import load_trained
     from alexnet.model.inference import predict as classify
-    from alexnet.pipeline.dataset import image_files
+    from alexnet.pipeline.walk import image_files
 
     files, skipped = image_files(images)
     for path, why in skipped:

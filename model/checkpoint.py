@@ -15,6 +15,7 @@ import torch
 
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+from alexnet.pipeline.manifest import Manifest
 
 from .alexnet import AlexNet, AlexNetConfig
 from .config import TrainConfig, changed_settings, config_from_dict
@@ -53,7 +54,7 @@ def load_state(
 def checkpoint_state(
     model: torch.nn.Module,
     config: TrainConfig,
-    manifest: dict,
+    manifest: Manifest,
     *,
     optimizer: torch.optim.Optimizer,
     schedule: dict,
@@ -68,9 +69,9 @@ def checkpoint_state(
         "epoch": epoch,
         "step": step,
         "config": asdict(config),
-        "num_classes": len(manifest["classes"]),
-        "classes": manifest["classes"],
-        "fingerprint": manifest["fingerprint"],
+        "num_classes": len(manifest.classes),
+        "classes": manifest.classes,
+        "fingerprint": manifest.fingerprint,
         "rng": {"torch": torch.get_rng_state()},
     }
 
@@ -83,7 +84,7 @@ KEYS = ("model", "optimizer", "schedule", "epoch", "step", "config", "classes", 
 
 
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
-    fix = "train first with `alexnet train --run RUN`"
+    fix = "train first (`alexnet train`, or alexnet.fit)"
     state = load_state(path, "checkpoint", fix, mmap=mmap)
     missing = [k for k in KEYS if k not in state]
     if missing:
@@ -130,7 +131,7 @@ def start_from(model: torch.nn.Module, path: str | Path, world: World) -> None:
     if set(differ) - set(fc8):
         raise AlexnetError(
             f"{path} holds another network ({', '.join(differ)} differ): fine-tune from a "
-            "checkpoint with the same --columns"
+            "checkpoint with the same {columns}"
         )
     model.load_state_dict({k: v for k, v in weights.items() if k not in differ}, strict=False)
     if world.main:
@@ -144,18 +145,18 @@ def start_from(model: torch.nn.Module, path: str | Path, world: World) -> None:
             )
 
 
-def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
+def check_resumable(saved: dict, config: TrainConfig, manifest: Manifest, path: Path) -> None:
     changed = changed_settings(config_from_dict(saved["config"]), config)
     if changed:
         raise AlexnetError(
             f"{path} was trained with other settings ({'; '.join(changed)}): "
-            "resume with the same settings, or train into a new --run"
+            "resume with the same settings, or train into a new {run}"
         )
-    if saved["fingerprint"] != manifest["fingerprint"]:
+    if saved["fingerprint"] != manifest.fingerprint:
         raise AlexnetError(
             f"{path} was trained on other data than the current manifest "
             f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
-            "train into a new --run"
+            "train into a new {run}"
         )
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from alexnet.pipeline.dali import QueryCrops
-from alexnet.pipeline.dataset import load_manifest
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.stats import Stats, load_stats
 
 from .checkpoint import build_network, load_checkpoint
@@ -30,7 +30,7 @@ class TrainedRun:
     paths: RunPaths
     model: torch.nn.Module  # in eval mode
     config: TrainConfig
-    manifest: dict
+    manifest: Manifest
     stats: Stats
     checkpoint: Path
     epoch: int
@@ -39,24 +39,24 @@ class TrainedRun:
     @property
     def classes(self) -> list[str]:
         """Class ids (folder names), in label order."""
-        return self.manifest["classes"]
+        return self.manifest.classes
 
     @property
     def class_names(self) -> list[str]:
         """Display names, in label order."""
-        return self.manifest["class_names"]
+        return self.manifest.class_names
 
 
-def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[dict, Stats]:
+def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[Manifest, Stats]:
     """RUN's manifest (its files checked against the disk: all, one split, or none; see
     load_manifest) and its statistics."""
     manifest = load_manifest(run, check_files=check_files)
-    return manifest, load_stats(run, manifest["fingerprint"])
+    return manifest, load_stats(run, manifest.fingerprint)
 
 
-def check_classes(saved: dict, manifest: dict, path: Path, run: RunPaths) -> None:
-    if saved.get("num_classes") != len(manifest["classes"]) or (
-        saved.get("classes") != manifest["classes"]
+def check_classes(saved: dict, manifest: Manifest, path: Path, run: RunPaths) -> None:
+    if saved.get("num_classes") != len(manifest.classes) or (
+        saved.get("classes") != manifest.classes
     ):
         raise AlexnetError(
             f"{path} was trained on other classes than {run.manifest}: "
@@ -87,7 +87,7 @@ def load_trained(
     config = config_from_dict(saved["config"])
     if workers:
         config = replace(config, num_threads=workers)
-    model = build_network(config, len(manifest["classes"]), world.device, saved["model"])
+    model = build_network(config, len(manifest.classes), world.device, saved["model"])
     model.eval()
     return TrainedRun(paths, model, config, manifest, stats, path, saved["epoch"], world)
 

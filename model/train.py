@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from alexnet.pipeline.cache import open_cache
 from alexnet.pipeline.dali import Loader, ReadError, check_batch_size
-from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import check_space, make_folder, write_json
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import split_files
 
 from .checkpoint import (
     build_network,
@@ -201,7 +201,7 @@ def _fit(
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
 
     torch.manual_seed(config.seed)
-    model = build_network(config, len(manifest["classes"]), world.device)
+    model = build_network(config, len(manifest.classes), world.device)
     optimizer = optimizer_for(model, config)
     schedule = PlateauSchedule(
         config.patience, max_drops=config.max_drops, min_delta=config.min_delta
@@ -222,7 +222,7 @@ def _fit(
             log.info("resuming %s at epoch %d%s", source, epoch + 1, at)
     elif paths.last.exists():
         raise AlexnetError(
-            f"{paths.last} exists: pass --resume to continue that run, or choose a new --run"
+            f"{paths.last} exists: pass {{resume}} to continue that run, or choose a new {{run}}"
         )
     elif config.init_checkpoint:
         start_from(model, config.init_checkpoint, world)
@@ -232,7 +232,7 @@ def _fit(
         old = sum(p.stat().st_size for p in (paths.last, paths.best) if p.exists())
         check_space(paths.checkpoints, 3 * one - old, "training's checkpoints")
         log.info(
-            "learning rate %g (--lr %g x global batch %d / 128)%s; init %s",
+            "learning rate %g (lr %g x global batch %d / 128)%s; init %s",
             base_lr,
             config.lr,
             global_batch,
@@ -291,8 +291,8 @@ def _fit(
                 what = unreadable_training_file(manifest, config, epoch, world, step)
                 kept = f"saved {paths.last}" if world.main and step else "nothing new was saved"
                 raise AlexnetError(
-                    f"{what}; {kept}. Restore the file (then add --resume), or rerun "
-                    "`alexnet prep` into a new --run"
+                    f"{what}; {kept}. Restore the file (then add {{resume}}), or rerun "
+                    "prep into a new {run}"
                 ) from None
             loss_sum = partial["loss_sum"] + result["loss_sum"]
             images = partial["images"] + result["images"]
@@ -371,7 +371,7 @@ class NonFinite(AlexnetError):
         return NonFinite(
             self.batch,
             f"the training loss became NaN or infinite at {where}; {keep}. "
-            "Lower --lr or add --warmup-epochs, and train into a new --run",
+            "Lower {lr} or add {warmup_epochs}, and train into a new {run}",
         )
 
 
@@ -381,7 +381,7 @@ class Interrupted(AlexnetError):
     def __init__(self, path: Path, epoch: int, step: int):
         super().__init__(
             f"stopped in epoch {epoch + 1} after batch {step}; saved {path}. "
-            "Continue with the same command plus --resume"
+            "Continue with the same settings plus {resume}"
         )
 
 

@@ -466,6 +466,6 @@ def check_batch_size(n_images: int, batch_size: int, what: str) -> None:
         )
     if batch_size > n_images:
         raise AlexnetError(
-            f"--batch-size {batch_size} is larger than the {what} set "
-            f"({n_images} images): use --batch-size {n_images} or less"
+            f"{{batch_size}} {batch_size} is larger than the {what} set "
+            f"({n_images} images): use {{batch_size}} {n_images} or less"
         )

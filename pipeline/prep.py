@@ -12,9 +12,9 @@ from .cache import check_cache_space, write_cache
 from .dali import default_device
 from .defaults import MAX_PIXELS, MIN_SIZE, PREP_BATCH, SPLIT_SEED, VAL_FRACTION
 from .errors import AlexnetError
-from .files import read_json
 from .layout import RunPaths
 from .lock import RunLock
+from .manifest import Manifest, load_manifest, save_manifest, split_files
 
 
 def prepare(
@@ -58,8 +58,8 @@ def prepare(
         if not force:
             check_replaceable(RunPaths(run), manifest)
         if cache:  # before anything is written: the statistics pass is the long part
-            check_cache_space(len(manifest["files"]), run)
-        dataset.save_manifest(manifest, run)
+            check_cache_space(len(manifest.files), run)
+        save_manifest(manifest, run)
         decoding = dict(
             batch_size=batch_size,
             device=default_device(),
@@ -69,23 +69,23 @@ def prepare(
         if cache:
             result = write_cache(manifest, run, **decoding)
         else:
-            files, _ = dataset.split_files(manifest, "train")
-            result = stats.compute_stats(files, manifest["fingerprint"], **decoding)
+            files, _ = split_files(manifest, "train")
+            result = stats.compute_stats(files, manifest.fingerprint, **decoding)
         stats.save_stats(result, run)
     return manifest, result
 
 
-def check_replaceable(paths: RunPaths, manifest: dict) -> None:
+def check_replaceable(paths: RunPaths, manifest: Manifest) -> None:
     made = [p for p in (paths.last, paths.best, paths.index.meta) if p.exists()]
     if not made or not paths.manifest.is_file():
         return
     try:
-        same = read_json(paths.manifest, "manifest", "")["fingerprint"] == manifest["fingerprint"]
-    except (AlexnetError, KeyError, TypeError):
+        same = load_manifest(paths.root, check_files=False).fingerprint == manifest.fingerprint
+    except AlexnetError:  # damaged, or another version's: made from other data as far as we know
         same = False
     if not same:
         raise AlexnetError(
             f"{paths.root} already holds {made[0].relative_to(paths.root)} made from other "
             "data: prep would replace its manifest and statistics, and the run could not be "
-            "resumed or searched again. Use a new --run, or pass --force to replace them"
+            "resumed or searched again. Use a new {run}, or pass {force} to replace them"
         )

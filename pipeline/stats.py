@@ -140,7 +140,7 @@ def load_stats(run: str | Path, fingerprint: str) -> Stats:
     """Read RUN/stats.npz, refusing statistics of another dataset than the manifest's."""
     path = RunPaths(run).stats
     if not path.is_file():
-        raise AlexnetError(f"{path} is missing: run `alexnet prep DATA --run {run}` first")
+        raise AlexnetError(f"{path} is missing: run prep into {run} first (`alexnet prep DATA`)")
     try:
         with np.load(path) as z:
             if int(z["version"]) != STATS_VERSION:

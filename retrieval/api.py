@@ -29,10 +29,11 @@ import numpy as np
 
 from alexnet.model.inference import load_trained
 from alexnet.model.metrics import read_metrics
-from alexnet.pipeline.dataset import check_image, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+from alexnet.pipeline.imagecheck import check_image
 from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import verify_files
 
 from .autoencoder import encode
 from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
@@ -62,7 +63,7 @@ def open_index(
             "autoencoder, index); later searches reuse it",
             paths.folder,
         )
-        verify_files(trained.manifest, trained.manifest["files"].positions("train"))
+        verify_files(trained.manifest, trained.manifest.files.positions("train"))
         with RunLock(run, "search, building the index"):
             build_run_index(trained, paths, progress=progress)
     return open_run_index(trained, paths)

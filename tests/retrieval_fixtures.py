@@ -69,7 +69,7 @@ def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
 def save_untrained_checkpoint(run: Path, manifest: dict, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
     config = TrainConfig(num_threads=1)
-    model = AlexNet(AlexNetConfig(num_classes=len(manifest["classes"])))
+    model = AlexNet(AlexNetConfig(num_classes=len(manifest.classes)))
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()

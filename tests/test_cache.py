@@ -20,9 +20,9 @@ from alexnet.model.loaders import eval_loader, train_loader
 from alexnet.model.train import fit
 from alexnet.pipeline.cache import PATCH_BYTES, cache_bytes, check_cache_space, open_cache
 from alexnet.pipeline.dali import SIZE, centre_patches
-from alexnet.pipeline.dataset import load_manifest, split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import load_manifest, split_files
 from alexnet.pipeline.prep import prepare
 from alexnet.pipeline.stats import compute_stats, load_stats
 
@@ -56,20 +56,20 @@ def test_the_cache_holds_every_patch_in_manifest_order_with_its_record(run):
     paths = RunPaths(run)
     manifest = load_manifest(run)
     patches = open_cache(run, manifest)
-    n = len(manifest["files"])
+    n = len(manifest.files)
     assert patches.shape == (n, SIZE, SIZE, 3) and patches.dtype == np.uint8
     assert paths.cache_patches.stat().st_size == cache_bytes(n) and PATCH_BYTES == 196_608
     for split in ("train", "val"):
         files, _ = split_files(manifest, split)
         decoded = np.concatenate(list(centre_patches(files, batch_size=5, num_threads=1)))
-        np.testing.assert_array_equal(patches[manifest["files"].positions(split)], decoded)
+        np.testing.assert_array_equal(patches[manifest.files.positions(split)], decoded)
     record = json.loads(paths.cache_record.read_text())
-    assert record["fingerprint"] == manifest["fingerprint"]
+    assert record["fingerprint"] == manifest.fingerprint
     assert record["shape"] == [n, SIZE, SIZE, 3] and record["order"] == "manifest"
     # the statistics are those prep computes without the cache, to the last bit
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     files, _ = split_files(manifest, "train")
-    plain = compute_stats(files, manifest["fingerprint"], num_threads=1, progress=False)
+    plain = compute_stats(files, manifest.fingerprint, num_threads=1, progress=False)
     np.testing.assert_array_equal(stats.mean_image, plain.mean_image)
     np.testing.assert_array_equal(stats.cov, plain.cov)
 
@@ -77,7 +77,7 @@ def test_the_cache_holds_every_patch_in_manifest_order_with_its_record(run):
 @pytest.mark.parametrize("world, skip", [(World(), 0), (World(), 2), (World(1, 2), 1)])
 def test_training_batches_are_bit_exact_with_and_without_the_cache(run, world, skip):
     manifest = load_manifest(run)
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     patches = open_cache(run, manifest)
     for epoch in (0, 1):
         plain = batches(train_loader(manifest, stats, CONFIG, epoch, world, skip))
@@ -90,7 +90,7 @@ def test_training_batches_are_bit_exact_with_and_without_the_cache(run, world, s
 @pytest.mark.parametrize("split", ["val", "train"])
 def test_evaluation_batches_are_bit_exact_and_shards_the_same(run, ten_crop, split):
     manifest = load_manifest(run)
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     patches = open_cache(run, manifest)
     config = replace(CONFIG, mean="channel")
     for world in (World(), World(0, 2), World(1, 2)):
@@ -152,7 +152,7 @@ def test_a_stale_or_partial_cache_is_ignored_with_one_warning(run, tmp_path, cap
     assert patches is None and len(warnings) == 1
     line = warnings[0].getMessage()
     assert "\n" not in line and "reading the images instead" in line
-    assert f"alexnet prep {manifest['root']} --run {copy} --cache" in line
+    assert f"running prep on {manifest.root} into {copy} with the cache on" in line
 
 
 def test_no_cache_is_no_warning(data, tmp_path, caplog):

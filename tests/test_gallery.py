@@ -201,7 +201,7 @@ def test_a_stale_or_unknown_gallery_is_refused_with_one_line(run, real_jpegs, tm
             ).output
         finally:
             os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert f"rerun `alexnet index --run {run} --images {folder.resolve()} --name stale`" in out
+        assert f"`alexnet index` on {run} with --images {folder.resolve()} and --name stale" in out
         assert len(out.strip().splitlines()) == 1
     out = invoke("search", folder / "red", "--run", run, "--gallery", "nope", code=2).output
     assert "no gallery 'nope' (galleries: " in out and "stale" in out

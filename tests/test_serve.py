@@ -120,7 +120,7 @@ def test_thumbnails_are_made_once_and_kept_under_the_run(client, run, ri):
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(reply.content)) as im:
         assert im.format == "JPEG" and im.size == (160, 160)
-    kept = RunPaths(run).thumb(ri.trained.manifest["fingerprint"], 3)
+    kept = RunPaths(run).thumb(ri.trained.manifest.fingerprint, 3)
     assert kept.read_bytes() == reply.content
     before = kept.stat().st_mtime_ns
     assert client.get("/api/thumb/3").content == reply.content
