@@ -107,6 +107,10 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
         progress=progress(ctx),
         workers=workers,
     )
+    print_index(meta)
+
+
+def print_index(meta: dict) -> None:
     r = meta["autoencoder_report"]
     click.echo(
         f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit codes "

@@ -8,7 +8,7 @@ is a plain dict so a checkpoint can be checked against the current settings befo
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -163,3 +163,20 @@ def check_resumable(saved: dict, config: TrainConfig, manifest: Manifest, path: 
 def saved_config(path: str | Path) -> TrainConfig:
     """The settings a checkpoint was trained with."""
     return config_from_dict(load_checkpoint(path)["config"])
+
+
+def training_config(
+    config: TrainConfig | None, resume_from: Path | None, settings: dict
+) -> TrainConfig:
+    """The settings of a run about to start or resume: `config` (default: a new run's
+    defaults, or on resume the checkpoint's own settings) with `settings` given again on
+    top. The one rule for `fit(run, resume=..., **settings)` and `alexnet train --resume`."""
+    unknown = sorted(set(settings) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise AlexnetError(
+            f"unknown training setting(s) {', '.join(unknown)}: the settings are TrainConfig's "
+            "fields (model/config.py)"
+        )
+    if config is None:
+        config = saved_config(resume_from) if resume_from else TrainConfig()
+    return replace(config, **settings)

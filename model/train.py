@@ -37,6 +37,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
     start_from,
+    training_config,
 )
 from .config import TrainConfig
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
@@ -171,22 +172,28 @@ def fit(
     resume: bool | str | Path = False,
     progress: bool = True,
     final_ten_crop: bool = True,
+    **settings,
 ) -> dict:
     """Train on RUN's manifest and statistics; return the last epoch's metrics.
 
-    `resume` True continues from RUN/checkpoints/last.pt, a path from that checkpoint. The
-    main process holds the run's lock throughout (pipeline/lock.py)."""
-    config = resolve(config or TrainConfig())
+    Settings are TrainConfig's fields, as `config` or as keywords (`epochs=30, batch_size=32`;
+    keywords win). `resume` True continues from RUN/checkpoints/last.pt, a path from that
+    checkpoint, with the checkpoint's settings except those given again (`epochs=40`): the
+    rule `alexnet train --resume` follows. The main process holds the run's lock throughout
+    (pipeline/lock.py)."""
+    paths = RunPaths(run)
+    source = (paths.last if resume is True else Path(resume)) if resume else None
+    config = resolve(training_config(config, source, settings))
     world = setup_world()
     with RunLock(run, "train") if world.main else contextlib.nullcontext():
-        return _fit(RunPaths(run), config, world, resume, progress, final_ten_crop)
+        return _fit(paths, config, world, source, progress, final_ten_crop)
 
 
 def _fit(
     paths: RunPaths,
     config: TrainConfig,
     world: World,
-    resume: bool | str | Path,
+    resume: Path | None,
     progress: bool,
     final_ten_crop: bool,
 ) -> dict:
@@ -208,7 +215,7 @@ def _fit(
     )
     epoch, skip, partial = 0, 0, {"loss_sum": 0.0, "images": 0}
     if resume:
-        source = paths.last if resume is True else Path(resume)
+        source = resume
         saved = load_checkpoint(source)
         check_resumable(saved, config, manifest, source)
         model.load_state_dict(saved["model"])

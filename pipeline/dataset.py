@@ -63,7 +63,7 @@ def scan(
     max_pixels: int = MAX_PIXELS,
     val_labels: str | Path | None = None,
     class_names: str | Path | None = None,
-    workers: int | None = None,
+    processes: int | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Build the manifest of `data`: classes and their display names, usable files with
@@ -75,7 +75,7 @@ def scan(
     classes, candidates = _candidates(walk, splits, notes)
     kept = set(walk.images([path for path, _, _ in candidates]))
     images = [c for c in candidates if c[0] in kept]
-    results = inspect_all([p for p, _, _ in images], min_size, max_pixels, workers, progress)
+    results = inspect_all([p for p, _, _ in images], min_size, max_pixels, processes, progress)
     for (path, _, _), (reason, _, _) in zip(images, results, strict=True):
         if reason:
             walk.skip(path, reason)

@@ -76,13 +76,14 @@ def _own_pixel_limit() -> None:
 
 
 def inspect_all(
-    paths: list[str], min_size: int, max_pixels: int, workers: int | None, progress: bool
+    paths: list[str], min_size: int, max_pixels: int, processes: int | None, progress: bool
 ) -> list[tuple[str | None, int, int]]:
-    """inspect_file of every path, in parallel processes, in order."""
+    """inspect_file of every path, in `processes` worker processes (default: up to 8), in
+    order."""
     from tqdm import tqdm
 
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, initializer=_own_pixel_limit) as pool:
+    processes = processes or min(8, os.cpu_count() or 1)
+    with ProcessPoolExecutor(processes, initializer=_own_pixel_limit) as pool:
         sizes, pixels = [min_size] * len(paths), [max_pixels] * len(paths)
         return list(
             tqdm(

@@ -79,6 +79,9 @@ class RunPaths:
     def __str__(self) -> str:
         return str(self.root)
 
+    def __fspath__(self) -> str:  # a RunPaths is a path: open(), Path() and every verb take it
+        return str(self.root)
+
     @property
     def lock(self) -> Path:
         """Held by the one command writing the run (pipeline/lock.py)."""

@@ -28,18 +28,21 @@ def prepare(
     val_labels: str | Path | None = None,
     class_names: str | Path | None = None,
     batch_size: int = PREP_BATCH,
+    processes: int | None = None,
     workers: int | None = None,
-    num_threads: int | None = None,
     force: bool = False,
     cache: bool = False,
     progress: bool = True,
-) -> tuple[dict, stats.Stats]:
-    """DATA -> RUN's manifest and RUN/stats.npz; returns the manifest and the statistics.
+) -> RunPaths:
+    """DATA -> RUN's manifest and RUN/stats.npz; returns the run (a RunPaths, which is also a
+    path: pass it to `fit`, `load`, or open its files: `.manifest`, `.stats`, ...).
     With `cache`, the same pass also writes every image's decoded 256x256 patch to RUN/cache
     (pipeline/cache.py: 196,608 bytes an image, checked against the free disk first).
 
-    `val_labels` and `class_names` name a labels file and a names file (pipeline/imagenet.py);
-    without them ImageNet's own files are found by themselves. A run that already holds
+    `processes` check the images (default: up to 8), `workers` are the statistics pass's DALI
+    threads (default: all cores). `val_labels` and `class_names` name a labels file and a
+    names file (pipeline/imagenet.py); without them ImageNet's own files are found by
+    themselves. A run that already holds
     checkpoints or an index made from other data is refused unless `force`: its manifest and
     statistics would be replaced, and it could neither be resumed nor searched again.
     """
@@ -52,7 +55,7 @@ def prepare(
             max_pixels=max_pixels,
             val_labels=val_labels,
             class_names=class_names,
-            workers=workers,
+            processes=processes,
             progress=progress,
         )
         if not force:
@@ -63,7 +66,7 @@ def prepare(
         decoding = dict(
             batch_size=batch_size,
             device=default_device(),
-            num_threads=num_threads,
+            num_threads=workers,
             progress=progress,
         )
         if cache:
@@ -72,7 +75,7 @@ def prepare(
             files, _ = split_files(manifest, "train")
             result = stats.compute_stats(files, manifest.fingerprint, **decoding)
         stats.save_stats(result, run)
-    return manifest, result
+    return RunPaths(run)
 
 
 def check_replaceable(paths: RunPaths, manifest: Manifest) -> None:

@@ -320,7 +320,6 @@ def _plan(
         min_size=min_size,
         max_pixels=max_pixels,
         known=known,
-        workers=workers,
         progress=progress,
     )
     if not usable and not len(table):

@@ -25,7 +25,7 @@ def make_images(root: Path, classes: int = 2, train: int = 8, val: int = 3) -> P
 
 
 def prep_run(data: Path, run: Path) -> Path:
-    prepare(data, run, workers=1, progress=False)
+    prepare(data, run, processes=1, progress=False)
     return run
 
 

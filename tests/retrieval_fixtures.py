@@ -21,6 +21,7 @@ from alexnet.model.alexnet import AlexNet, AlexNetConfig
 from alexnet.model.checkpoint import checkpoint_state, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.prep import prepare
 from alexnet.retrieval.autoencoder import AutoencoderConfig
 
@@ -59,14 +60,12 @@ def make_images(root: Path, per_class: int = 6) -> Path:
 
 def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
     """prep (manifest + statistics) and an untrained checkpoint as best.pt and last.pt."""
-    manifest, _ = prepare(
-        data, run, val_fraction=1 / 3, workers=1, batch_size=8, num_threads=1, progress=False
-    )
-    save_untrained_checkpoint(run, manifest, seed=seed)
+    prepare(data, run, val_fraction=1 / 3, processes=1, batch_size=8, workers=1, progress=False)
+    save_untrained_checkpoint(run, load_manifest(run), seed=seed)
     return run
 
 
-def save_untrained_checkpoint(run: Path, manifest: dict, *, seed: int = 0) -> None:
+def save_untrained_checkpoint(run: Path, manifest: Manifest, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
     config = TrainConfig(num_threads=1)
     model = AlexNet(AlexNetConfig(num_classes=len(manifest.classes)))

@@ -36,7 +36,7 @@ def img(path: Path, size=(24, 20), colour=(200, 60, 30), mode="RGB", seed=None, 
 
 
 def run_scan(data: Path, **kw) -> dict:
-    return scan(data, workers=2, progress=False, **kw)
+    return scan(data, processes=2, progress=False, **kw)
 
 
 def by_path(manifest: dict) -> dict[str, dict]:
