@@ -270,7 +270,7 @@ def print_training(run: Path, metrics: dict) -> None:
 @click.pass_context
 def eval_(ctx, run, checkpoint, ten_crop, workers):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
-    from alexnet.model.train import evaluate_checkpoint
+    from alexnet.model.evaluate import evaluate_checkpoint
     from alexnet.pipeline.layout import RunPaths
 
     result = evaluate_checkpoint(

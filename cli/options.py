@@ -107,6 +107,14 @@ def _as_choice_type(choices: tuple):
     return lambda ctx, param, value: by_text.get(value, value)
 
 
+# The flags of settings whose flag is not just --field-name (short ones, older names).
+FLAGS = {
+    "batch_size": ("-b", "--batch-size"),
+    "weight_decay": ("--wd", "--weight-decay"),
+    "num_threads": ("-j", "--workers", "--threads"),
+}
+
+
 def config_options(config_class):
     """Click options made from a config dataclass's fields (model/config.py's `setting`): one
     per field, with its flags, check, default and help; on/off settings as --x/--no-x."""
@@ -116,7 +124,7 @@ def config_options(config_class):
         for fld in reversed(fields(config_class)):
             meta = fld.metadata
             default = None if fld.default is MISSING else fld.default
-            flags = meta["flags"] or ("--" + fld.name.replace("_", "-"),)
+            flags = FLAGS.get(fld.name, ("--" + fld.name.replace("_", "-"),))
             extra = {"show_default": default is not None, "help": meta["help"]}
             if meta["kind"] == "switch":
                 on = [fl for fl in flags if fl.startswith("--")][-1]

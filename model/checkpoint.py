@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write
+from alexnet.pipeline.files import atomic_write, check_space, make_folder
+from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import Manifest
 
 from .alexnet import AlexNet, AlexNetConfig
@@ -169,8 +170,8 @@ def training_config(
     config: TrainConfig | None, resume_from: Path | None, settings: dict
 ) -> TrainConfig:
     """The settings of a run about to start or resume: `config` (default: a new run's
-    defaults, or on resume the checkpoint's own settings) with `settings` given again on
-    top. The one rule for `fit(run, resume=..., **settings)` and `alexnet train --resume`."""
+    defaults, or on resume the checkpoint's own settings) with `settings` given again on top.
+    The one rule for `fit(run, resume=..., **settings)`, which `alexnet train` calls."""
     unknown = sorted(set(settings) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise AlexnetError(
@@ -180,3 +181,27 @@ def training_config(
     if config is None:
         config = saved_config(resume_from) if resume_from else TrainConfig()
     return replace(config, **settings)
+
+
+def restore(source: Path, model, optimizer, schedule, config, manifest, world) -> dict:
+    """Load a checkpoint to resume from into the model, optimizer and schedule (refusing one
+    of other settings or other data), and the torch RNG; returns the checkpoint's dict."""
+    saved = load_checkpoint(source)
+    check_resumable(saved, config, manifest, source)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if world.main:
+        at = f", batch {saved['step']}" if saved["step"] else ""
+        log.info("resuming %s at epoch %d%s", source, saved["epoch"] + 1, at)
+    return saved
+
+
+def check_room(paths: RunPaths, model: torch.nn.Module) -> None:
+    """Refuse to start training when RUN/checkpoints cannot be written or has no room for
+    the checkpoints a run keeps (weights and momenta, a temporary copy while saving)."""
+    make_folder(paths.checkpoints)
+    one = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+    old = sum(p.stat().st_size for p in (paths.last, paths.best) if p.exists())
+    check_space(paths.checkpoints, 3 * one - old, "training's checkpoints")

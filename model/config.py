@@ -1,10 +1,10 @@
 """The training settings: one frozen dataclass, stored in every checkpoint as a plain dict.
 
 Defaults are the paper's (section 5). Each field says, beside its default, what it is (the
-help `alexnet train` shows), what values it takes (`kind`: a name the command line maps to its
-own check) and any short flags: `alexnet train`'s options are made from this table, so a new
-setting is one line here. The module imports nothing heavy, so the command line can show
-these defaults without loading torch.
+help `alexnet train` shows) and what values it takes (`kind`: a name the command line maps to
+its own check): `alexnet train`'s options are made from this table (cli/options.py names the
+few flags that are not the field's name), so a new setting is one line here. The module
+imports nothing heavy, so the command line can show these defaults without loading torch.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from dataclasses import dataclass, field, fields
 INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
 
 
-def setting(default, help: str, kind: str = "", *, flags: tuple[str, ...] = (), choices=()):
+def setting(default, help: str, kind: str = "", *, choices=()):
     """A field of TrainConfig with its description. `kind`: count (1 or more), count0 (0 or
     more), int, rate (above 0), amount (0 or more), probability ([0, 1)), switch (on/off),
-    choice (one of `choices`), file (an existing file). `flags`: the command line's names,
-    when not just --field-name."""
-    meta = {"help": help, "kind": kind, "flags": flags, "choices": choices}
+    file (an existing file); or `choices`, the values it takes."""
+    meta = {"help": help, "kind": kind, "choices": choices}
     return field(default=default, metadata=meta)
 
 
@@ -30,7 +29,6 @@ class TrainConfig:
         128,
         "Images per batch and process (the global batch is this times torchrun's processes).",
         "count",
-        flags=("-b", "--batch-size"),
     )
     lr: float = setting(
         0.01,
@@ -48,7 +46,6 @@ class TrainConfig:
         5e-4,
         "Weight decay (inside the velocity, as the paper writes it).",
         "amount",
-        flags=("--wd", "--weight-decay"),
     )
     optimizer: str = setting(
         "paper", "The paper's update rule, or PyTorch's SGD form.", choices=("paper", "torch")
@@ -105,7 +102,6 @@ class TrainConfig:
         None,
         "DALI CPU threads for decoding (default: all cores).",
         "count",
-        flags=("-j", "--workers", "--threads"),
     )
     keep_every: int = setting(
         0,

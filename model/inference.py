@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.images import image_sources
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import QueryCrops
 from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.stats import Stats, load_stats
 

@@ -8,16 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from alexnet.pipeline.dali import (
-    Loader,
     augmentation,
     cached_eval_pipeline,
     cached_train_pipeline,
-    check_batch_size,
     eval_pipeline,
     pipe_options,
     train_pipeline,
 )
 from alexnet.pipeline.imagecheck import check_image
+from alexnet.pipeline.loader import Loader, check_batch_size
 from alexnet.pipeline.manifest import Manifest, first_changed, split_files
 from alexnet.pipeline.stats import Stats
 

@@ -7,7 +7,8 @@ split     the seeded train/val split
 imagenet  labels of a flat validation folder and class names: ImageNet's files, label files
 stats     mean image, channel mean, RGB covariance and PCA -> RUN/stats.npz
 prep      `alexnet prep` as one function: scan, manifest, statistics
-dali      the DALI graphs (prep, train, eval, query), the torch-side Loader and QueryCrops
+dali      the DALI graphs (prep, train, eval, query) as functions on DataNodes
+loader    their torch side: Loader, QueryCrops, centre_patches, check_batch_size
 layout    RunPaths: every file under RUN/, named once
 files     atomic writes, JSON, file identities; errors: AlexnetError
 defaults  the prep settings' defaults (light: no DALI, no torch)
@@ -18,8 +19,8 @@ from .lazy import lazy_exports
 _EXPORTS = {
     "AlexnetError": "errors",
     "IndexPaths": "layout",
-    "Loader": "dali",
-    "QueryCrops": "dali",
+    "Loader": "loader",
+    "QueryCrops": "loader",
     "RunPaths": "layout",
     "Stats": "stats",
     "compute_stats": "stats",

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .dali import SIZE, centre_patches
+from .dali import SIZE
 from .errors import AlexnetError
 from .files import atomic_write, check_space, file_identity, read_json, write_json
 from .layout import RunPaths
+from .loader import centre_patches
 from .manifest import Manifest, split_files
 from .stats import Stats, compute_stats
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .dali import SIZE, centre_patches
+from .dali import SIZE
 from .errors import AlexnetError
 from .files import atomic_write, write_json
 from .layout import RunPaths
+from .loader import centre_patches
 
 STATS_VERSION = 1
 INPUT_SCALES = ("pixels", "unit")

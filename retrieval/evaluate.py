@@ -41,10 +41,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from alexnet.pipeline.dali import SIZE, Loader, default_device, pipe_options, prep_pipeline
+from alexnet.pipeline.dali import SIZE, default_device, pipe_options, prep_pipeline
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import Loader
 from alexnet.pipeline.manifest import split_files, verify_files
 
 from . import autoencoder as ae

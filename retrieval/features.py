@@ -30,7 +30,6 @@ from alexnet.model.distributed import autocast
 from alexnet.model.inference import TrainedRun, encoded, query_crops
 from alexnet.model.loaders import eval_loader
 from alexnet.pipeline.cache import open_cache
-from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import (
     atomic_write,
@@ -40,6 +39,7 @@ from alexnet.pipeline.files import (
     write_json,
 )
 from alexnet.pipeline.layout import IndexPaths
+from alexnet.pipeline.loader import QueryCrops
 from alexnet.pipeline.manifest import split_files
 
 from .defaults import FEATURE_BATCH, QUERY_BATCH

@@ -48,7 +48,7 @@ import torch.distributed as dist
 
 from alexnet.model.distributed import World, setup_world
 from alexnet.model.inference import TrainedRun, load_trained
-from alexnet.pipeline.dali import Loader, eval_pipeline, pipe_options
+from alexnet.pipeline.dali import eval_pipeline, pipe_options
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import (
@@ -60,6 +60,7 @@ from alexnet.pipeline.files import (
     write_json,
 )
 from alexnet.pipeline.layout import IndexPaths, RunPaths
+from alexnet.pipeline.loader import Loader
 from alexnet.pipeline.lock import RunLock
 from alexnet.pipeline.walk import images_below
 

@@ -40,10 +40,10 @@ import faiss
 import numpy as np
 
 from alexnet.model.inference import TrainedRun, query_crops
-from alexnet.pipeline.dali import QueryCrops
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
 from alexnet.pipeline.layout import IndexPaths
+from alexnet.pipeline.loader import QueryCrops
 from alexnet.pipeline.manifest import split_files, verify_files
 
 from . import autoencoder as ae

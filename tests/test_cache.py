@@ -19,9 +19,10 @@ from alexnet.model.distributed import World
 from alexnet.model.loaders import eval_loader, train_loader
 from alexnet.model.train import fit
 from alexnet.pipeline.cache import PATCH_BYTES, cache_bytes, check_cache_space, open_cache
-from alexnet.pipeline.dali import SIZE, centre_patches
+from alexnet.pipeline.dali import SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import centre_patches
 from alexnet.pipeline.manifest import load_manifest, split_files
 from alexnet.pipeline.prep import prepare
 from alexnet.pipeline.stats import compute_stats, load_stats

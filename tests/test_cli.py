@@ -223,10 +223,9 @@ def test_fine_tuning_starts_from_another_runs_weights(tmp_path):
 
 
 def test_predict_lists_the_top_classes_with_probabilities(tmp_path):
-    from retrieval_fixtures import make_images as make_class_images
-    from retrieval_fixtures import make_run
+    from retrieval_fixtures import CLASSES, make_run
 
-    data = make_class_images(tmp_path / "data", per_class=3)
+    data = make_images(tmp_path / "data", train=3, val=None, names=CLASSES)
     run = make_run(data, tmp_path / "run")
     photo = data / "green" / "0.jpg"
     result = invoke("predict", photo, data / "red", "--run", run, "--top", "2", "--json")

@@ -235,11 +235,11 @@ def test_bad_options_are_one_line_before_any_work(args, tmp_path):
 
 
 def test_one_bad_file_in_a_query_folder_is_skipped_and_reported(tmp_path):
-    from retrieval_fixtures import make_images as make_class_images
+    from retrieval_fixtures import CLASSES
 
     from alexnet.pipeline.walk import image_files
 
-    folder = make_class_images(tmp_path / "queries", per_class=1)
+    folder = make_images(tmp_path / "queries", train=1, val=None, names=CLASSES)
     (folder / "red" / "broken.jpg").write_bytes(b"not a jpeg")
     files, skipped = image_files([folder, tmp_path / "missing.jpg"])
     assert len(files) == 3 and all(Path(f).name == "0.jpg" for f in files)

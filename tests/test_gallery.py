@@ -16,9 +16,9 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fixtures import torchrun
+from fixtures import make_images, torchrun
 from PIL import Image, ImageOps
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
@@ -51,7 +51,7 @@ def invoke(*args, code: int = 0):
 def run(tmp_path_factory) -> Path:
     """The tiny run with its training-set index built (the galleries' autoencoder)."""
     root = tmp_path_factory.mktemp("gallery")
-    run = make_run(make_images(root / "data"), root / "run")
+    run = make_run(make_images(root / "data", train=6, val=None, names=CLASSES), root / "run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ae, "AutoencoderConfig", QuickConfig)
         api.index_run(run, progress=False)

@@ -17,8 +17,9 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fixtures import make_images
 from PIL import Image
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
@@ -63,7 +64,9 @@ NAMES = {"red": "poppy red", "green": "leaf green", "blue": "sky blue"}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """The images, and display names for their classes in classes.json (as imagenette's)."""
-    root = make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    root = make_images(
+        tmp_path_factory.mktemp("retrieval") / "data", train=6, val=None, names=CLASSES
+    )
     (root / "classes.json").write_text(json.dumps(NAMES))
     return root
 

@@ -18,7 +18,8 @@ from alexnet.cli.main import cli
 from alexnet.model import train
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.config import TrainConfig
-from alexnet.model.train import Interrupted, NonFinite, evaluate_checkpoint, fit
+from alexnet.model.evaluate import evaluate_checkpoint
+from alexnet.model.train import Interrupted, NonFinite, fit
 from alexnet.pipeline import dataset
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.manifest import save_manifest
