@@ -212,7 +212,7 @@ def find_run(run: str | Path | None) -> tuple[Path, str | None]:
         if len(found) != 1:
             listed = ", ".join(str(p) for p in found) if found else "none"
             raise AlexnetError(
-                f"which run? Pass {{run}} or set ALEXNET_RUN (runs in {RUNS}/: {listed}); "
+                f"which run? Pass {{run}} RUN or set ALEXNET_RUN (runs in {RUNS}/: {listed}); "
                 "make one with prep (`alexnet prep DATA`) or `alexnet demo`"
             )
         return found[0], f"run {found[0]} (the only one in {RUNS}/)"

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -139,8 +140,9 @@ def in_folder(tmp_path, monkeypatch):
 
 
 def fake_run(folder: Path) -> Path:
+    """A run folder (layout.is_run) whose manifest holds nothing else."""
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text("{}")
+    (folder / "manifest.json").write_text('{"version": 2, "fingerprint": "0"}')
     return folder
 
 
@@ -207,7 +209,7 @@ def test_fine_tuning_starts_from_another_runs_weights(tmp_path):
     from alexnet.model.distributed import World
 
     source = AlexNet(AlexNetConfig(num_classes=2, init="kaiming"))
-    manifest = {"classes": ["a", "b"], "fingerprint": "x"}
+    manifest = SimpleNamespace(classes=["a", "b"], fingerprint="x")  # what a checkpoint keeps
     opt = torch.optim.SGD(source.parameters(), lr=0.1)
     path = save_checkpoint(
         tmp_path / "src.pt",
