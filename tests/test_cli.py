@@ -245,3 +245,13 @@ def test_predict_lists_the_top_classes_with_probabilities(tmp_path):
 def test_montage_must_be_a_png(tmp_path):
     result = invoke("search", "x.jpg", "--montage", tmp_path / "x.jpg", "--run", tmp_path)
     assert result.exit_code == 2 and "name it x.png" in result.output
+
+
+def test_library_parameters_print_as_the_flags_of_the_command_that_ran():
+    import click
+
+    ctx = click.Context(cli)
+    flag = cli.flag_namer(ctx, cli.get_command(ctx, "train"))
+    e = AlexnetError("{batch_size} 8, {weight_decay}, {num_threads}, {force}, {unknown_thing}")
+    assert e.render(flag) == "--batch-size 8, --weight-decay, --workers, --force, unknown_thing"
+    assert str(e) == "`batch_size` 8, `weight_decay`, `num_threads`, `force`, `unknown_thing`"
