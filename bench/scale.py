@@ -160,7 +160,7 @@ def mean_kb(files: list[str]) -> float:
 
 def validation_rate(files: list[str]) -> float:
     """Files per CPU-second of inspect_file in this one process (after a warm-up pass)."""
-    from alexnet.pipeline.dataset import inspect_file
+    from alexnet.pipeline.imagecheck import inspect_file
 
     for f in files[:50]:
         inspect_file(f)
@@ -198,14 +198,14 @@ def child_manifest(run: str) -> dict:
     import gc
     import tracemalloc
 
-    from alexnet.pipeline.dataset import load_manifest, verify_files
+    from alexnet.pipeline.manifest import load_manifest, verify_files
 
     before = rss_mb()
     with Clock() as load:
         manifest = load_manifest(run, check_files=False)
     grown = rss_mb() - before
     with Clock() as val:
-        verify_files(manifest, manifest["files"].positions("val"))
+        verify_files(manifest, manifest.files.positions("val"))
     with Clock() as every:
         verify_files(manifest)
     del manifest
@@ -224,7 +224,7 @@ def child_manifest(run: str) -> dict:
 
 def child_reader(run: str, count: str) -> dict:
     from alexnet.pipeline.dali import pipe_options, prep_pipeline
-    from alexnet.pipeline.dataset import load_manifest, split_files
+    from alexnet.pipeline.manifest import load_manifest, split_files
 
     manifest = load_manifest(run, check_files=False)
     before = rss_mb()
@@ -254,8 +254,8 @@ def child_startup(run: str, query: str) -> dict:
     from alexnet.model.config import config_from_dict
     from alexnet.model.distributed import World, local_device
     from alexnet.model.inference import TrainedRun
-    from alexnet.pipeline.dataset import load_manifest
     from alexnet.pipeline.layout import RunPaths
+    from alexnet.pipeline.manifest import load_manifest
     from alexnet.pipeline.stats import load_stats
     from alexnet.retrieval.api import search
     from alexnet.retrieval.index import open_run_index
@@ -264,12 +264,12 @@ def child_startup(run: str, query: str) -> dict:
     paths, world = RunPaths(run), World(device=local_device())
     manifest = load_manifest(run, check_files=False)
     mark("manifest")
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     mark("statistics")
     saved = load_checkpoint(paths.best, mmap=True)  # as load_trained reads it
     mark("checkpoint file")
     config = config_from_dict(saved["config"])
-    model = build_network(config, len(manifest["classes"]), torch.device("cpu"), saved["model"])
+    model = build_network(config, len(manifest.classes), torch.device("cpu"), saved["model"])
     model.eval()
     mark("network built around the weights")
     trained = TrainedRun(paths, model, config, manifest, stats, paths.best, 1, world)
@@ -302,9 +302,9 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     from alexnet.retrieval.index import build_run_index
 
     paths = RunPaths(run)
-    save_stats(compute_stats(stats_files, manifest["fingerprint"], progress=False), run)
+    save_stats(compute_stats(stats_files, manifest.fingerprint, progress=False), run)
     config = resolve(TrainConfig())
-    model = AlexNet(AlexNetConfig(num_classes=len(manifest["classes"])))
+    model = AlexNet(AlexNetConfig(num_classes=len(manifest.classes)))
     optimizer = optimizer_for(model, config)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -316,7 +316,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     save_checkpoint(paths.best, state)
 
     trained = load_trained(run, check_files=False)
-    n = len(manifest["files"].positions("train"))
+    n = len(manifest.files.positions("train"))
     paths.index.folder.mkdir(parents=True, exist_ok=True)
     np.lib.format.open_memmap(paths.index.features, "w+", np.float16, (n, DIM)).flush()
     mark_complete(paths.index, source_identity(trained), n)
@@ -451,7 +451,8 @@ def main() -> None:
         print(json.dumps(globals()[f"child_{what}"](*rest)))
         return
 
-    from alexnet.pipeline.dataset import load_manifest, save_manifest, scan, split_files
+    from alexnet.pipeline.dataset import scan
+    from alexnet.pipeline.manifest import load_manifest, save_manifest, split_files
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="alexnet-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -472,9 +473,9 @@ def main() -> None:
 
             with Clock() as c:
                 manifest = scan(data, progress=False)
-            n = len(manifest["files"])
+            n = len(manifest.files)
             r["scan_cpu_s"] = c.cpu
-            print(f"scan: {n} files, {c.wall:.0f} s, skipped {len(manifest['skipped'])}")
+            print(f"scan: {n} files, {c.wall:.0f} s, skipped {len(manifest.skipped)}")
 
             r["stats_big"] = stats_rate(big)
             r["stats_noisy"] = stats_rate(noisy)

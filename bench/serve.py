@@ -48,8 +48,9 @@ from PIL import Image
 from alexnet.model.checkpoint import build_network, checkpoint_state, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import save_manifest, scan
+from alexnet.pipeline.dataset import scan
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import save_manifest
 from alexnet.pipeline.stats import Stats, save_stats
 from alexnet.retrieval.autoencoder import (
     AutoencoderConfig,
@@ -82,7 +83,7 @@ def make_run(root: Path, n: int) -> Path:
     save_manifest(manifest, run)
     mean, cov = np.full(3, 128.0), np.eye(3) * 900  # grey, and no colour PCA to speak of
     stats = Stats(np.full((256, 256, 3), 128.0), mean, cov, np.diag(cov), np.eye(3), n, "")
-    save_stats(replace(stats, fingerprint=manifest["fingerprint"]), run)
+    save_stats(replace(stats, fingerprint=manifest.fingerprint), run)
     config = TrainConfig()
     model = build_network(config, CLASSES, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)

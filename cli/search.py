@@ -107,6 +107,10 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
         progress=progress(ctx),
         workers=workers,
     )
+    print_index(meta)
+
+
+def print_index(meta: dict) -> None:
     r = meta["autoencoder_report"]
     click.echo(
         f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit codes "
@@ -154,7 +158,8 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
 @click.pass_context
 def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, workers):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
-    from alexnet.pipeline.dataset import image_files, usable_images
+    from alexnet.pipeline.imagecheck import usable_images
+    from alexnet.pipeline.walk import image_files
     from alexnet.retrieval.api import open_index, search_stream
     from alexnet.retrieval.api import search as run_search
 
@@ -165,7 +170,7 @@ def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolu
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
     if gallery is None:
         ri = open_index(run, progress=progress(ctx), workers=workers)
-        root = ri.trained.manifest["root"]
+        root = ri.trained.manifest.root
     else:
         from alexnet.retrieval.gallery import open_gallery
 

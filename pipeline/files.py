@@ -46,7 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         )
     except OSError as e:
         raise AlexnetError(
-            f"cannot write to {path.parent}: {e.strerror}; choose a writable --run folder"
+            f"cannot write to {path.parent}: {e.strerror}; choose a writable {{run}} folder"
         ) from e
     os.close(fd)
     try:
@@ -70,7 +70,7 @@ def make_folder(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AlexnetError(
-            f"cannot create {folder}: {e.strerror}; choose a writable --run folder"
+            f"cannot create {folder}: {e.strerror}; choose a writable {{run}} folder"
         ) from None
     return folder
 
@@ -90,7 +90,7 @@ def check_space(folder: str | Path, needed: int, what: str) -> None:
     if free < needed:
         raise AlexnetError(
             f"{what} needs about {needed / 2**30:.2f} GiB in {folder}, but only "
-            f"{free / 2**30:.2f} GiB are free: free some space or choose another --run"
+            f"{free / 2**30:.2f} GiB are free: free some space or choose another {{run}}"
         )
 
 

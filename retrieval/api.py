@@ -29,10 +29,12 @@ import numpy as np
 
 from alexnet.model.inference import load_trained
 from alexnet.model.metrics import read_metrics
-from alexnet.pipeline.dataset import check_image, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+from alexnet.pipeline.imagecheck import check_image
+from alexnet.pipeline.images import image_source
 from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import verify_files
 
 from .autoencoder import encode
 from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
@@ -62,7 +64,7 @@ def open_index(
             "autoencoder, index); later searches reuse it",
             paths.folder,
         )
-        verify_files(trained.manifest, trained.manifest["files"].positions("train"))
+        verify_files(trained.manifest, trained.manifest.files.positions("train"))
         with RunLock(run, "search, building the index"):
             build_run_index(trained, paths, progress=progress)
     return open_run_index(trained, paths)
@@ -97,17 +99,7 @@ def index_run(
 
 def _encoded(query: str | Path | bytes | np.ndarray) -> str | bytes:
     """A query as something query_features reads: a path, or encoded bytes (arrays -> PNG)."""
-    if isinstance(query, np.ndarray):
-        from PIL import Image
-
-        if query.dtype != np.uint8 or query.ndim != 3 or query.shape[2] != 3:
-            raise AlexnetError(
-                f"a query array must be uint8 HxWx3, got {query.dtype} {query.shape}"
-            )
-        buf = io.BytesIO()
-        Image.fromarray(query).save(buf, format="PNG")  # lossless: decodes to the same pixels
-        return buf.getvalue()
-    return query if isinstance(query, bytes) else str(query)
+    return image_source(query)
 
 
 def search(

@@ -13,7 +13,7 @@ Two stages, as a search does: the binary codes shortlist, fc7 decides.
    3/4 or re-encoded at JPEG quality 25 lies at 0.003 to 0.071 from its original; the
    closest distinct photos at 0.082 (a blue golf ball and parachutists in a blue sky) and
    0.124 (two parachutists). The margin is thin with a network at 53% top-1 error: lower
-   --max-fc7 for fewer false groups, raise it to catch harder edits.
+   `max_fc7` for fewer false groups, raise it to catch harder edits.
 3. Mirrors: fc7 of a mirrored photo lies at 0.1 to 0.33 from the original's, as far as
    similar distinct photos do, though its code stays close (within 3 bits there). So a
    candidate pair that fails step 2 but lies within MIRROR_SHORTLIST (0.4) is checked once
@@ -198,7 +198,7 @@ def find_duplicates(
         "candidates": len(pairs),
         "groups": groups,
     }
-    with RunLock(gi.trained.paths.root, f"duplicates --gallery {gi.name}"):
+    with RunLock(gi.trained.paths.root, f"duplicates of gallery {gi.name}"):
         if sheets:
             for n, group in enumerate(groups):
                 group["sheet"] = str(contact_sheet(gi, group, n))

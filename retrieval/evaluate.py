@@ -27,7 +27,7 @@ time (the float mode, the baselines' fitting and encoding; the re-rank reads onl
 shortlist), so a database of 10^6 images needs its codes, about `MEMORY` bytes of distances
 and rankings, and the pixel vectors (float32, 12 KB per image at 32x32: the one part that
 grows with the database). Every query is ranked against the whole database, so time grows
-with queries x database (--max-queries samples the queries of a large validation set).
+with queries x database (`max_queries` samples the queries of a large validation set).
 `evaluate_modes` is the part that needs no run: features, labels and codes in, the table out.
 """
 
@@ -41,11 +41,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from alexnet.pipeline.dali import SIZE, Loader, default_device, pipe_options, prep_pipeline
-from alexnet.pipeline.dataset import split_files, verify_files
+from alexnet.pipeline.dali import SIZE, default_device, pipe_options, prep_pipeline
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import Loader
+from alexnet.pipeline.manifest import split_files, verify_files
 
 from . import autoencoder as ae
 from . import baselines as bl
@@ -87,7 +88,7 @@ def pixel_vectors(
 ) -> np.ndarray:
     """float32 (n, size*size*3): the prep pipeline's 256x256 centre patches, area-averaged."""
     if SIZE % size:
-        raise AlexnetError(f"--pixel-size must divide {SIZE}, got {size}")
+        raise AlexnetError(f"{{pixel_size}} must divide {SIZE}, got {size}")
     f = SIZE // size
     device = default_device()
     pipe = prep_pipeline(
@@ -258,7 +259,7 @@ def evaluate_retrieval(
     if not q_files:
         raise AlexnetError(
             "the run has no validation images to use as queries: "
-            "rerun `alexnet prep` with --val-fraction above 0"
+            "rerun prep with {val_fraction} above 0"
         )
     rng = np.random.default_rng(seed)
     if max_queries and len(q_files) > max_queries:

@@ -30,8 +30,6 @@ from alexnet.model.distributed import autocast
 from alexnet.model.inference import TrainedRun, encoded, query_crops
 from alexnet.model.loaders import eval_loader
 from alexnet.pipeline.cache import open_cache
-from alexnet.pipeline.dali import QueryCrops
-from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import (
     atomic_write,
@@ -41,6 +39,8 @@ from alexnet.pipeline.files import (
     write_json,
 )
 from alexnet.pipeline.layout import IndexPaths
+from alexnet.pipeline.loader import QueryCrops
+from alexnet.pipeline.manifest import split_files
 
 from .defaults import FEATURE_BATCH, QUERY_BATCH
 
@@ -55,7 +55,7 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 def source_identity(trained: TrainedRun) -> dict:
     """What every retrieval file of a run is derived from; a change means rebuild."""
     return {
-        "manifest": trained.manifest["fingerprint"],
+        "manifest": trained.manifest.fingerprint,
         "checkpoint": file_identity(trained.checkpoint),
     }
 

@@ -48,8 +48,7 @@ import torch.distributed as dist
 
 from alexnet.model.distributed import World, setup_world
 from alexnet.model.inference import TrainedRun, load_trained
-from alexnet.pipeline.dali import Loader, eval_pipeline, pipe_options
-from alexnet.pipeline.dataset import images_below
+from alexnet.pipeline.dali import eval_pipeline, pipe_options
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import (
@@ -61,7 +60,9 @@ from alexnet.pipeline.files import (
     write_json,
 )
 from alexnet.pipeline.layout import IndexPaths, RunPaths
+from alexnet.pipeline.loader import Loader
 from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.walk import images_below
 
 from . import autoencoder as ae
 from .defaults import FEATURE_BATCH
@@ -96,7 +97,7 @@ def unknown_gallery(run: str | Path, name: str) -> AlexnetError:
     names = ", ".join(gallery_names(run)) or "none"
     return AlexnetError(
         f"run {run} has no gallery {name!r} (galleries: {names}); make it with "
-        f"`alexnet index --run {run} --images DIR --name {name}`"
+        f"`alexnet index` with {{images}} DIR and {{name}} {name}"
     )
 
 
@@ -320,7 +321,6 @@ def _plan(
         min_size=min_size,
         max_pixels=max_pixels,
         known=known,
-        workers=workers,
         progress=progress,
     )
     if not usable and not len(table):
@@ -416,7 +416,7 @@ def index_gallery(
         ri = open_index(run, progress=False, workers=workers)
     bits = int(ri.codes.shape[1] * 8)
     source = gallery_source(ri.trained, ri.paths.autoencoder, bits)
-    lock = RunLock(run, f"index --name {name}") if world.main else contextlib.nullcontext()
+    lock = RunLock(run, f"index of gallery {name}") if world.main else contextlib.nullcontext()
     with lock:
         plan: dict | None = None
         if world.main:
@@ -529,8 +529,8 @@ class GalleryIndex(RunIndex):
     @property
     def refresh(self) -> str:
         return (
-            f"rerun `alexnet index --run {self.trained.paths} --images {self.record['root']} "
-            f"--name {self.name}`"
+            f"rerun `alexnet index` on {self.trained.paths} with {{images}} {self.record['root']} "
+            f"and {{name}} {self.name}"
         )
 
 
@@ -548,8 +548,8 @@ def open_gallery(
     problem = gallery_problem(paths, record, source)
     if problem:
         raise AlexnetError(
-            f"gallery {name} is stale ({problem}): rerun `alexnet index --run {run} --images "
-            f"{record['root']} --name {name}`"
+            f"gallery {name} is stale ({problem}): rerun `alexnet index` on {run} with "
+            f"{{images}} {record['root']} and {{name}} {name}"
         )
     model = ae.model_from_state(ae.load_autoencoder(trained.paths.index.autoencoder))
     table = Table.load(paths.entries(record["generation"]))

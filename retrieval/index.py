@@ -40,11 +40,11 @@ import faiss
 import numpy as np
 
 from alexnet.model.inference import TrainedRun, query_crops
-from alexnet.pipeline.dali import QueryCrops
-from alexnet.pipeline.dataset import split_files, verify_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, file_identity, read_json, write_json
 from alexnet.pipeline.layout import IndexPaths
+from alexnet.pipeline.loader import QueryCrops
+from alexnet.pipeline.manifest import split_files, verify_files
 
 from . import autoencoder as ae
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, IVF_LISTS, IVF_NPROBE, QUERY_BATCH
@@ -330,12 +330,12 @@ class RunIndex:
     @cached_property
     def train_positions(self) -> np.ndarray:
         """Manifest positions of the indexed images: id i is the i-th training file."""
-        return self.trained.manifest["files"].positions("train")
+        return self.trained.manifest.files.positions("train")
 
     @property
     def thumb_key(self) -> str:
         """What names this collection's thumbnail folder: the manifest's fingerprint."""
-        return self.trained.manifest["fingerprint"]
+        return self.trained.manifest.fingerprint
 
     def file_of(self, i: int) -> str:
         """The file of indexed image `i`; ids outside 0..N-1 refused."""
@@ -348,7 +348,7 @@ class RunIndex:
         """{"path", "class", "class_id"} of each indexed image in `ids`, after checking that
         its file is as it was at prep (gone or changed: an error)."""
         manifest = self.trained.manifest
-        table, root = manifest["files"], manifest["root"]
+        table, root = manifest.files, manifest.root
         positions = self.train_positions[ids]
         verify_files(manifest, positions)
         return [
@@ -399,7 +399,7 @@ def open_run_index(trained: TrainedRun, paths: IndexPaths | None = None) -> RunI
     """Load an index (default: the training set's); refuse one built from another manifest or
     checkpoint."""
     paths = paths or trained.paths.index
-    fix = f"rebuild it with `alexnet index --run {trained.paths}`"
+    fix = f"rebuild it with `alexnet index` on {trained.paths}"
     problem = index_problem(paths, source_identity(trained))
     if problem:
         raise AlexnetError(f"the index in {paths.folder} is stale or incomplete ({problem}): {fix}")

@@ -16,9 +16,9 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fixtures import torchrun
+from fixtures import make_images, torchrun
 from PIL import Image, ImageOps
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
@@ -51,7 +51,7 @@ def invoke(*args, code: int = 0):
 def run(tmp_path_factory) -> Path:
     """The tiny run with its training-set index built (the galleries' autoencoder)."""
     root = tmp_path_factory.mktemp("gallery")
-    run = make_run(make_images(root / "data"), root / "run")
+    run = make_run(make_images(root / "data", train=6, val=None, names=CLASSES), root / "run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ae, "AutoencoderConfig", QuickConfig)
         api.index_run(run, progress=False)
@@ -201,7 +201,7 @@ def test_a_stale_or_unknown_gallery_is_refused_with_one_line(run, real_jpegs, tm
             ).output
         finally:
             os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert f"rerun `alexnet index --run {run} --images {folder.resolve()} --name stale`" in out
+        assert f"`alexnet index` on {run} with --images {folder.resolve()} and --name stale" in out
         assert len(out.strip().splitlines()) == 1
     out = invoke("search", folder / "red", "--run", run, "--gallery", "nope", code=2).output
     assert "no gallery 'nope' (galleries: " in out and "stale" in out

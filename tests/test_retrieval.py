@@ -17,15 +17,16 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fixtures import make_images
 from PIL import Image
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import split_files
 from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import features as F
 from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
@@ -63,7 +64,9 @@ NAMES = {"red": "poppy red", "green": "leaf green", "blue": "sky blue"}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """The images, and display names for their classes in classes.json (as imagenette's)."""
-    root = make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    root = make_images(
+        tmp_path_factory.mktemp("retrieval") / "data", train=6, val=None, names=CLASSES
+    )
     (root / "classes.json").write_text(json.dumps(NAMES))
     return root
 
@@ -315,9 +318,9 @@ def test_bad_search_input_is_one_clear_error(run, data, tmp_path, case, message)
 
 def test_a_run_without_a_checkpoint_is_refused(data, tmp_path):
     run = tmp_path / "untrained"
-    from alexnet.pipeline import dataset
+    from alexnet.pipeline import dataset, manifest
 
-    dataset.save_manifest(dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False), run)
+    manifest.save_manifest(dataset.scan(data, val_fraction=1 / 3, processes=1, progress=False), run)
     from alexnet.pipeline.stats import Stats, save_stats
 
     save_stats(
@@ -346,7 +349,7 @@ def test_a_stale_index_is_refused_by_search_and_rebuilt_by_index(run, data):
         result = invoke("search", data / "red" / "1.jpg", "--run", run)
         assert result.exit_code == 2
         assert "stale or incomplete (built from another checkpoint" in result.output
-        assert "alexnet index --run" in result.output and mtimes(run) == before
+        assert "alexnet index` on" in result.output and mtimes(run) == before
         with pytest.raises(AlexnetError, match="stale"):
             open_run_index(load_trained(run))
         with pytest.MonkeyPatch.context() as mp, capture_log() as log:

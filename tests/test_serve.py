@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from fixtures import make_images
 from PIL import Image
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
 from alexnet.cli.main import cli
 from alexnet.cli.search import listen
@@ -42,7 +43,7 @@ PASSWD = b"root:"  # what /etc/passwd starts with: must never come back
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve")
-    run = make_run(make_images(root / "data"), root / "run")
+    run = make_run(make_images(root / "data", train=6, val=None, names=CLASSES), root / "run")
     build_run_index(load_trained(run), ae_config=QuickConfig(), progress=False)
     return run
 
@@ -120,7 +121,7 @@ def test_thumbnails_are_made_once_and_kept_under_the_run(client, run, ri):
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(reply.content)) as im:
         assert im.format == "JPEG" and im.size == (160, 160)
-    kept = RunPaths(run).thumb(ri.trained.manifest["fingerprint"], 3)
+    kept = RunPaths(run).thumb(ri.trained.manifest.fingerprint, 3)
     assert kept.read_bytes() == reply.content
     before = kept.stat().st_mtime_ns
     assert client.get("/api/thumb/3").content == reply.content

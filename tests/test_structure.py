@@ -1,11 +1,12 @@
 """The package's shape: which folder may import which, public names, a light command line.
 
 Each folder owns one stage and depends only on the stages before it:
-pipeline <- model <- retrieval <- cli (DESIGN.md). These rules are read from the source with
-`ast`, so they hold after every change.
+pipeline <- model <- retrieval <- cli (docs/architecture.md). These rules are read from the
+source with `ast`, so they hold after every change.
 """
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,32 @@ def test_the_command_line_loads_without_torch_dali_or_faiss():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def flags_in_strings(path: Path, root: Path = ROOT) -> list[str]:
+    """The `--flag`s written in `path`'s string literals (messages, docstrings, log lines)."""
+    return [
+        f"{path.relative_to(root)}:{node.lineno}: {flag}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        for flag in FLAG.findall(node.value)
+    ]
+
+
+def test_the_library_names_parameters_not_flags():
+    """Flags belong to the command line: a library message names the parameter as `{name}`
+    and each face writes it its own way (pipeline/errors.py)."""
+    import alexnet
+
+    assert Path(alexnet.__file__).resolve().parent == ROOT / "alexnet", "not this checkout"
+    found = [f for folder in ("alexnet", "pipeline", "model", "retrieval") for f in sources(folder)]
+    assert len(found) > 30
+    assert [hit for path in found for hit in flags_in_strings(path)] == []
+
+
+def test_the_flag_check_finds_a_flag_in_a_message(tmp_path):
+    (tmp_path / "x.py").write_text('raise ValueError(f"pass --force, not {x}-y or a -- b")\n')
+    assert flags_in_strings(tmp_path / "x.py", tmp_path) == ["x.py:1: --force"]
