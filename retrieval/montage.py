@@ -1,4 +1,5 @@
-"""A contact sheet of search results: one row per query, the query first, then its results.
+"""A contact sheet of search results: one row per query, the query first, then its results;
+and the thumbnails of single images the search page shows.
 
 Each tile is the image's centre square scaled to `tile` pixels (what the network saw, up to
 the 224 crop), captioned with its class and distance; the query tile has a blue frame, the
@@ -8,15 +9,21 @@ when the query's class is unknown.
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
+from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 CAPTION = 30  # pixels below each tile for two lines of text
 PAD = 8
+THUMB = 160  # thumbnail side in pixels: small enough for a page of 100 results
 QUERY, OTHER = "#1f5fbf", "#999999"  # frames: the query; a result of unknown agreement
 SAME, WRONG = "#2e9e44", "#d23c3c"  # a result of the query's class, or of another
 
@@ -25,6 +32,21 @@ def centre_square(path: str, side: int) -> Image.Image:
     """The centre square scaled to `side` pixels, in RGB (what the network saw, up to the crop)."""
     with Image.open(path) as im:
         return ImageOps.fit(im.convert("RGB"), (side, side), Image.Resampling.BILINEAR)
+
+
+def thumbnail(source: str, kept: Path) -> bytes:
+    """A JPEG of `source`'s centre square, THUMB pixels a side: made on first request and
+    kept at `kept` (made each time where that cannot be written)."""
+    if kept.is_file():
+        return kept.read_bytes()
+    buf = io.BytesIO()
+    centre_square(source, THUMB).save(buf, format="JPEG", quality=85)
+    data = buf.getvalue()
+    try:
+        atomic_write(kept, lambda tmp: Path(tmp).write_bytes(data))
+    except AlexnetError as e:
+        log.debug("thumbnail not kept: %s", e)
+    return data
 
 
 def make_montage(
