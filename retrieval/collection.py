@@ -87,12 +87,12 @@ class Collection:
         what = "the training set" if self.name is None else f"gallery {self.name}"
         return f"{what} of run {self.run}"
 
-    def open(self, *, progress: bool = False) -> Collection:
-        """Load what a search needs (once); the training set's index is built first, saying
-        so, when there is none. A stale collection is refused."""
+    def open(self, *, progress: bool = False, trained=None) -> Collection:
+        """Load what a search needs (once; `trained`: the run already loaded); the training
+        set's index is built first, saying so, when there is none. A stale one is refused."""
         if self.trained is not None:
             return self
-        trained = load_trained(
+        trained = trained or load_trained(
             self.run.root, self.checkpoint, check_files=False, workers=self.workers
         )
         record = read_record(self.paths)

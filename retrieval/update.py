@@ -133,13 +133,16 @@ def update_training_set(
         return _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress)
 
 
-def _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress) -> dict:
+def training_features(
+    trained: TrainedRun, paths: IndexPaths, world: World, *, batch_size: int, progress: bool
+) -> None:
+    """Step 1 and 2 for the training set: fc7 of every training file, in manifest order,
+    unless the features are current; from the prep cache's patches where prep kept them."""
     source = source_identity(trained)
     files, _ = split_files(trained.manifest, "train")
 
     def plan() -> dict:
-        done = complete_rows(paths, source) == len(files)
-        if done:
+        if complete_rows(paths, source) == len(files):
             log.info("fc7 features are current: %s", paths.features)
             return {"new": [], "first_row": 0}
         check_space(paths.folder, len(files) * ROW_BYTES, "the fc7 features")
@@ -150,17 +153,23 @@ def _training_set(trained, paths, world, bits, approx_threshold, batch_size, pro
         return {"new": [(f, 0, 0) for f in files], "first_row": 0}
 
     planned = _planned(world, plan)
-    if planned["new"]:
-        cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if kept
-        positions = trained.manifest["files"].positions("train")
-        patches = None if cache is None else (cache, positions)
-        _extract(trained, paths, planned, world, batch_size=batch_size, patches=patches,
-                 progress=progress)  # fmt: skip
-        if world.main:
-            mark_complete(paths, source, len(files))
-            log.info("fc7 features of %d training images: %s", len(files), paths.features)
+    if not planned["new"]:
+        return
+    cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if kept
+    positions = trained.manifest["files"].positions("train")
+    patches = None if cache is None else (cache, positions)
+    _extract(trained, paths, planned, world, batch_size=batch_size, patches=patches,
+             progress=progress)  # fmt: skip
+    if world.main:
+        mark_complete(paths, source, len(files))
+        log.info("fc7 features of %d training images: %s", len(files), paths.features)
+
+
+def _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress) -> dict:
+    training_features(trained, paths, world, batch_size=batch_size, progress=progress)
     if not world.main:
         return {}
+    source = source_identity(trained)
     features = load_features(paths)
     model, state, retrained = _autoencoder(paths, source, features, bits, progress)
     record = read_record(paths)
