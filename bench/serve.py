@@ -8,9 +8,9 @@ synthetic, which does not change what a query costs: small generated JPEGs on di
 manifest is checked against them), statistics and an untrained checkpoint written through the
 library, random float16 fc7 features written as an extraction writes them, and an autoencoder
 trained for 2 updates, with which `update_training_set` encodes the features and builds the
-index. What a query runs through is real: `alexnet serve` in its own process, HTTP over 127.0.0.1, PIL's
-check, the DALI query pipeline, the network's fc7, the encoder, the FAISS index and the JSON
-records.
+index. What a query runs through is real: `alexnet serve` in its own process, HTTP over
+127.0.0.1, PIL's check, the DALI query pipeline, the network's fc7, the encoder, the FAISS
+index and the JSON records.
 
 Measures, with the server started once:
 - latency: --requests sequential uploads of one 500x375 JPEG (after 5 warm-up requests),
