@@ -335,7 +335,7 @@ class Collection:
 
     def file(self, id: int) -> str:
         """The file of image `id` (an id a search returned; an unknown one: an error)."""
-        return self.open().table.paths[self.table.positions([id])[0]]
+        return str(self.open().table.paths[self.table.positions([id])[0]])
 
     def thumbnail(self, id: int) -> bytes:
         """A small JPEG of image `id` (montage.thumbnail), kept under RUN/thumbs."""

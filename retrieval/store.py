@@ -215,7 +215,7 @@ class Table:
         training image; a gallery image's from its folder's name (None when no class's)."""
         out = []
         for p in positions:
-            path = self.paths[p]
+            path = str(self.paths[p])
             if self.labels is None:
                 out.append(
                     {"path": path, "class": None, "class_id": None, **class_of(path, trained)}

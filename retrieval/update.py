@@ -265,13 +265,16 @@ def update_gallery(
             p = _plan(paths, source, Path(folder), name, min_size, max_pixels, workers, progress)
             check_space(paths.folder, len(p["new"]) * ROW_BYTES, "the fc7 features")
             make_folder(paths.folder)
-            grow_features(paths.features, p["first_row"] + len(p["new"]))
+            if p["new"]:
+                grow_features(paths.features, p["first_row"] + len(p["new"]))
             return p
 
         planned = _planned(world, plan)
         _extract(trained, paths, planned, world, batch_size=batch_size, progress=progress)
         if not world.main:
             return {}
+        if planned["unchanged"]:  # nothing to write: the gallery stays as it is
+            return {**read_record(paths), "last_update": {"added": 0, "updated": 0, "removed": 0}}
         mark_complete(paths, source_identity(trained), planned["first_row"] + len(planned["new"]))
         return _commit(paths, planned, source, model)
 
@@ -317,6 +320,7 @@ def _plan(paths, source, folder, name, min_size, max_pixels, workers, progress) 
         "keep": keep,
         "new": new,
         "skipped": skipped,
+        "unchanged": wrong is None and not new and keep.all() and skipped == record["skipped"],
         "added": sum(p not in known for p, _, _ in new),
         "updated": sum(p in known for p, _, _ in new),
         "removed": int((~keep).sum()) - sum(p in known for p, _, _ in new),
