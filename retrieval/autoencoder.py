@@ -63,7 +63,9 @@ class AutoencoderConfig:
     def __post_init__(self):
         if self.bits % 8 or not MIN_BITS <= self.bits <= MAX_BITS:
             raise AlexnetError(
-                f"--bits must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, got {self.bits}"
+                f"{{bits}} must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, "
+                f"got {self.bits}",
+                param="bits",
             )
 
 
