@@ -15,23 +15,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from retrieval_fixtures import CLASSES, QuickConfig, class_image, make_images, make_run
+from retrieval_fixtures import CLASSES, class_image, indexed_run
 
 import alexnet
 from alexnet.cli.main import cli
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import Collection
-from alexnet.retrieval import autoencoder as ae
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("collection")
-    run = make_run(make_images(root / "data"), root / "run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ae, "AutoencoderConfig", QuickConfig)
-        alexnet.collection(run).update(progress=False)
-    return run
+    return indexed_run(tmp_path_factory.mktemp("collection"))
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,13 @@ import pytest
 from click.testing import CliRunner
 from fixtures import torchrun
 from PIL import Image, ImageOps
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import indexed_run
 
 from alexnet import collection
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
-from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import collection as C
 from alexnet.retrieval import update as U
 from alexnet.retrieval.duplicates import candidate_pairs, components, find_duplicates
@@ -51,12 +50,7 @@ def invoke(*args, code: int = 0):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """The tiny run with its training-set index built (the galleries' autoencoder)."""
-    root = tmp_path_factory.mktemp("gallery")
-    run = make_run(make_images(root / "data"), root / "run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ae, "AutoencoderConfig", QuickConfig)
-        collection(run).update(progress=False)
-    return run
+    return indexed_run(tmp_path_factory.mktemp("gallery"))
 
 
 def photos(folder: Path, sources: list[str]) -> Path:

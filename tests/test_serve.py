@@ -25,14 +25,13 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import indexed_run
 
 from alexnet import collection
 from alexnet.cli.main import cli
 from alexnet.cli.search import listen
 from alexnet.cli.web import create_app
 from alexnet.pipeline.layout import RunPaths
-from alexnet.retrieval import autoencoder as ae
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PASSWD = b"root:"  # what /etc/passwd starts with: must never come back
@@ -40,12 +39,7 @@ PASSWD = b"root:"  # what /etc/passwd starts with: must never come back
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    run = make_run(make_images(root / "data"), root / "run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ae, "AutoencoderConfig", QuickConfig)
-        collection(run).update(progress=False)
-    return run
+    return indexed_run(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
