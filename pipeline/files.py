@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from .errors import AlexnetError
 
 
@@ -134,7 +136,40 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         raise AlexnetError(f"{path} is not a readable {what} ({e}): {fix}") from e
 
 
-def file_identity(path: str | Path) -> dict:
-    """Name, size and modification time: they change whenever the file is rewritten."""
+def content_digest(path: str | Path, block: int = 1 << 24) -> str:
+    """xxh3-128 of the file's bytes: ~14x sha256's speed and ~30x blake2b's here (see
+    BENCHMARKS.md, "Integrity"), so even a feature file of millions of rows is checked at the
+    speed the disk reads it."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_identity(path: str | Path, *, digest: bool = False) -> dict:
+    """Name, size and modification time: they change whenever the file is rewritten. With
+    `digest`, also its content digest, which catches what those miss: bytes changed in place
+    (a bad disk, a partial copy, an rsync --inplace) at the same size and time."""
     st = Path(path).stat()
-    return {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    identity = {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if digest:
+        identity["xxh3"] = content_digest(path)
+    return identity
+
+
+def identity_problem(path: str | Path, recorded: dict, *, content: bool = True) -> str | None:
+    """None when `path` is the file `recorded` describes; else what is wrong, in words. The
+    content is compared (when recorded and `content`) even when size and time agree."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} is missing"
+    now = file_identity(path)
+    if now["bytes"] != recorded.get("bytes"):
+        was = recorded.get("bytes", 0)
+        return f"{path} has changed since it was written ({now['bytes']:,} bytes, not {was:,})"
+    if content and "xxh3" in recorded and content_digest(path) != recorded["xxh3"]:
+        return f"{path} is corrupted: its bytes no longer match the checksum taken when written"
+    if now["mtime_ns"] != recorded.get("mtime_ns"):
+        return f"{path} has been rewritten since it was recorded"
+    return None
