@@ -43,6 +43,8 @@ from alexnet.pipeline.layout import RunPaths
 
 from . import autoencoder as ae
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
+from .duplicates import find_duplicates
+from .evaluate import evaluate_retrieval, write_result
 from .features import load_features, query_features, query_items
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
 from .montage import thumbnail
@@ -365,14 +367,10 @@ class Collection:
 
     def duplicates(self, **options) -> dict:
         """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates)."""
-        from .duplicates import find_duplicates
-
         return find_duplicates(self.open(), **options)
 
     def evaluate(self, **options) -> dict:
         """eval-retrieval, written to RUN/eval_retrieval.json (evaluate_retrieval)."""
-        from .evaluate import evaluate_retrieval, write_result
-
         if self.name is not None:
             raise AlexnetError(f"{self} has no validation images: evaluate the training set")
         result = evaluate_retrieval(self.open(), **options)
