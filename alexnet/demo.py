@@ -31,9 +31,8 @@ def demo(
     from alexnet.pipeline.layout import RunPaths
     from alexnet.pipeline.manifest import load_manifest, split_files
     from alexnet.pipeline.prep import prepare
-    from alexnet.retrieval.api import index_run, open_index, search
+    from alexnet.retrieval.collection import collection
     from alexnet.retrieval.defaults import SEARCH_RERANK
-    from alexnet.retrieval.evaluate import evaluate_retrieval, write_result
     from alexnet.retrieval.montage import make_montage
 
     paths = RunPaths(run)
@@ -43,14 +42,15 @@ def demo(
     yield "prep", prepare(data, run, progress=progress)
     resume = paths.last.exists()
     yield "train", fit(run, resume=resume, epochs=epochs, batch_size=batch_size, progress=progress)
-    yield "index", index_run(run, progress=progress)
-    ri = open_index(run, progress=progress)
+    train = collection(run)
+    yield "index", train.update(progress=progress)
+    train.open(progress=progress)
     manifest = load_manifest(run)
     val_files, _ = split_files(manifest, "val")
     picks = val_files[:: max(1, len(val_files) // queries)][:queries]
-    result = search(ri, picks, k=5, rerank_top=SEARCH_RERANK)
+    result = train.search(picks, k=5, rerank=SEARCH_RERANK)
     unit = "fc7" if SEARCH_RERANK else "bits"
     montage = make_montage(result["queries"], paths.montage, unit=unit)
     yield "search", {"result": result, "montage": montage, "root": manifest.root}
-    evaluation = evaluate_retrieval(ri, progress=progress)
-    yield "eval-retrieval", {"result": evaluation, "path": write_result(evaluation, run)}
+    evaluation = train.evaluate(progress=progress)
+    yield "eval-retrieval", {"result": evaluation, "path": paths.eval_retrieval}

@@ -30,7 +30,7 @@ wall time is the CPU time over the cores in use)
                 checkpoint weighs), a features file of the right shape (zeros: extracting
                 fc7 of 200,000 images takes hours on a CPU) marked complete, an autoencoder
                 trained on a random sample, and the codes and FAISS index built by
-                build_run_index.
+                update_training_set.
 Each figure is extrapolated to 1,281,167 files (linearly where it grows with the file
 count) and set beside its target. BENCHMARKS.md ("Scale") has the figures and the reading.
 """
@@ -236,7 +236,7 @@ def child_reader(run: str, count: str) -> dict:
 
 
 def child_startup(run: str, query: str) -> dict:
-    """Where `alexnet search` spends its start-up, in CPU seconds: open_index's and search's
+    """Where `alexnet search` spends its start-up, in CPU seconds: Collection.open's and search's
     steps in turn."""
     marks = {}
     start = cpu_seconds()
@@ -257,8 +257,7 @@ def child_startup(run: str, query: str) -> dict:
     from alexnet.pipeline.layout import RunPaths
     from alexnet.pipeline.manifest import load_manifest
     from alexnet.pipeline.stats import load_stats
-    from alexnet.retrieval.api import search
-    from alexnet.retrieval.index import open_run_index
+    from alexnet.retrieval.collection import Collection
 
     mark("imports (torch, DALI, faiss, alexnet)")
     paths, world = RunPaths(run), World(device=local_device())
@@ -273,11 +272,11 @@ def child_startup(run: str, query: str) -> dict:
     model.eval()
     mark("network built around the weights")
     trained = TrainedRun(paths, model, config, manifest, stats, paths.best, 1, world)
-    ri = open_run_index(trained)
+    train = Collection(run).open(trained=trained)
     mark("index, codes, autoencoder opened")
-    search(ri, [query], k=10)
+    train.search([query], k=10)
     mark("one query searched (DALI graph, fc7, codes)")
-    search(ri, [query], k=10)
+    train.search([query], k=10)
     mark("the same query again")
     return marks
 
@@ -299,7 +298,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     from alexnet.pipeline.stats import compute_stats, save_stats
     from alexnet.retrieval import autoencoder as ae
     from alexnet.retrieval.features import DIM, mark_complete, source_identity
-    from alexnet.retrieval.index import build_run_index
+    from alexnet.retrieval.update import update_training_set
 
     paths = RunPaths(run)
     save_stats(compute_stats(stats_files, manifest.fingerprint, progress=False), run)
@@ -329,7 +328,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     )
     ae.save_autoencoder(ae_state, paths.index.autoencoder)
     with Clock() as c:
-        meta = build_run_index(trained, progress=False)
+        meta = update_training_set(trained, paths.index, trained.world, "index", progress=False)
     return {
         "checkpoint_mb": paths.best.stat().st_size / 1e6,
         "index_build_s": c.cpu,

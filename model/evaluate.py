@@ -16,8 +16,8 @@ from alexnet.pipeline.cache import open_cache
 from alexnet.pipeline.files import write_json
 from alexnet.pipeline.loader import Loader
 
-from .distributed import World, all_sum, autocast, setup_world
-from .inference import load_trained
+from .distributed import World, all_sum, setup_world
+from .inference import crop_probabilities, load_trained
 from .loaders import eval_loader
 
 
@@ -36,10 +36,7 @@ def evaluate(
     for x, y in tqdm(
         loader, desc="eval", unit="batch", leave=False, disable=not (progress and world.main)
     ):
-        crops = x.shape[1] if x.dim() == 5 else 1
-        with autocast(world.device):
-            logits = model(x.flatten(0, 1) if crops > 1 else x)
-        probs = logits.float().softmax(-1).view(len(y), crops, -1).mean(1)
+        probs = crop_probabilities(model, x, world.device)
         loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
         best5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
         hit1, hit5 = best5[:, 0] == y, (best5 == y[:, None]).any(1)

@@ -158,6 +158,15 @@ def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False)
     )
 
 
+def crop_probabilities(model: torch.nn.Module, x: torch.Tensor, device) -> torch.Tensor:
+    """float32 (N, classes) softmax outputs of N centre crops (N, 3, 224, 224), or of N
+    images' C crops each (N, C, 3, 224, 224), averaged over the crops (paper, section 4.1)."""
+    crops = x.shape[1] if x.dim() == 5 else 1
+    with autocast(device):
+        logits = model(x.flatten(0, 1) if crops > 1 else x)
+    return logits.float().softmax(-1).view(len(x), crops, -1).mean(1)
+
+
 def encoded(item: str | bytes) -> np.ndarray:
     """An image file's bytes (or bytes as they are) as the uint8 array DALI decodes."""
     return np.frombuffer(item, np.uint8) if isinstance(item, bytes) else np.fromfile(item, np.uint8)

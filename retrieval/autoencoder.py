@@ -64,7 +64,8 @@ class AutoencoderConfig:
         if self.bits % 8 or not MIN_BITS <= self.bits <= MAX_BITS:
             raise AlexnetError(
                 f"{{bits}} must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, "
-                f"got {self.bits}"
+                f"got {self.bits}",
+                param="bits",
             )
 
 

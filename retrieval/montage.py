@@ -1,4 +1,5 @@
-"""A contact sheet of search results: one row per query, the query first, then its results.
+"""A contact sheet of search results: one row per query, the query first, then its results;
+and the thumbnails of single images the search page shows.
 
 Each tile is the image's centre square scaled to `tile` pixels (what the network saw, up to
 the 224 crop), captioned with its class and distance; the query tile has a blue frame, the
@@ -13,16 +14,22 @@ fonts-noto-cjk), and a character the font cannot draw is written as "?".
 from __future__ import annotations
 
 import functools
+import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 CAPTION = 30  # pixels below each tile for two lines of text
 PAD = 8
+THUMB = 160  # thumbnail side in pixels: small enough for a page of 100 results
 QUERY, OTHER = "#1f5fbf", "#999999"  # frames: the query; a result of unknown agreement
 SAME, WRONG = "#2e9e44", "#d23c3c"  # a result of the query's class, or of another
 FONT_SIZE = 11
@@ -74,6 +81,21 @@ def drawable(text: str, font=None) -> str:
     font = font or caption_font()
     missing = _mask(font, "\U0010fffd")
     return "".join(c if c.isascii() or _mask(font, c) != missing else "?" for c in text)
+
+
+def thumbnail(source: str, kept: Path) -> bytes:
+    """A JPEG of `source`'s centre square, THUMB pixels a side: made on first request and
+    kept at `kept` (made each time where that cannot be written)."""
+    if kept.is_file():
+        return kept.read_bytes()
+    buf = io.BytesIO()
+    centre_square(source, THUMB).save(buf, format="JPEG", quality=85)
+    data = buf.getvalue()
+    try:
+        atomic_write(kept, lambda tmp: Path(tmp).write_bytes(data))
+    except AlexnetError as e:
+        log.debug("thumbnail not kept: %s", e)
+    return data
 
 
 def make_montage(

@@ -41,6 +41,22 @@ def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
     return run
 
 
+def indexed_run(root: Path) -> Path:
+    """make_run of the generated images, with the training set's index built (an autoencoder
+    of a few updates): the run the collection, gallery and serve tests share."""
+    import pytest
+    from fixtures import make_images
+
+    from alexnet.retrieval import autoencoder
+    from alexnet.retrieval.collection import collection
+
+    run = make_run(make_images(root / "data", train=6, val=None, names=CLASSES), root / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(autoencoder, "AutoencoderConfig", QuickConfig)
+        collection(run).update(progress=False)
+    return run
+
+
 def save_untrained_checkpoint(run: Path, manifest: Manifest, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
     config = TrainConfig(num_threads=1)

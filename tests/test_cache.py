@@ -186,7 +186,8 @@ def test_fc7_features_are_the_same_from_the_cache(data, tmp_path, caplog):
 
     from alexnet.model.inference import load_trained
     from alexnet.pipeline.layout import IndexPaths
-    from alexnet.retrieval.features import extract_features, load_features
+    from alexnet.retrieval.features import load_features
+    from alexnet.retrieval.update import training_features
 
     features = {}
     for name, cache in (("cached", True), ("plain", False)):
@@ -196,7 +197,7 @@ def test_fc7_features_are_the_same_from_the_cache(data, tmp_path, caplog):
         paths = IndexPaths(tmp_path / name / "index")
         paths.folder.mkdir()
         with caplog.at_level(logging.INFO, logger="alexnet"):
-            extract_features(trained, paths, batch_size=4, progress=False)
+            training_features(trained, paths, trained.world, batch_size=4, progress=False)
         assert ("reading decoded patches" in caplog.text) == cache
         caplog.clear()
         features[name] = np.array(load_features(paths))

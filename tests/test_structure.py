@@ -70,14 +70,15 @@ def test_the_boundary_check_sees_function_level_and_relative_imports(tmp_path):
 
 
 def test_public_names():
+    from alexnet import collection, collections
     from alexnet.model import AlexNet, AlexNetConfig, TrainConfig, fit, load_trained
     from alexnet.pipeline import RunPaths, prepare, scan
-    from alexnet.retrieval import build_run_index, open_index, search
+    from alexnet.retrieval import Collection
 
     assert AlexNet(AlexNetConfig(num_classes=3)).classifier[-1].out_features == 3
     assert TrainConfig().lr == 0.01 and RunPaths("r").best == Path("r/checkpoints/best.pt")
-    assert all(map(callable, (fit, load_trained, prepare, scan, build_run_index, open_index)))
-    assert callable(search)
+    assert all(map(callable, (fit, load_trained, prepare, scan, collection, collections)))
+    assert callable(Collection.search)
     for package in ("model", "pipeline", "retrieval"):
         module = __import__(f"alexnet.{package}", fromlist=["__all__"])
         for name in module.__all__:
