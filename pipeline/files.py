@@ -150,7 +150,7 @@ def content_digest(path: str | Path, block: int = 1 << 24) -> str:
 def file_identity(path: str | Path, *, digest: bool = False) -> dict:
     """Name, size and modification time: they change whenever the file is rewritten. With
     `digest`, also its content digest, which catches what those miss: bytes changed in place
-    (a bad disk, a partial copy, an rsync --inplace) at the same size and time."""
+    (a bad disk, a partial copy, an in-place rsync) at the same size and time."""
     st = Path(path).stat()
     identity = {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
     if digest:

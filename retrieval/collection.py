@@ -112,7 +112,7 @@ class Collection:
             names = ", ".join(gallery_names(self.run.root)) or "none"
             raise AlexnetError(
                 f"run {self.run} has no gallery {self.name!r} (galleries: {names}); make it "
-                f"with `alexnet index --run {self.run} --images DIR --name {self.name}`"
+                f"with `alexnet index` on {self.run} with {{images}} DIR and {{name}} {self.name}"
             )
         wrong = problem(self.paths, record, made_from(trained, self.name, record.get("bits")))
         if wrong:
@@ -213,7 +213,6 @@ class Collection:
             batch_size=batch_size,
             min_size=min_size,
             max_pixels=max_pixels,
-            workers=self.workers,
             progress=progress,
         )
         return {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}

@@ -69,8 +69,10 @@ def made_from(trained, name: str | None, bits: int | None) -> dict:
 def refresh(run: RunPaths, name: str | None, record: dict) -> str:
     """What brings collection NAME (None: the training set) up to date, in words."""
     if name is None:
-        return f"rebuild it with `alexnet index --run {run}`"
-    return f"rerun `alexnet index --run {run} --images {record.get('root')} --name {name}`"
+        return f"rebuild it with `alexnet index` on {run}"
+    return (
+        f"rerun `alexnet index` on {run} with {{images}} {record.get('root')} and {{name}} {name}"
+    )
 
 
 def gallery_names(run: str | Path) -> list[str]:

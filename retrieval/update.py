@@ -252,18 +252,17 @@ def update_gallery(
     batch_size: int,
     min_size: int,
     max_pixels: int,
-    workers: int | None,
     progress: bool = True,
 ) -> dict:
     """Index every usable image below `folder` as gallery NAME, or bring it up to date (module
     docstring). `source` is what the gallery is made from (Collection's), `model` the training
     set's autoencoder. Returns the record with "added", "updated", "removed" (rank 0)."""
     run = trained.paths.root
-    lock = RunLock(run, f"index --name {name}") if world.main else contextlib.nullcontext()
+    lock = RunLock(run, f"indexing gallery {name}") if world.main else contextlib.nullcontext()
     with lock:
 
         def plan() -> dict:
-            p = _plan(paths, source, Path(folder), name, min_size, max_pixels, workers, progress)
+            p = _plan(paths, source, Path(folder), name, min_size, max_pixels, progress)
             check_space(paths.folder, len(p["new"]) * ROW_BYTES, "the fc7 features")
             make_folder(paths.folder)
             if p["new"]:
@@ -280,7 +279,7 @@ def update_gallery(
         return _commit(paths, planned, source, model)
 
 
-def _plan(paths, source, folder, name, min_size, max_pixels, workers, progress) -> dict:
+def _plan(paths, source, folder, name, min_size, max_pixels, progress) -> dict:
     """What an update does: the files to extract and the rows they go to, the entries kept."""
     record = read_record(paths)
     wrong = problem(paths, record, source)
@@ -301,7 +300,6 @@ def _plan(paths, source, folder, name, min_size, max_pixels, workers, progress) 
         min_size=min_size,
         max_pixels=max_pixels,
         known=known,
-        workers=workers,
         progress=progress,
     )
     if not usable and not len(table):

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fixtures import class_image
 from PIL import Image
-from retrieval_fixtures import CLASSES, class_image, indexed_run
+from retrieval_fixtures import CLASSES, indexed_run
 
 import alexnet
 from alexnet.cli.main import cli

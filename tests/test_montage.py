@@ -59,12 +59,14 @@ def test_characters_a_font_lacks_become_question_marks():
 def test_search_montage_of_a_16_bit_png_named_in_japanese(tmp_path, monkeypatch):
     """Through the CLI: a 16-bit PNG query shows as its picture, not a white square."""
     from click.testing import CliRunner
-    from retrieval_fixtures import QuickConfig, make_images, make_run
+    from fixtures import make_images
+    from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
     from alexnet.cli.main import cli
     from alexnet.retrieval import autoencoder as ae
 
-    run = make_run(make_images(tmp_path / "data"), tmp_path / "run")
+    data = make_images(tmp_path / "data", train=6, val=None, names=CLASSES)
+    run = make_run(data, tmp_path / "run")
     monkeypatch.setattr(ae, "AutoencoderConfig", QuickConfig)
     query = tmp_path / "写真.png"
     Image.fromarray((gradient(96, 96) * 65535).astype(np.uint16)).save(query)
