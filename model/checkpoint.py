@@ -17,7 +17,7 @@ from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 
 from .alexnet import AlexNet, AlexNetConfig
-from .config import TrainConfig, changed_settings, config_from_dict
+from .config import NETWORK_SETTINGS, TrainConfig, changed_settings, config_from_dict
 from .distributed import World
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def build_network(
         lrn=config.lrn,
         dropout=config.dropout,
         init=config.init,
+        **{name: getattr(config, name) for name in NETWORK_SETTINGS},
     )
     if weights is None:
         model = AlexNet(shape)

@@ -36,9 +36,21 @@ class TrainConfig:
     keep_every: int = 0  # also keep checkpoints/epoch_N.pt every N epochs; 0: last/best only
     tensorboard: bool = False  # also write scalars to RUN/tensorboard
     init_checkpoint: str | None = None  # start from these weights (fine-tuning)
+    train_layers: str | None = None  # e.g. "fc6,fc7,fc8": only these learn; None: all
+    pretrained_lr_mult: float = 1.0  # rate of the layers taken from init_checkpoint
+    # The network's conventions (model/alexnet.py); fine-tuning takes them from init_checkpoint.
+    lrn_form: str = "paper"  # or "caffe": k=1, alpha divided by the window size
+    crop: int = 224  # the input side; 227 for Caffe's network
+    conv1_padding: int = 2  # 0 in Caffe's network
+    pool_ceil: bool = False  # Caffe's pooling rounds its output size up
+    pool_before_norm: bool = False  # CaffeNet's order
 
 
 INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
+
+# The settings that shape the network beyond columns/lrn/dropout: a fine-tuned run keeps its
+# source's.
+NETWORK_SETTINGS = ("lrn_form", "crop", "conv1_padding", "pool_ceil", "pool_before_norm")
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpoint"}

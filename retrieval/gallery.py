@@ -256,6 +256,7 @@ def extract_rows(
         device=device,
         shard_id=world.rank,
         num_shards=world.size,
+        crop=config.crop,
         **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
     )
     loader = Loader(pipe, torch_device=world.device)
