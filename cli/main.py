@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from alexnet.cli import weights
 from alexnet.cli.options import (
     AMOUNT,
     POSITIVE,
@@ -353,10 +354,25 @@ def train_options(f):
         ),
         click.option(
             "--init-checkpoint",
-            type=click.Path(dir_okay=False, exists=True),
+            type=click.Path(exists=True),
             default=None,
-            help="Start from this checkpoint's weights (fine-tuning); fc8 starts afresh when "
-            "its class count differs.",
+            help="Start from this checkpoint's weights, or a run's best.pt (fine-tuning, e.g. "
+            "from `alexnet import-weights`): its network settings are kept; fc8 starts afresh "
+            "when its class count differs.",
+        ),
+        click.option(
+            "--train-layers",
+            default=d.train_layers,
+            help="Train only these layers, e.g. fc6,fc7,fc8; the others stay frozen (default: "
+            "all).",
+        ),
+        click.option(
+            "--pretrained-lr-mult",
+            type=AMOUNT,
+            default=d.pretrained_lr_mult,
+            show_default=True,
+            help="Learning rate of the layers taken from --init-checkpoint, relative to the "
+            "others'.",
         ),
     ]
     for option in reversed(options):
@@ -442,15 +458,22 @@ def print_training(run: Path, metrics: dict) -> None:
     show_default=True,
     help="Also the paper's ten-crop test: 4 corners and the centre, and their mirrors.",
 )
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Evaluate on this labelled folder instead (DATA/<class id>/<image>, or its val/), "
+    "folders matched to the run's classes by name: e.g. ILSVRC-2012 val in wnid folders.",
+)
 @workers_option
 @click.pass_context
-def eval_(ctx, run, checkpoint, ten_crop, workers):
+def eval_(ctx, run, checkpoint, ten_crop, data, workers):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
     from alexnet.model.train import evaluate_checkpoint
     from alexnet.pipeline.layout import RunPaths
 
     result = evaluate_checkpoint(
-        run, checkpoint, ten_crop=ten_crop, progress=progress(ctx), workers=workers
+        run, checkpoint, ten_crop=ten_crop, progress=progress(ctx), workers=workers, data=data
     )
     click.echo(f"{result['checkpoint']} (epoch {result['epoch']})")
     click.echo(f"{'':10}{'top-1 error':>14}{'top-5 error':>14}{'images':>8}")
@@ -598,6 +621,7 @@ def print_curve(run: Path) -> None:
 
 
 register(cli)
+weights.register(cli)
 
 
 def main() -> None:

@@ -345,6 +345,7 @@ def import_weights(
     from .alexnet import AlexNet, AlexNetConfig
     from .checkpoint import save_checkpoint
     from .config import TrainConfig
+    from .finetune import layer_keys
 
     file, paths = Path(file), RunPaths(run)
     if paths.manifest.exists() and not force:
@@ -360,10 +361,9 @@ def import_weights(
     config = TrainConfig(mean=mean_mode, init="caffe", **ref.settings)
     net = AlexNet(AlexNetConfig(num_classes=ref.num_classes, **ref.settings), device="meta")
     state = {}
-    for (name, layer), (w, b) in zip(net.layers().items(), ref.weights.values(), strict=True):
+    for (name, key), (w, b) in zip(layer_keys(net).items(), ref.weights.values(), strict=True):
         if name == "conv1" and ref.bgr:  # BGR in, RGB kept: the pipelines feed RGB
             w = np.ascontiguousarray(w[:, ::-1])
-        key = next(k for k, m in net.named_modules() if m is layer)
         state[f"{key}.weight"], state[f"{key}.bias"] = torch.from_numpy(w), torch.from_numpy(b)
     net.load_state_dict(state, assign=True)  # the names and shapes, checked once more
 

@@ -40,8 +40,10 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
+from .finetune import freeze, fresh_layers, inherit_network
 from .inference import load_run_data, load_trained
 from .init import resolve
+from .labelled import labelled_folder
 from .loaders import eval_loader, train_loader, unreadable_training_file
 from .metrics import TensorBoard, epoch_line, read_metrics, write_metrics
 from .optim import (
@@ -200,9 +202,12 @@ def _fit(
     base_lr = scaled_lr(config.lr, global_batch)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
 
+    config = config if resume else inherit_network(config)  # a resumed run's config has them
     torch.manual_seed(config.seed)
     model = build_network(config, len(manifest["classes"]), world.device)
-    optimizer = optimizer_for(model, config)
+    trained_layers = freeze(model, config.train_layers)
+    fresh = fresh_layers(model, config) if config.pretrained_lr_mult != 1.0 else None
+    optimizer = optimizer_for(model, config, fresh)
     schedule = PlateauSchedule(
         config.patience, max_drops=config.max_drops, min_delta=config.min_delta
     )
@@ -226,6 +231,8 @@ def _fit(
         )
     elif config.init_checkpoint:
         start_from(model, config.init_checkpoint, world)
+        if world.main and config.train_layers:
+            log.info("training %s only; the other layers stay as loaded", ", ".join(trained_layers))
     if world.main:  # a writable folder with room for a save, before any work is done
         make_folder(paths.checkpoints)
         one = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # and momenta
@@ -392,19 +399,26 @@ def evaluate_checkpoint(
     ten_crop: bool = True,
     progress: bool = False,
     workers: int | None = None,
+    data: str | Path | None = None,
 ) -> dict:
-    """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set, centre
+    """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set (or on the
+    labelled folder `data`, model/labelled.py), centre
     crop and 10-crop, and per class (of the last of the two), hardest first: {"class" (the
     display name), "class_id", "images", "top1_error", "top5_error"}; written to
     RUN/eval.json. Only the validation files are checked against the manifest: they are all
     this reads."""
     world = setup_world()
-    trained = load_trained(run, checkpoint, world, check_files="val", workers=workers)
-    cache = open_cache(run, trained.manifest, warn=world.main)
+    checked = "val" if data is None else False
+    trained = load_trained(run, checkpoint, world, check_files=checked, workers=workers)
+    manifest, cache = trained.manifest, None
+    if data is None:
+        cache = open_cache(run, trained.manifest, warn=world.main)
+    else:
+        manifest = labelled_folder(data, trained.classes, workers=workers, progress=progress)
 
     def run_eval(ten: bool, per_class: bool) -> dict:
         loader = eval_loader(
-            trained.manifest, trained.stats, trained.config, world, ten_crop=ten, cache=cache
+            manifest, trained.stats, trained.config, world, ten_crop=ten, cache=cache
         )
         return evaluate(trained.model, loader, world, per_class=per_class, progress=progress)
 
@@ -412,6 +426,7 @@ def evaluate_checkpoint(
     result = {
         "checkpoint": str(trained.checkpoint),
         "epoch": trained.epoch,
+        "data": str(data) if data else None,
         "chance": {"top1_error": 1 - 1 / n, "top5_error": 1 - min(5, n) / n},
     }
     result["centre"] = run_eval(False, per_class=not ten_crop)
