@@ -106,11 +106,13 @@ def extract_features(
     files, _ = split_files(trained.manifest, "train")
     check_space(paths.folder, len(files) * DIM * 2, "the fc7 features")  # float16
     config = replace(trained.config, batch_size=batch_size)
-    cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if prep kept them
-    loader = eval_loader(
-        trained.manifest, trained.stats, config, trained.world, split="train", cache=cache
-    )
-    batches = fc7_batches(trained, (x for x, _ in loader))
+    batches = iter(())  # a run without training images (imported weights) has none
+    if files:
+        cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if kept
+        loader = eval_loader(
+            trained.manifest, trained.stats, config, trained.world, split="train", cache=cache
+        )
+        batches = fc7_batches(trained, (x for x, _ in loader))
     save_features(paths, source_identity(trained), batches, len(files), progress=progress)
     log.info("fc7 features of %d training images: %s", len(files), paths.features)
     return paths.features

@@ -67,6 +67,7 @@ from . import autoencoder as ae
 from .defaults import FEATURE_BATCH
 from .features import DIM, fc7_batches, source_identity, to_float16
 from .index import RunIndex, search, to_device
+from .reference_index import index_from_photos
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +412,7 @@ def index_gallery(
     world = setup_world()
     paths = gallery_paths(run, name)
     if world.main:
+        index_from_photos(run, images, progress=progress, workers=workers)
         ri = open_index(run, progress=progress, workers=workers)
     _barrier(world)
     if not world.main:

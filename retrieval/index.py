@@ -241,11 +241,14 @@ def build_run_index(
     batch_size: int = FEATURE_BATCH,
     ae_config: ae.AutoencoderConfig | None = None,
     progress: bool = True,
+    train_on: np.ndarray | None = None,
 ) -> dict:
     """Features, autoencoder, codes and index of the training set (`paths` defaults to
     RUN/index), each step skipped when already current.
 
     `bits` None keeps a current autoencoder of any width (else trains the default 64).
+    `train_on`: other features to train the autoencoder on, for a run without training
+    images (retrieval/reference_index.py).
     Returns the index description (also written to INDEX/codes.json).
     """
     paths = paths or trained.paths.index
@@ -255,6 +258,13 @@ def build_run_index(
     else:
         extract_features(trained, paths, batch_size=batch_size, progress=progress)
     features = load_features(paths)
+    if not len(features) and train_on is None:
+        raise AlexnetError(
+            f"run {trained.paths} has no training images to search (imported weights?): index "
+            f"a folder of photos with `alexnet index --run {trained.paths} --images DIR --name "
+            "NAME` and search it with --gallery NAME"
+        )
+    train_on = features if train_on is None else train_on
 
     retrained = False
     if _autoencoder_current(paths, source, bits if ae_config is None else ae_config.bits):
@@ -263,8 +273,8 @@ def build_run_index(
         model = ae.model_from_state(state)
     else:
         config = ae_config or ae.AutoencoderConfig(bits=bits or ae.AutoencoderConfig.bits)
-        model = ae.train_autoencoder(features, config, progress=progress)
-        state = ae.autoencoder_state(model, source=source, report=ae.report(model, features))
+        model = ae.train_autoencoder(train_on, config, progress=progress)
+        state = ae.autoencoder_state(model, source=source, report=ae.report(model, train_on))
         ae.save_autoencoder(state, paths.autoencoder)
         retrained = True
         r = state["report"]
