@@ -364,6 +364,7 @@ def import_weights(
     for (name, key), (w, b) in zip(layer_keys(net).items(), ref.weights.values(), strict=True):
         if name == "conv1" and ref.bgr:  # BGR in, RGB kept: the pipelines feed RGB
             w = np.ascontiguousarray(w[:, ::-1])
+        w, b = (a if a.flags.writeable else a.copy() for a in (w, b))  # ONNX's are read-only
         state[f"{key}.weight"], state[f"{key}.bias"] = torch.from_numpy(w), torch.from_numpy(b)
     net.load_state_dict(state, assign=True)  # the names and shapes, checked once more
 

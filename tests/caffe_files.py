@@ -93,13 +93,17 @@ def mean_binaryproto(mean_bgr_chw: np.ndarray) -> bytes:
     return blob(mean_bgr_chw.astype(np.float32), v1=True, shape=(1, *mean_bgr_chw.shape))
 
 
-def layer_list(caffenet: bool = False) -> list[tuple[str, str, dict]]:
-    """bvlc_alexnet's train_val layers: (name, type, params)."""
+def layer_list(caffenet: bool = False, lrn=(5, 1e-4, 0.75, 1.0)) -> list[tuple[str, str, dict]]:
+    """bvlc_alexnet's train_val layers: (name, type, params); CaffeNet pools before LRN."""
     conv = lambda n, k, s=1, p=0, g=1: {"conv": (n, k, s, p, g)}  # noqa: E731
-    norm_pool = [("norm{}", "LRN", {"lrn": (5, 1e-4, 0.75, 1.0)}), ("pool{}", "Pooling", {"pool": (3, 2)})]
+    norm_pool = [("norm{}", "LRN", {"lrn": lrn}), ("pool{}", "Pooling", {"pool": (3, 2)})]
     if caffenet:
         norm_pool.reverse()
-    layers = [("data", "Data", {}), ("conv1", "Convolution", conv(96, 11, 4)), ("relu1", "ReLU", {})]
+    layers = [
+        ("data", "Data", {}),
+        ("conv1", "Convolution", conv(96, 11, 4)),
+        ("relu1", "ReLU", {}),
+    ]
     layers += [(n.format(1), t, p) for n, t, p in norm_pool]
     layers += [("conv2", "Convolution", conv(256, 5, p=2, g=2)), ("relu2", "ReLU", {})]
     layers += [(n.format(2), t, p) for n, t, p in norm_pool]
@@ -123,14 +127,14 @@ def layer_list(caffenet: bool = False) -> list[tuple[str, str, dict]]:
     return layers
 
 
-def layer_message(name, kind, params, blobs, *, v1: bool, packed: bool) -> bytes:
+def layer_message(name, kind, params, blobs, *, v1: bool, packed: bool, shapes=()) -> bytes:
     fields = {"name": 4, "type": 5, "blobs": 6, "conv": 10, "fc": 17, "lrn": 18, "pool": 19}
     if not v1:
         fields = {"name": 1, "type": 2, "blobs": 7, "conv": 106, "fc": 117, "lrn": 118, "pool": 121}
     out = f_bytes(fields["name"], name.encode())
     out += f_int(5, V1[kind]) if v1 else f_bytes(2, kind.encode())
-    for b in blobs:
-        out += f_bytes(fields["blobs"], blob(b, v1=v1, packed=packed))
+    for b, shape in zip(blobs, list(shapes) + [None] * len(blobs), strict=False):
+        out += f_bytes(fields["blobs"], blob(b, v1=v1, packed=packed, shape=shape))
     if "conv" in params:
         n, k, s, p, g = params["conv"]
         body = f_int(1, n) + f_int(3, p) + f_int(4, k) + f_int(5, g) + f_int(6, s)
@@ -143,7 +147,7 @@ def layer_message(name, kind, params, blobs, *, v1: bool, packed: bool) -> bytes
         k, s = params["pool"]
         out += f_bytes(fields["pool"], f_int(1, 0) + f_int(2, k) + f_int(3, s))
     if "fc" in params:
-        out += f_bytes(fields["fc"], f_int(1, params["fc"] or len(blobs[1])))
+        out += f_bytes(fields["fc"], f_int(1, params["fc"] or (len(blobs[1]) if blobs else 0)))
     return out
 
 
@@ -155,14 +159,17 @@ def write_caffemodel(
     packed: bool = True,
     caffenet: bool = False,
     layers: list | None = None,
+    shapes: dict | None = None,
 ) -> Path:
     """A NetParameter: name, then the layers (field 2, V1LayerParameter, or field 100,
-    LayerParameter), each learned one with its weight and bias blobs. Written layer by layer."""
+    LayerParameter), each learned one with its weight and bias blobs, whose declared shapes
+    `shapes` {layer: (weight shape, bias shape)} may override. Written layer by layer."""
     with open(path, "wb") as f:
         f.write(f_bytes(1, b"AlexNet"))
         for name, kind, params in layers or layer_list(caffenet):
             blobs = list(weights[name]) if name in weights else []
-            msg = layer_message(name, kind, params, blobs, v1=v1, packed=packed)
+            declared = (shapes or {}).get(name, ())
+            msg = layer_message(name, kind, params, blobs, v1=v1, packed=packed, shapes=declared)
             f.write(f_bytes(2 if v1 else 100, msg))
     return path
 
@@ -193,8 +200,14 @@ def write_zoo_onnx(path: Path, weights: dict, *, fc7_output: bool = False) -> Pa
 
     def conv(name, pad, group, stride=1):
         w, b = weights[name]
-        add("Conv", [param(f"{name}_w_0", w), param(f"{name}_b_0", b)], strides=[stride] * 2,
-            pads=[pad] * 4, kernel_shape=list(w.shape[2:]), group=group)
+        add(
+            "Conv",
+            [param(f"{name}_w_0", w), param(f"{name}_b_0", b)],
+            strides=[stride] * 2,
+            pads=[pad] * 4,
+            kernel_shape=list(w.shape[2:]),
+            group=group,
+        )
         add("Relu", [])
 
     pool = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1])
@@ -244,14 +257,20 @@ def caffe_lrn(x: torch.Tensor, size=5, alpha=1e-4, beta=0.75, k=1.0) -> torch.Te
     return x / (k + alpha / size * window) ** beta
 
 
-def caffe_forward(weights: dict, x_bgr: torch.Tensor, *, conv1_pad=0) -> tuple[torch.Tensor, ...]:
+def caffe_forward(
+    weights: dict, x_bgr: torch.Tensor, *, conv1_pad=0, caffenet=False, lrn=caffe_lrn
+) -> tuple[torch.Tensor, ...]:
     """(fc7, logits) of Caffe's AlexNet in float64 on BGR mean-subtracted crops; pooling rounds
-    up, as Caffe's does."""
-    t = {k: (torch.from_numpy(w).double(), torch.from_numpy(b).double()) for k, (w, b) in weights.items()}
+    up, as Caffe's does. CaffeNet pools before its LRN."""
+    t = {
+        k: (torch.from_numpy(w).double(), torch.from_numpy(b).double())
+        for k, (w, b) in weights.items()
+    }
     pool = lambda h: F.max_pool2d(h, 3, 2, ceil_mode=True)  # noqa: E731
+    norm_pool = (lambda h: lrn(pool(h))) if caffenet else (lambda h: pool(lrn(h)))
     h = x_bgr.double()
-    h = pool(caffe_lrn(F.relu(F.conv2d(h, *t["conv1"], stride=4, padding=conv1_pad))))
-    h = pool(caffe_lrn(F.relu(F.conv2d(h, *t["conv2"], padding=2, groups=2))))
+    h = norm_pool(F.relu(F.conv2d(h, *t["conv1"], stride=4, padding=conv1_pad)))
+    h = norm_pool(F.relu(F.conv2d(h, *t["conv2"], padding=2, groups=2)))
     h = F.relu(F.conv2d(h, *t["conv3"], padding=1))
     h = F.relu(F.conv2d(h, *t["conv4"], padding=1, groups=2))
     h = pool(F.relu(F.conv2d(h, *t["conv5"], padding=1, groups=2)))
