@@ -12,7 +12,15 @@ Images are paths, folders, encoded bytes, PIL images or uint8 HxWx3 arrays every
 Names are imported on first use, so `import alexnet` loads neither torch, DALI nor faiss.
 """
 
-from alexnet.pipeline.lazy import lazy_exports
+from pathlib import Path
+
+# In a source checkout the stage folders (pipeline/, model/, ...) sit beside this one, not in
+# it: found there, `alexnet.pipeline` is the checkout's own code whether or not it is installed.
+_HERE = Path(__file__).resolve().parent
+if not (_HERE / "pipeline").is_dir() and (_HERE.parent / "pipeline" / "__init__.py").is_file():
+    __path__.append(str(_HERE.parent))
+
+from alexnet.pipeline.lazy import lazy_exports  # noqa: E402
 
 _EXPORTS = {
     "AlexnetError": "alexnet.pipeline.errors",

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from alexnet.cli import weights
 from alexnet.cli.options import (
     POSITIVE,
     PROBABILITY,
@@ -266,15 +267,22 @@ def print_training(run: Path, metrics: dict) -> None:
     show_default=True,
     help="Also the paper's ten-crop test: 4 corners and the centre, and their mirrors.",
 )
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Evaluate on this labelled folder instead (DATA/<class id>/<image>, or its val/), "
+    "folders matched to the run's classes by name: e.g. ILSVRC-2012 val in wnid folders.",
+)
 @workers_option
 @click.pass_context
-def eval_(ctx, run, checkpoint, ten_crop, workers):
+def eval_(ctx, run, checkpoint, ten_crop, data, workers):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
     from alexnet.model.evaluate import evaluate_checkpoint
     from alexnet.pipeline.layout import RunPaths
 
     result = evaluate_checkpoint(
-        run, checkpoint, ten_crop=ten_crop, progress=progress(ctx), workers=workers
+        run, checkpoint, ten_crop=ten_crop, progress=progress(ctx), workers=workers, data=data
     )
     click.echo(f"{result['checkpoint']} (epoch {result['epoch']})")
     click.echo(f"{'':10}{'top-1 error':>14}{'top-5 error':>14}{'images':>8}")
@@ -424,6 +432,7 @@ def print_curve(run: Path) -> None:
 
 
 register(cli)
+weights.register(cli)
 
 
 def main() -> None:

@@ -97,6 +97,8 @@ def _click_type(kind: str, choices: tuple):
         "amount": AMOUNT,
         "probability": PROBABILITY,
         "file": click.Path(dir_okay=False, exists=True),
+        "path": click.Path(exists=True),
+        "text": str,
     }
     return types[kind]
 

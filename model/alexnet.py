@@ -26,6 +26,12 @@ class AlexNetConfig:
     lrn: bool = True
     dropout: float = 0.5
     init: str = "paper"  # an initialisation preset of model/init.py
+    # The conventions of networks trained elsewhere (Caffe's bvlc_alexnet, model/reference.py):
+    lrn_form: str = "paper"  # "caffe": k=1 and alpha divided by the window size
+    crop: int = 224  # the input side: 227 for Caffe's unpadded conv1
+    conv1_padding: int = 2  # 0 in Caffe's network
+    pool_ceil: bool = False  # Caffe's pooling rounds the output size up
+    pool_before_norm: bool = False  # CaffeNet's order: max-pool, then LRN
 
 
 def local_response_norm(
@@ -37,6 +43,16 @@ def local_response_norm(
     window is clipped at the edges. See model/lrn.py for why it is not nn.LocalResponseNorm.
     """
     return LocalResponseNorm(size, alpha=alpha, beta=beta, k=k)
+
+
+def norm_layer(form: str) -> LocalResponseNorm:
+    """The LRN of one form: the paper's (k=2, alpha as written), or Caffe's, whose
+    (1 + alpha/n * sum a^2)^beta is k=1 with alpha divided by n = 5."""
+    if form == "paper":
+        return local_response_norm()
+    if form == "caffe":
+        return local_response_norm(alpha=LRN_ALPHA / LRN_SIZE, k=1.0)
+    raise ValueError(f"lrn_form must be 'paper' or 'caffe', got {form!r}")
 
 
 def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
@@ -60,24 +76,27 @@ class AlexNet(nn.Module):
         super().__init__()
         self.config = config
         g = config.columns
-        norm = local_response_norm if config.lrn else nn.Identity
         on = {"device": device}
+
+        def norm_pool() -> list[nn.Module]:
+            norm = norm_layer(config.lrn_form) if config.lrn else nn.Identity()
+            pool = nn.MaxPool2d(3, 2, ceil_mode=config.pool_ceil)
+            return [pool, norm] if config.pool_before_norm else [norm, pool]
+
         self.features = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=2, **on),  # conv1: 224 -> 55
+            nn.Conv2d(3, 96, 11, stride=4, padding=config.conv1_padding, **on),  # 224 -> 55
             nn.ReLU(inplace=True),
-            norm(),
-            nn.MaxPool2d(3, 2),  # 27
+            *norm_pool(),  # 27
             nn.Conv2d(96, 256, 5, padding=2, groups=g, **on),  # conv2: two columns of 128
             nn.ReLU(inplace=True),
-            norm(),
-            nn.MaxPool2d(3, 2),  # 13
+            *norm_pool(),  # 13
             nn.Conv2d(256, 384, 3, padding=1, **on),  # conv3 sees both columns
             nn.ReLU(inplace=True),
             nn.Conv2d(384, 384, 3, padding=1, groups=g, **on),  # conv4
             nn.ReLU(inplace=True),
             nn.Conv2d(384, 256, 3, padding=1, groups=g, **on),  # conv5
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2),  # 6
+            nn.MaxPool2d(3, 2, ceil_mode=config.pool_ceil),  # 6
         )
         self.classifier = nn.Sequential(
             nn.Dropout(config.dropout),

@@ -19,7 +19,7 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import Manifest
 
 from .alexnet import AlexNet, AlexNetConfig
-from .config import TrainConfig, changed_settings, config_from_dict
+from .config import NETWORK_SETTINGS, TrainConfig, changed_settings, config_from_dict
 from .distributed import World
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def build_network(
         lrn=config.lrn,
         dropout=config.dropout,
         init=config.init,
+        **{name: getattr(config, name) for name in NETWORK_SETTINGS},
     )
     if weights is None:
         model = AlexNet(shape)

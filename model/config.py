@@ -17,7 +17,8 @@ INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
 def setting(default, help: str, kind: str = "", *, choices=()):
     """A field of TrainConfig with its description. `kind`: count (1 or more), count0 (0 or
     more), int, rate (above 0), amount (0 or more), probability ([0, 1)), switch (on/off),
-    file (an existing file); or `choices`, the values it takes."""
+    file (an existing file), path (an existing file or
+    folder), text; or `choices`, the values it takes."""
     meta = {"help": help, "kind": kind, "choices": choices}
     return field(default=default, metadata=meta)
 
@@ -115,10 +116,33 @@ class TrainConfig:
     )
     init_checkpoint: str | None = setting(
         None,
-        "Start from this checkpoint's weights (fine-tuning); fc8 starts afresh when its class "
-        "count differs.",
-        "file",
+        "Start from this checkpoint's weights, or a run's best (fine-tuning); fc8 starts afresh "
+        "when its class count differs, and the network's conventions come with the weights.",
+        "path",
     )
+    train_layers: str | None = setting(
+        None, "Only these layers learn, e.g. fc6,fc7,fc8 (default: all).", "text"
+    )
+    pretrained_lr_mult: float = setting(
+        1.0, "Learning rate of the layers taken from the initial checkpoint, relative.", "amount"
+    )
+    # The network's conventions (model/alexnet.py); fine-tuning takes them from init_checkpoint.
+    lrn_form: str = setting(
+        "paper",
+        "LRN form: the paper's (k=2), or Caffe's (k=1, alpha divided by the window).",
+        choices=("paper", "caffe"),
+    )
+    crop: int = setting(224, "The network's input side (227 for Caffe's network).", "count")
+    conv1_padding: int = setting(2, "conv1's padding (0 in Caffe's network).", "count0")
+    pool_ceil: bool = setting(False, "Pooling rounds its output size up (Caffe's).", "switch")
+    pool_before_norm: bool = setting(
+        False, "Max-pool before LRN in conv1 and conv2 (CaffeNet's order).", "switch"
+    )
+
+
+# The settings that shape the network beyond columns/lrn/dropout: a fine-tuned run keeps its
+# source's.
+NETWORK_SETTINGS = ("lrn_form", "crop", "conv1_padding", "pool_ceil", "pool_before_norm")
 
 
 # Settings that may differ between a run and its resumption.

@@ -18,6 +18,7 @@ from alexnet.pipeline.loader import Loader
 
 from .distributed import World, all_sum, setup_world
 from .inference import crop_probabilities, load_trained
+from .labelled import labelled_folder
 from .loaders import eval_loader
 
 
@@ -67,19 +68,26 @@ def evaluate_checkpoint(
     ten_crop: bool = True,
     progress: bool = False,
     workers: int | None = None,
+    data: str | Path | None = None,
 ) -> dict:
-    """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set, centre
+    """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set (or on the
+    labelled folder `data`, model/labelled.py), centre
     crop and 10-crop, and per class (of the last of the two), hardest first: {"class" (the
     display name), "class_id", "images", "top1_error", "top5_error"}; written to
     RUN/eval.json. Only the validation files are checked against the manifest: they are all
     this reads."""
     world = setup_world()
-    trained = load_trained(run, checkpoint, world, check_files="val", workers=workers)
-    cache = open_cache(run, trained.manifest, warn=world.main)
+    checked = "val" if data is None else False
+    trained = load_trained(run, checkpoint, world, check_files=checked, workers=workers)
+    manifest, cache = trained.manifest, None
+    if data is None:
+        cache = open_cache(run, trained.manifest, warn=world.main)
+    else:  # a labelled folder instead of the run's validation set
+        manifest = labelled_folder(data, trained.classes, workers=workers, progress=progress)
 
     def run_eval(ten: bool, per_class: bool) -> dict:
         loader = eval_loader(
-            trained.manifest, trained.stats, trained.config, world, ten_crop=ten, cache=cache
+            manifest, trained.stats, trained.config, world, ten_crop=ten, cache=cache
         )
         return evaluate(trained.model, loader, world, per_class=per_class, progress=progress)
 
@@ -87,6 +95,7 @@ def evaluate_checkpoint(
     result = {
         "checkpoint": str(trained.checkpoint),
         "epoch": trained.epoch,
+        "data": str(data) if data else None,
         "chance": {"top1_error": 1 - 1 / n, "top5_error": 1 - min(5, n) / n},
     }
     result["centre"] = run_eval(False, per_class=not ten_crop)

@@ -155,6 +155,7 @@ def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False)
         seed=trained.config.seed,
         num_threads=trained.config.num_threads,
         ten_crop=ten_crop,
+        crop=trained.config.crop,
     )
 
 

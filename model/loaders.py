@@ -42,7 +42,7 @@ def train_loader(
     """
     files, labels = split_files(manifest, "train")
     mine = epoch_order(len(files), config, epoch, world)[skip_batches * config.batch_size :]
-    choices = augmentation(config.seed, epoch, len(files), config.lighting_std)
+    choices = augmentation(config.seed, epoch, len(files), config.lighting_std, config.crop)
     device = world.dali_device
     graph = dict(
         mean=stats.mean(config.mean),
@@ -51,6 +51,7 @@ def train_loader(
         augment={name: values[mine] for name, values in choices.items()},
         std=stats.std(config.input_scale),
         device=device,
+        crop=config.crop,
         **pipe_options(device, config.batch_size, config.seed, config.num_threads),
     )
     if cache is None:
@@ -107,6 +108,7 @@ def eval_loader(
         std=stats.std(config.input_scale),
         device=device,
         ten_crop=ten_crop,
+        crop=config.crop,
         **pipe_options(device, batch, config.seed, config.num_threads),
     )
     if cache is None:

@@ -53,14 +53,21 @@ def make_optimizer(kind: str, groups: list[dict], momentum: float) -> Optimizer:
     raise ValueError(f"optimizer must be 'paper' or 'torch', got {kind!r}")
 
 
-def optimizer_for(model: torch.nn.Module, config: TrainConfig) -> Optimizer:
-    """The optimiser a run's settings describe (after `init.resolve` filled the bias options)."""
+def optimizer_for(
+    model: torch.nn.Module, config: TrainConfig, fresh: set[str] | None = None
+) -> Optimizer:
+    """The optimiser a run's settings describe (after `init.resolve` filled the bias options);
+    when fine-tuning, the layers not in `fresh` learn at `pretrained_lr_mult` times the rate."""
     groups = param_groups(
         model,
         weight_decay=config.weight_decay,
         bias_lr_mult=config.bias_lr_mult,
         bias_decay=config.bias_decay,
     )
+    if config.init_checkpoint and config.pretrained_lr_mult != 1.0:
+        from .finetune import split_pretrained
+
+        groups = split_pretrained(groups, model, fresh or set(), config.pretrained_lr_mult)
     return make_optimizer(config.optimizer, groups, config.momentum)
 
 

@@ -42,6 +42,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
 from .evaluate import evaluate
+from .finetune import freeze, fresh_layers, inherit_network
 from .inference import load_run_data
 from .init import resolve
 from .loaders import eval_loader, train_loader, unreadable_training_file
@@ -167,9 +168,11 @@ def _fit(
     base_lr = scaled_lr(config.lr, global_batch)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
 
+    config = config if resume else inherit_network(config)  # a resumed run's config has them
     torch.manual_seed(config.seed)
     model = build_network(config, len(manifest.classes), world.device)
-    optimizer = optimizer_for(model, config)
+    freeze(model, config.train_layers, say=world.main)
+    optimizer = optimizer_for(model, config, fresh_layers(model, config))
     schedule = PlateauSchedule(
         config.patience, max_drops=config.max_drops, min_delta=config.min_delta
     )

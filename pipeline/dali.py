@@ -20,7 +20,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 SIZE = 256  # the side of the central patch every image is reduced to
-CROP = 224  # the network's input
+CROP = 224  # the network's input, unless its run says otherwise (227 for Caffe's network)
 MAX_OFFSET = SIZE - CROP  # 32: crops start at 0..32 on each axis
 TEN_CROP_POSITIONS = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)]
 READER = "Reader"
@@ -84,9 +84,11 @@ def lighting_shift(eigvecs: np.ndarray, eigvals: np.ndarray, alpha):
     return fn.reshape(shift, shape=[3])
 
 
-def augmentation(seed: int, epoch: int, count: int, lighting_std: float = 0.1) -> dict:
+def augmentation(
+    seed: int, epoch: int, count: int, lighting_std: float = 0.1, crop: int = CROP
+) -> dict:
     """The random choices of one training epoch for `count` images, by image index: crop
-    offsets (int32 x, y in 0..32), mirror flags (int32 0/1, p = 1/2) and lighting alphas
+    offsets (int32 x, y in 0..SIZE - crop), mirror flags (int32 0/1, p = 1/2) and lighting alphas
     (float32, N(0, lighting_std), drawn afresh each epoch).
 
     They are a function of (seed, epoch, image index) alone, so an interrupted epoch resumes
@@ -94,7 +96,7 @@ def augmentation(seed: int, epoch: int, count: int, lighting_std: float = 0.1) -
     """
     rng = np.random.default_rng([seed, epoch, 1])  # [seed, epoch] is the epoch's order
     return {
-        "offset": rng.integers(0, MAX_OFFSET + 1, (count, 2), dtype=np.int32),
+        "offset": rng.integers(0, SIZE - crop + 1, (count, 2), dtype=np.int32),
         "mirror": rng.integers(0, 2, count, dtype=np.int32),
         "alpha": (rng.standard_normal((count, 3)) * lighting_std).astype(np.float32),
     }
@@ -116,12 +118,12 @@ def _batches_of(augment: dict, batch_size: int):
     return source
 
 
-def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0, std=1.0):
-    """256x256x3 -> float32 3x224x224: crop at relative position, optional mirror, then
+def crop_to_chw(images, *, pos_x=0.5, pos_y=0.5, mirror=0, mean=0.0, std=1.0, crop=CROP):
+    """256x256x3 -> float32 3 x crop x crop: crop at relative position, optional mirror, then
     (pixel - mean) / std."""
     return fn.crop_mirror_normalize(
         images,
-        crop=(CROP, CROP),
+        crop=(crop, crop),
         crop_pos_x=pos_x,
         crop_pos_y=pos_y,
         mirror=mirror,
@@ -174,6 +176,7 @@ def train_pipeline(
     std=ONES,
     device="cpu",
     debug=False,
+    crop=CROP,
 ):
     """-> float32 3x224x224 crops at the given offsets, mirrored where asked, minus the mean,
     plus the PCA lighting shift of each image's alpha (`augment`: see `augmentation`, one row
@@ -191,7 +194,7 @@ def train_pipeline(
         dtype=[types.FLOAT, types.INT32, types.FLOAT],
     )
     images = decode_centre_256(encoded, device)
-    out = train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device)
+    out = train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device, crop)
     if debug:
         return out, label, offset, mirror, alpha
     return out, label
@@ -210,6 +213,7 @@ def cached_train_pipeline(
     std=ONES,
     device="cpu",
     debug=False,
+    crop=CROP,
 ):
     """train_pipeline's outputs from decoded patches instead of files: `patches` is a uint8
     Nx256x256x3 array (the memory-mapped patch cache), `rows` the patches to read in order,
@@ -225,23 +229,24 @@ def cached_train_pipeline(
         layout=["HWC", "", "", "", ""],
     )
     images = images.gpu() if device == "gpu" else images
-    out = train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device)
+    out = train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device, crop)
     if debug:
         return out, label, offset, mirror, alpha
     return out, label
 
 
-def train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device: str):
+def train_crops(images, offset, mirror, alpha, mean, eigvecs, eigvals, std, device: str, crop=CROP):
     """uint8 256x256x3 patches -> float32 3x224x224 crops at `offset` (x, y pixels), mirrored
     where `mirror`, minus the mean, plus the PCA lighting shift of `alpha`, over `std`."""
     images, mean = centred(images, mean, device)
     return crop_to_chw(
         images,
-        pos_x=offset[0] / MAX_OFFSET,
-        pos_y=offset[1] / MAX_OFFSET,
+        pos_x=offset[0] / (SIZE - crop),
+        pos_y=offset[1] / (SIZE - crop),
         mirror=mirror,
         mean=types.Constant(mean) - lighting_shift(eigvecs, eigvals, alpha),
         std=std.astype(np.float32),
+        crop=crop,
     )
 
 
@@ -273,16 +278,27 @@ class PatchBatches:
 
 @pipeline_def(enable_conditionals=False)
 def eval_pipeline(
-    files, labels, mean, *, std=ONES, device="cpu", ten_crop=False, shard_id=0, num_shards=1
+    files,
+    labels,
+    mean,
+    *,
+    std=ONES,
+    device="cpu",
+    ten_crop=False,
+    shard_id=0,
+    num_shards=1,
+    crop=CROP,
 ):
     """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    return eval_crops(images, mean, std.astype(np.float32), ten_crop), label
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop), label
 
 
 @pipeline_def(enable_conditionals=False)
-def cached_eval_pipeline(patches, rows, labels, mean, *, std=ONES, device="cpu", ten_crop=False):
+def cached_eval_pipeline(
+    patches, rows, labels, mean, *, std=ONES, device="cpu", ten_crop=False, crop=CROP
+):
     """eval_pipeline's outputs from decoded patches (see cached_train_pipeline): the patches
     at `rows`, in order, once per pass. Shards are chosen by the caller's `rows`."""
     source = PatchBatches(patches, rows, labels, Pipeline.current().max_batch_size)
@@ -296,15 +312,15 @@ def cached_eval_pipeline(patches, rows, labels, mean, *, std=ONES, device="cpu",
     )
     images = images.gpu() if device == "gpu" else images
     images, mean = centred(images, mean, device)
-    return eval_crops(images, mean, std.astype(np.float32), ten_crop), label
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop), label
 
 
-def eval_crops(images, mean, std, ten_crop: bool):
+def eval_crops(images, mean, std, ten_crop: bool, crop: int = CROP):
     """256x256 patches -> the centre crop, or the 10 crops (4 corners + centre, mirrored)."""
     if not ten_crop:
-        return crop_to_chw(images, mean=mean, std=std)
+        return crop_to_chw(images, mean=mean, std=std, crop=crop)
     crops = [
-        crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean, std=std)
+        crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean, std=std, crop=crop)
         for m in (0, 1)
         for x, y in TEN_CROP_POSITIONS
     ]
@@ -312,13 +328,13 @@ def eval_crops(images, mean, std, ten_crop: bool):
 
 
 @pipeline_def(enable_conditionals=False)
-def query_pipeline(mean, *, std=ONES, device="cpu", ten_crop=False):
+def query_pipeline(mean, *, std=ONES, device="cpu", ten_crop=False, crop=CROP):
     """Encoded images fed by name (QUERY_INPUT: files read by the caller, or uploads) ->
     float32 3x224x224 centre crops, or 10x3x224x224, exactly as eval_pipeline makes them
     from files. QueryCrops builds one and feeds it."""
     encoded = fn.external_source(name=QUERY_INPUT, dtype=types.UINT8, ndim=1)
     images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    return eval_crops(images, mean, std.astype(np.float32), ten_crop)
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop)
 
 
 # --- the PyTorch side --------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from .dali import ONES, QUERY_INPUT, READER, pipe_options, prep_pipeline, query_pipeline
+from .dali import CROP, ONES, QUERY_INPUT, READER, pipe_options, prep_pipeline, query_pipeline
 from .errors import AlexnetError
 
 
@@ -96,13 +96,14 @@ class QueryCrops:
         seed: int = 0,
         num_threads: int | None = None,
         ten_crop: bool = False,
+        crop: int = CROP,
     ):
         self.batch_size = batch_size
         self.torch_device = torch.device(torch_device or "cpu")
         # Depth 1: with deeper queues DALI waits for batches not yet fed.
         options = pipe_options(device, batch_size, seed, num_threads) | {"prefetch_queue_depth": 1}
         self._make = lambda: query_pipeline(
-            mean, std=std, device=device, ten_crop=ten_crop, **options
+            mean, std=std, device=device, ten_crop=ten_crop, crop=crop, **options
         )
         self._pipe = None
 

@@ -48,6 +48,7 @@ from .evaluate import evaluate_retrieval, write_result
 from .features import load_features, query_features, query_items
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
 from .montage import thumbnail
+from .reference_index import index_from_photos
 from .store import (
     Table,
     class_of,
@@ -199,6 +200,7 @@ class Collection:
             )
         train = Collection(self.run.root, checkpoint=self.checkpoint, workers=self.workers)
         if world.main:  # builds the training set's index when missing, once
+            index_from_photos(self.run.root, folder, progress=progress, workers=self.workers)
             train.open(progress=progress)
         barrier(world)
         train.open()

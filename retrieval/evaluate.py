@@ -255,6 +255,12 @@ def evaluate_retrieval(
     verify_files(net.manifest)  # every file is read below, for the raw-pixel baseline
     db_files, db_labels = split_files(net.manifest, "train")
     q_files, q_labels = split_files(net.manifest, "val")
+    if not db_files:  # imported weights (model/reference.py): no images of its own
+        raise AlexnetError(
+            f"run {net.paths} has no training or validation images (imported weights?): "
+            "eval-retrieval searches a run's training set with its validation images; prep "
+            "a labelled dataset and fine-tune on it from this run ({init_checkpoint})"
+        )
     if not q_files:
         raise AlexnetError(
             "the run has no validation images to use as queries: "

@@ -162,6 +162,7 @@ def extract_rows(
         mean=trained.stats.mean(config.mean),
         std=trained.stats.std(config.input_scale),
         device=device,
+        crop=config.crop,
         **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
     )
     if patches is None:

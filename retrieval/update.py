@@ -121,17 +121,21 @@ def update_training_set(
     approx_threshold: int = APPROX_THRESHOLD,
     batch_size: int = FEATURE_BATCH,
     progress: bool = True,
+    train_on: np.ndarray | None = None,
 ) -> dict:
     """Features, autoencoder, codes and index of the training set, each step skipped when
     current, under the run's lock (held for `command`). `bits` None keeps a current
-    autoencoder of any width (else trains the default). Returns the record (rank 0; the other
-    ranks {})."""
+    autoencoder of any width (else trains the default). `train_on`: other fc7 features to
+    train the autoencoder on, for a run without training images (retrieval/reference_index.py).
+    Returns the record (rank 0; the other ranks {})."""
     wrong = problem(paths, read_record(paths), source_identity(trained))
     if wrong not in (None, "missing"):
         log.warning("rebuilding the index: %s", wrong)
     lock = RunLock(trained.paths.root, command) if world.main else contextlib.nullcontext()
     with lock:
-        return _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress)
+        return _training_set(
+            trained, paths, world, bits, approx_threshold, batch_size, progress, train_on
+        )
 
 
 def training_features(
@@ -166,13 +170,21 @@ def training_features(
         log.info("fc7 features of %d training images: %s", len(files), paths.features)
 
 
-def _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress) -> dict:
+def _training_set(
+    trained, paths, world, bits, approx_threshold, batch_size, progress, train_on
+) -> dict:
     training_features(trained, paths, world, batch_size=batch_size, progress=progress)
     if not world.main:
         return {}
     source = source_identity(trained)
     features = load_features(paths)
-    model, state, retrained = _autoencoder(paths, source, features, bits, progress)
+    if not len(features) and train_on is None:
+        raise AlexnetError(
+            f"run {trained.paths} has no training images to search (imported weights?): index "
+            "a folder of photos as a gallery and search that"
+        )
+    train_on = features if train_on is None else train_on
+    model, state, retrained = _autoencoder(paths, source, train_on, bits, progress)
     record = read_record(paths)
     if not retrained and problem(paths, record, source) is None:
         if record["kind"] == auto_kind(record["count"], approx_threshold):

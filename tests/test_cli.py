@@ -25,7 +25,8 @@ def invoke(*args):
 def test_help_lists_every_command_and_version():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ("prep", "train", "eval", "demo", "index", "search", "eval-retrieval", "serve"):
+    names = ("prep", "train", "eval", "demo", "index", "search", "eval-retrieval", "serve")
+    for name in (*names, "import-weights", "export-onnx"):
         assert f"  {name} " in result.output
     version = CliRunner().invoke(cli, ["--version"])
     assert version.exit_code == 0 and "alexnet, version" in version.output

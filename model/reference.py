@@ -1,0 +1,318 @@
+"""The published reference network as a run: `import_weights` turns Caffe's
+bvlc_alexnet.caffemodel (either NetParameter encoding, model/caffe.py) or the ONNX model zoo's
+bvlcalexnet-*.onnx (model/onnx_io.py) into RUN/checkpoints/best.pt, RUN/stats.npz and a
+manifest that lists its classes (and no images), so that every inference command, galleries
+and fine-tuning from it (`init_checkpoint`) work on it as on a trained run.
+
+Its conventions become model settings stored in the checkpoint's config (model/alexnet.py):
+Caffe's LRN form (k=1, alpha divided by n), 227 crops with an unpadded conv1 (the zoo file:
+224 crops, and pooling that rounds up, read from the file), and CaffeNet's pool-before-norm
+order. Caffe networks take BGR images: conv1's input channels are flipped here, so the
+pipelines stay RGB; the checkpoint records it under "imported".
+
+Every blob is checked against the network's shapes and the layer order against AlexNet's
+(or CaffeNet's), before anything is written: a file of another network, a truncated one or
+one with a wrong element count is one AlexnetError naming what was found.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.layout import RunPaths
+
+from .caffe import Malformed, read_mean_binaryproto
+
+log = logging.getLogger(__name__)
+
+# Weight shapes of AlexNet's learned layers (fc8's rows are the classes); biases: the rows.
+SHAPES = {
+    "conv1": (96, 3, 11, 11),
+    "conv2": (256, 48, 5, 5),
+    "conv3": (384, 256, 3, 3),
+    "conv4": (384, 192, 3, 3),
+    "conv5": (256, 192, 3, 3),
+    "fc6": (4096, 9216),
+    "fc7": (4096, 4096),
+    "fc8": (None, 4096),
+}
+GROUPS = {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
+PADS = {"conv2": 2, "conv3": 1, "conv4": 1, "conv5": 1}
+ALEXNET = (
+    "conv relu lrn pool conv relu lrn pool conv relu conv relu conv relu pool fc relu fc relu fc"
+)
+CAFFENET = ALEXNET.replace("lrn pool", "pool lrn")
+BGR_MEAN = (104.0, 116.7, 122.7)  # ImageNet's channel mean in Caffe's BGR order
+
+
+@dataclass
+class Reference:
+    """A network read from a file: weights and biases (float32, the file's channel order) by
+    layer name, the model settings it needs, and where it came from."""
+
+    weights: dict[str, tuple[np.ndarray, np.ndarray]]
+    settings: dict
+    source: dict = field(default_factory=dict)
+    bgr: bool = True  # the network takes BGR images (Caffe's); conv1 is flipped at import
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.weights["fc8"][1])
+
+
+def order_settings(kinds: list[str], what: str) -> dict:
+    """AlexNet's layer order (or CaffeNet's) -> pool_before_norm; anything else refused."""
+    found = " ".join(kinds)
+    if found == ALEXNET:
+        return {"pool_before_norm": False}
+    if found == CAFFENET:
+        return {"pool_before_norm": True}
+    raise AlexnetError(
+        f"{what} is not AlexNet: its layers run {found or 'none'}; expected {ALEXNET} "
+        "(or CaffeNet's order, pooling before LRN)"
+    )
+
+
+def lrn_form(size: int, alpha: float, beta: float, k: float, what: str) -> str:
+    """Which LRN form (model/alexnet.py) an LRN with alpha divided by `size` (Caffe's and
+    ONNX's convention) is: Caffe's (k=1, alpha 1e-4) or the paper's (k=2, alpha 1e-4 * 5)."""
+    close = lambda a, b: abs(a - b) <= 1e-6 * max(abs(b), 1e-12)  # noqa: E731
+    if size == 5 and close(beta, 0.75) and close(k, 1.0) and close(alpha, 1e-4):
+        return "caffe"
+    if size == 5 and close(beta, 0.75) and close(k, 2.0) and close(alpha, 5e-4):
+        return "paper"
+    raise AlexnetError(
+        f"{what} has an LRN of size {size}, alpha {alpha:g}, beta {beta:g}, k {k:g}: "
+        "neither Caffe's (5, 1e-4, 0.75, 1) nor the paper's (5, 5e-4 / 5, 0.75, 2)"
+    )
+
+
+def check_blob(name: str, shape: tuple, count: int, expected: tuple, what: str) -> tuple:
+    """The shape a blob must have; refuses another shape or an element count that does not
+    match its own shape. Leading 1s (Caffe's legacy 4-d shapes of fc weights) are dropped."""
+    shape = tuple(int(d) for d in shape)
+    while len(shape) > len(expected) and shape[0] == 1:
+        shape = shape[1:]
+    want = tuple(s if e is None else e for s, e in zip(shape, expected, strict=False))
+    if len(shape) != len(expected) or shape != want:
+        shown = "x".join(str(e or "N") for e in expected)
+        raise AlexnetError(
+            f"{what}: {name} is {'x'.join(map(str, shape)) or 'empty'}, AlexNet's is {shown}"
+            " (another network?)"
+        )
+    if int(np.prod(shape)) != count:
+        raise AlexnetError(
+            f"{what}: {name} has {count:,} values for its shape "
+            f"{'x'.join(map(str, shape))} ({int(np.prod(shape)):,}): the file is damaged"
+        )
+    return shape
+
+
+def _pool(side: int, ceil: bool) -> int:
+    return (-(-(side - 3) // 2) if ceil else (side - 3) // 2) + 1
+
+
+def feature_side(settings: dict) -> int:
+    """The side of conv5's pooled maps for these settings (AlexNet: 6)."""
+    side = (settings["crop"] + 2 * settings["conv1_padding"] - 11) // 4 + 1
+    for _ in range(3):  # pool1, pool2 (conv2-5 keep the size), pool5
+        side = _pool(side, settings["pool_ceil"])
+    return side
+
+
+def check_feature_side(settings: dict, what: str) -> None:
+    side = feature_side(settings)
+    if side != 6:
+        raise AlexnetError(
+            f"{what}: {settings['crop']}x{settings['crop']} inputs with conv1 padding "
+            f"{settings['conv1_padding']} give {side}x{side} maps before fc6, not AlexNet's 6x6"
+        )
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def read_reference(path: Path) -> Reference:
+    if not path.is_file():
+        raise AlexnetError(f"{path} is not a file: pass a .caffemodel or an .onnx file")
+    if path.suffix.lower() == ".onnx":
+        from .onnx_io import read_onnx
+
+        return read_onnx(path)
+    from .caffe_net import read_caffe
+
+    return read_caffe(path)
+
+
+def read_mean(path: Path | None) -> tuple[np.ndarray, str]:
+    """The mean to subtract (256x256x3 RGB, 0-255, or 3 RGB values) and the `mean` mode."""
+    if path is None:
+        return np.array(BGR_MEAN[::-1]), "channel"
+    try:
+        if path.suffix.lower() == ".npy":
+            mean = np.load(path, allow_pickle=False).astype(np.float64)
+            if mean.shape == (3,):  # Caffe's per-channel means are BGR
+                return mean[::-1].copy(), "channel"
+            if mean.ndim == 3 and mean.shape[0] == 3:  # Caffe's python mean: BGR, CHW
+                mean = mean[::-1].transpose(1, 2, 0)
+        else:
+            mean = read_mean_binaryproto(path)
+    except (Malformed, OSError, ValueError) as e:
+        raise AlexnetError(
+            f"{path} is not a readable mean file ({e}): pass {{mean}} as a "
+            ".binaryproto or .npy, or leave it out for the channel mean"
+        ) from None
+    if mean.shape != (256, 256, 3):
+        raise AlexnetError(
+            f"{path} holds a mean of shape {mean.shape}, not 256x256 with 3 channels: "
+            "pass another {mean}, or leave it out for the channel mean"
+        )
+    return mean, "image"
+
+
+def read_labels(path: Path | None, count: int) -> tuple[list[str], dict[str, str]]:
+    """Class ids and names: synset_words.txt lines ("n01440764 tench, Tinca tinca"), ids alone
+    (wnids are named from WordNet), or class_0..class_{count-1} without a file."""
+    from alexnet.pipeline.imagenet import first_synonym
+
+    if path is None:
+        return [f"class_{i}" for i in range(count)], {}
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise AlexnetError(f"{path} cannot be read as a text file of class names ({e})") from None
+    if len(lines) != count:
+        raise AlexnetError(
+            f"{path} lists {len(lines)} classes, the network has {count}: pass the "
+            "{labels} file that belongs to it"
+        )
+    pairs = [(ln.split(maxsplit=1) + [""])[:2] for ln in lines]
+    classes = [p[0] for p in pairs]
+    if len(set(classes)) != count:
+        raise AlexnetError(f"{path} lists a class id twice: one 'id name' line per class")
+    return classes, {c: first_synonym(n) for c, n in pairs if n}
+
+
+def reference_manifest(classes: list[str], names: dict[str, str], source: str):
+    """A manifest that lists the classes and no images."""
+    from alexnet.pipeline import imagenet
+    from alexnet.pipeline.manifest import FileTable, Manifest
+
+    empty = FileTable(
+        [],
+        np.zeros(0, np.int32),
+        np.zeros(0, np.uint8),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+    )
+    return Manifest(
+        root="",
+        layout="imported weights",
+        val_fraction=None,
+        seed=0,
+        classes=classes,
+        class_names=imagenet.display_names(classes, names),
+        labels_from=None,
+        names_from=source,
+        counts={c: {"train": 0, "val": 0} for c in classes},
+        files=empty,
+        skipped=[],
+    )
+
+
+def import_weights(
+    file: str | Path,
+    run: str | Path,
+    *,
+    mean: str | Path | None = None,
+    labels: str | Path | None = None,
+    force: bool = False,
+) -> dict:
+    """Make RUN a run of the network in `file` (.caffemodel or .onnx): RUN/checkpoints/best.pt,
+    RUN/stats.npz (the `mean`: a .binaryproto or .npy mean image, default ImageNet's channel
+    mean) and a manifest of its classes (`labels`: synset_words.txt). Everything is read and
+    checked before anything is written; a RUN that is already a run is refused unless `force`.
+    Returns {"run", "checkpoint", "classes", "settings", "format"}."""
+    import torch
+
+    from alexnet.pipeline.lock import RunLock
+    from alexnet.pipeline.manifest import save_manifest
+    from alexnet.pipeline.stats import Stats, save_stats
+
+    from .alexnet import AlexNet, AlexNetConfig
+    from .checkpoint import save_checkpoint
+    from .config import TrainConfig
+    from .finetune import layer_keys
+
+    file, paths = Path(file), RunPaths(run)
+    if paths.manifest.exists() and not force:
+        raise AlexnetError(
+            f"{paths.root} is already a run: import into a new {{run}}, or pass {{force}} to "
+            "replace it"
+        )
+    ref = read_reference(file)
+    mean_values, mean_mode = read_mean(Path(mean) if mean else None)
+    classes, names = read_labels(Path(labels) if labels else None, ref.num_classes)
+    manifest = reference_manifest(classes, names, str(labels) if labels else None)
+
+    config = TrainConfig(mean=mean_mode, init="caffe", **ref.settings)
+    net = AlexNet(AlexNetConfig(num_classes=ref.num_classes, **ref.settings), device="meta")
+    state = {}
+    for (name, key), (w, b) in zip(layer_keys(net).items(), ref.weights.values(), strict=True):
+        if name == "conv1" and ref.bgr:  # BGR in, RGB kept: the pipelines feed RGB
+            w = np.ascontiguousarray(w[:, ::-1])
+        w, b = (a if a.flags.writeable else a.copy() for a in (w, b))  # ONNX's are read-only
+        state[f"{key}.weight"], state[f"{key}.bias"] = torch.from_numpy(w), torch.from_numpy(b)
+    net.load_state_dict(state, assign=True)  # the names and shapes, checked once more
+
+    image = mean_values if mean_mode == "image" else np.broadcast_to(mean_values, (256, 256, 3))
+    stats = Stats(
+        np.ascontiguousarray(image, np.float64),
+        np.asarray(image, np.float64).reshape(-1, 3).mean(0),
+        np.zeros((3, 3)),
+        np.zeros(3),
+        np.eye(3),
+        0,
+        manifest.fingerprint,
+    )
+    imported = {
+        "file": str(file.resolve()),
+        **ref.source,
+        "bgr_flipped": ref.bgr,
+        "mean": str(mean) if mean else f"BGR channel mean {BGR_MEAN}",
+    }
+    checkpoint = {
+        "model": state,
+        "optimizer": {},
+        "schedule": {},
+        "epoch": 0,
+        "step": 0,
+        "config": asdict(config),
+        "num_classes": ref.num_classes,
+        "classes": classes,
+        "fingerprint": manifest.fingerprint,
+        "rng": {},
+        "imported": imported,
+    }
+    with RunLock(run, "import-weights"):
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in (paths.last, paths.best):
+            stale.unlink(missing_ok=True)
+        save_manifest(manifest, run)
+        save_stats(stats, run)
+        save_checkpoint(paths.best, checkpoint)
+    log.info("imported %s (%s) into %s", file, ref.source.get("format"), paths.best)
+    return {
+        "run": str(paths.root),
+        "checkpoint": str(paths.best),
+        "classes": ref.num_classes,
+        "settings": ref.settings,
+        "format": ref.source.get("format"),
+        "mean": mean_mode,
+        "names": manifest.class_names[:3],
+    }
