@@ -1,7 +1,8 @@
 """fc7 retrieval (paper, section 6.1): features -> autoencoder -> binary codes -> FAISS index.
 
 features     fc7 of every training image (memory-mapped float16) and of query images
-autoencoder  4096 -> 1024 -> 256 -> B bits, trained on the features; packed uint8 codes
+autoencoder  4096 -> 256 -> B bits, trained on the features (and labels); packed uint8 codes
+codes        the code methods behind one interface: autoencoder (default), itq, pca-sign, lsh
 index        faiss binary index (exact Hamming; IVF above a size threshold; GPU flat where a
              GPU is), optional fc7 re-rank; a collection's build and stale-index checks
 api          open_index, search, index_run, describe, thumbnail: what every face (terminal,
@@ -21,6 +22,8 @@ _EXPORTS = {
     "AutoencoderConfig": "autoencoder",
     "RunIndex": "index",
     "build_run_index": "index",
+    "fit_codes": "codes",
+    "load_encoder": "codes",
     "describe": "api",
     "evaluate_retrieval": "evaluate",
     "find_duplicates": "duplicates",

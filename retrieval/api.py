@@ -34,8 +34,7 @@ from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 from alexnet.pipeline.lock import RunLock
 
-from .autoencoder import encode
-from .defaults import APPROX_THRESHOLD, BITS, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
+from .defaults import APPROX_THRESHOLD, BITS, CODES, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
 from .features import query_features, source_identity
 from .index import RunIndex, build_run_index, hamming, index_problem, open_run_index
 from .montage import centre_square
@@ -72,12 +71,14 @@ def index_run(
     run: str | Path,
     *,
     bits: int = BITS,
+    codes: str = CODES,
     approx_threshold: int = APPROX_THRESHOLD,
     batch_size: int = FEATURE_BATCH,
     progress: bool = True,
     workers: int | None = None,
 ) -> dict:
-    """Build (or bring up to date) RUN's training-set index; returns its description."""
+    """Build (or bring up to date) RUN's training-set index with `codes` (the code method:
+    retrieval/codes.py); returns its description."""
     trained = load_trained(run, check_files="train", workers=workers)
     paths = trained.paths.index
     problem = index_problem(paths, source_identity(trained))
@@ -88,6 +89,7 @@ def index_run(
             trained,
             paths,
             bits=bits,
+            codes=codes,
             approx_threshold=approx_threshold,
             batch_size=batch_size,
             progress=progress,
@@ -184,7 +186,7 @@ def search_batches(
     ri.check_k(k)
     for s in range(0, len(items), QUERY_BATCH):
         vectors = query_features(ri.trained, items[s : s + QUERY_BATCH], crops=ri.crops)
-        codes = encode(ri.autoencoder, vectors)
+        codes = ri.autoencoder.encode(vectors)
         D, I = ri.query(vectors, k, rerank_top, codes)
         rows = []
         for q, name in enumerate(names[s : s + QUERY_BATCH]):

@@ -64,6 +64,7 @@ from alexnet.pipeline.layout import IndexPaths, RunPaths
 from alexnet.pipeline.lock import RunLock
 
 from . import autoencoder as ae
+from .codes import load_encoder
 from .defaults import FEATURE_BATCH
 from .features import DIM, fc7_batches, source_identity, to_float16
 from .index import RunIndex, search, to_device
@@ -356,7 +357,7 @@ def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) 
     first, new = plan["first_row"], plan["new"]
     rows = np.arange(first, first + len(new), dtype=np.int64)
     features = np.load(paths.features, mmap_mode="r")
-    codes = ae.encode(model, features[first : first + len(new)])
+    codes = model.encode(features[first : first + len(new)])
     keep = plan["keep"]
     paths_ = np.concatenate([old.paths[keep].astype(str), np.array([p for p, _, _ in new], str)])
     order = np.argsort(paths_, kind="stable")
@@ -551,7 +552,7 @@ def open_gallery(
             f"gallery {name} is stale ({problem}): rerun `alexnet index --run {run} --images "
             f"{record['root']} --name {name}`"
         )
-    model = ae.model_from_state(ae.load_autoencoder(trained.paths.index.autoencoder))
+    model = load_encoder(trained.paths.index.autoencoder)
     table = Table.load(paths.entries(record["generation"]))
     features = np.load(paths.features, mmap_mode="r")[: record["rows"]]
     codes = np.zeros((record["rows"], record["bits"] // 8), np.uint8)

@@ -47,6 +47,7 @@ from alexnet.pipeline.files import atomic_write, file_identity, read_json, write
 from alexnet.pipeline.layout import IndexPaths
 
 from . import autoencoder as ae
+from . import codes as C
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, IVF_LISTS, IVF_NPROBE, QUERY_BATCH
 from .features import (
     extract_features,
@@ -195,15 +196,15 @@ def save_codes(codes: np.ndarray, path: Path) -> Path:
     return atomic_write(path, write)
 
 
-def _autoencoder_current(paths: IndexPaths, source: dict, bits: int | None) -> bool:
+def _autoencoder_current(paths: IndexPaths, source: dict, bits, method, labels) -> bool:
     if not paths.autoencoder.is_file():
         return False
     try:
         state = ae.load_autoencoder(paths.autoencoder)
-        ae.model_from_state(state)
+        C.encoder_from_state(state)
     except AlexnetError:
         return False
-    return state.get("source") == source and bits in (None, state["config"]["bits"])
+    return state.get("source") == source and C.current(state, method, bits, labels)
 
 
 def index_problem(paths: IndexPaths, source: dict) -> str | None:
@@ -240,12 +241,14 @@ def build_run_index(
     approx_threshold: int = APPROX_THRESHOLD,
     batch_size: int = FEATURE_BATCH,
     ae_config: ae.AutoencoderConfig | None = None,
+    codes: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Features, autoencoder, codes and index of the training set (`paths` defaults to
     RUN/index), each step skipped when already current.
 
-    `bits` None keeps a current autoencoder of any width (else trains the default 64).
+    `bits` None keeps current codes of any width (else trains the default 64); `codes`, the
+    code method (retrieval/codes.py), None keeps the current one (else the default).
     Returns the index description (also written to INDEX/codes.json).
     """
     paths = paths or trained.paths.index
@@ -257,26 +260,23 @@ def build_run_index(
     features = load_features(paths)
 
     retrained = False
-    if _autoencoder_current(paths, source, bits if ae_config is None else ae_config.bits):
-        log.info("autoencoder is current: %s", paths.autoencoder)
+    labels = np.array(split_files(trained.manifest, "train")[1])
+    width = bits if ae_config is None else ae_config.bits
+    if _autoencoder_current(paths, source, width, codes, labels):
+        log.info("codes are current: %s", paths.autoencoder)
         state = ae.load_autoencoder(paths.autoencoder)
-        model = ae.model_from_state(state)
+        model = C.encoder_from_state(state)
     else:
-        config = ae_config or ae.AutoencoderConfig(bits=bits or ae.AutoencoderConfig.bits)
-        model = ae.train_autoencoder(features, config, progress=progress)
-        state = ae.autoencoder_state(model, source=source, report=ae.report(model, features))
+        if ae_config is not None:
+            model = ae.train_autoencoder(features, ae_config, labels=labels, progress=progress)
+        else:
+            method, width = codes or C.DEFAULT_METHOD, bits or ae.AutoencoderConfig.bits
+            model = C.fit_codes(features, labels, method=method, bits=width, progress=progress)
+        report = C.report(model, features)
+        state = C.encoder_state(model, source=source, report=report)
         ae.save_autoencoder(state, paths.autoencoder)
         retrained = True
-        r = state["report"]
-        log.info(
-            "autoencoder (%d bits): reconstruction MSE %.4f (standardised; 1.0 = the mean); "
-            "bits on: min %.2f, max %.2f of images; %d bits constant",
-            config.bits,
-            r["reconstruction_mse"],
-            min(r["bit_balance"]),
-            max(r["bit_balance"]),
-            r["bits_always_on_or_off"],
-        )
+        log.info("%s", C.describe(model, report))
 
     if not retrained and index_problem(paths, source) is None:
         meta = read_json(paths.meta, "index description", "")
@@ -284,7 +284,7 @@ def build_run_index(
             log.info("index is current: %s", paths.index)
             return meta
 
-    codes = ae.encode(model, features)
+    codes = model.encode(features)
     save_codes(codes, paths.codes)
     start = time.perf_counter()
     index = build_index(codes, approx_threshold=approx_threshold)
@@ -296,6 +296,8 @@ def build_run_index(
         "bits": int(codes.shape[1] * 8),
         "build_seconds": round(time.perf_counter() - start, 3),
         "recall_at_10": 1.0 if index_kind(index) == "flat" else measure_recall(index, codes),
+        "code_method": model.method,
+        "code_settings": C.settings(model),
         "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
     }
     atomic_write(paths.index, lambda tmp: faiss.write_index_binary(index, tmp))
@@ -314,7 +316,7 @@ class RunIndex:
 
     trained: TrainedRun
     paths: IndexPaths
-    autoencoder: ae.Autoencoder
+    autoencoder: ae.Autoencoder  # the code encoder, of any method (retrieval/codes.py)
     codes: np.ndarray
     index: faiss.IndexBinary  # on the CPU, as saved
     fast: faiss.IndexBinary  # the same, on the GPU where there is one
@@ -388,7 +390,7 @@ class RunIndex:
         """
         self.check_k(k)
         if codes is None:
-            codes = ae.encode(self.autoencoder, vectors)
+            codes = self.autoencoder.encode(vectors)
         if rerank_top <= 0:
             return self.search(codes, k)
         _, shortlist = self.search(codes, min(max(rerank_top, k), self.index.ntotal))
@@ -408,7 +410,7 @@ def open_run_index(trained: TrainedRun, paths: IndexPaths | None = None) -> RunI
     except RuntimeError as e:
         raise AlexnetError(f"{paths.index} is unreadable: {fix}") from e
     meta = read_json(paths.meta, "index description", "")
-    model = ae.model_from_state(ae.load_autoencoder(paths.autoencoder))
+    model = C.load_encoder(paths.autoencoder)
     return RunIndex(
         trained,
         paths,
