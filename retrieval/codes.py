@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 METHODS = CODE_METHODS
 DEFAULT_METHOD = CODES
 # label-aware loss weights (BENCHMARKS.md, "Label-aware codes": chosen on held-out training fc7)
-DEFAULT_WEIGHTS = {"reconstruction": 1.0, "classification": 1.0, "balance": 0.1}
+DEFAULT_WEIGHTS = {"reconstruction": 1.0, "classification": 10.0, "balance": 0.1}
 STATE_VERSION = ae.AUTOENCODER_VERSION  # the file is RUN/index/autoencoder.pt, whatever the method
 
 
