@@ -169,11 +169,19 @@ def report(encoder, features: np.ndarray) -> dict:
 
 def current(state: dict, method: str | None, bits: int | None, labels: np.ndarray | None) -> bool:
     """Whether saved codes' `state` is what fit_codes would make now: the same method and
-    code length (None: any), and an autoencoder label-aware exactly when there are labels."""
+    code length (None: any), and an autoencoder with today's settings, label-aware exactly
+    when there are labels."""
     kind = state.get("method", "autoencoder")
     if method not in (None, kind) or bits not in (None, state["config"]["bits"]):
         return False
-    return kind != "autoencoder" or state["config"].get("classes", 0) == label_count(labels)
+    if kind != "autoencoder":
+        return True
+    classes = label_count(labels)
+    config = ae.AutoencoderConfig(
+        bits=state["config"]["bits"], classes=classes, **(DEFAULT_WEIGHTS if classes else {})
+    )
+    saved = {**state["config"], "hidden": list(state["config"].get("hidden", ()))}
+    return saved == {**asdict(config), "hidden": list(config.hidden)}  # today's settings
 
 
 def describe(encoder, report: dict) -> str:

@@ -81,10 +81,13 @@ def test_label_aware_codes_retrieve_the_class_better_than_unsupervised(caplog):
 
 def test_saved_codes_are_current_only_for_the_same_method_bits_and_labels():
     x, y = labelled(80)
-    state = C.encoder_state(C.fit_codes(x, y, bits=32, **SMALL))
+    config = ae.AutoencoderConfig(bits=32, classes=4, **C.DEFAULT_WEIGHTS)  # today's defaults
+    state = C.encoder_state(ae.Autoencoder(config))
     assert C.current(state, "autoencoder", 32, y) and C.current(state, None, None, y)
     assert not C.current(state, "itq", 32, y) and not C.current(state, None, 64, y)
     assert not C.current(state, None, None, None)  # label-aware, but no labels now
+    other = C.encoder_state(C.fit_codes(x, y, bits=32, **SMALL))  # not the default settings
+    assert not C.current(other, None, None, y)
     old = ae.autoencoder_state(ae.Autoencoder(ae.AutoencoderConfig(bits=32)))  # before methods
     assert isinstance(C.encoder_from_state(old), ae.Autoencoder)
 
