@@ -169,19 +169,17 @@ def report(encoder, features: np.ndarray) -> dict:
 
 def current(state: dict, method: str | None, bits: int | None, labels: np.ndarray | None) -> bool:
     """Whether saved codes' `state` is what fit_codes would make now: the same method and
-    code length (None: any), and an autoencoder with today's settings, label-aware exactly
-    when there are labels."""
+    code length (None: any), and an autoencoder label-aware exactly when there are labels,
+    with today's loss weights (a schedule of other length is kept)."""
     kind = state.get("method", "autoencoder")
     if method not in (None, kind) or bits not in (None, state["config"]["bits"]):
         return False
     if kind != "autoencoder":
         return True
     classes = label_count(labels)
-    config = ae.AutoencoderConfig(
-        bits=state["config"]["bits"], classes=classes, **(DEFAULT_WEIGHTS if classes else {})
-    )
-    saved = {**state["config"], "hidden": list(state["config"].get("hidden", ()))}
-    return saved == {**asdict(config), "hidden": list(config.hidden)}  # today's settings
+    today = {"classes": classes, **(DEFAULT_WEIGHTS if classes else {})}
+    defaults = asdict(ae.AutoencoderConfig())
+    return all(state["config"].get(k, defaults[k]) == v for k, v in today.items())
 
 
 def describe(encoder, report: dict) -> str:

@@ -86,8 +86,8 @@ def test_saved_codes_are_current_only_for_the_same_method_bits_and_labels():
     assert C.current(state, "autoencoder", 32, y) and C.current(state, None, None, y)
     assert not C.current(state, "itq", 32, y) and not C.current(state, None, 64, y)
     assert not C.current(state, None, None, None)  # label-aware, but no labels now
-    other = C.encoder_state(C.fit_codes(x, y, bits=32, **SMALL))  # not the default settings
-    assert not C.current(other, None, None, y)
+    other = C.encoder_state(C.fit_codes(x, y, bits=32, classification=1.0, **SMALL))
+    assert not C.current(other, None, None, y)  # made with other loss weights
     old = ae.autoencoder_state(ae.Autoencoder(ae.AutoencoderConfig(bits=32)))  # before methods
     assert isinstance(C.encoder_from_state(old), ae.Autoencoder)
 

@@ -212,7 +212,7 @@ def test_index_cli_skips_a_current_index(run):
     before = mtimes(run)
     result = invoke("index", "--run", run)
     assert result.exit_code == 0, result.output
-    assert "flat index of 12 images, 64-bit codes (8 bytes per image)" in result.output
+    assert "flat index of 12 images, 64-bit autoencoder codes (8 bytes per image)" in result.output
     assert mtimes(run) == before
 
 
