@@ -44,6 +44,14 @@ def check_bits(ctx, param, bits: int) -> int:
     help=f"Binary code length: a multiple of 8 from {R.MIN_BITS} to {R.MAX_BITS}.",
 )
 @click.option(
+    "--codes",
+    type=click.Choice(R.CODE_METHODS),
+    default=R.CODES,
+    show_default=True,
+    help="How fc7 becomes binary codes: the autoencoder (label-aware when the training set "
+    "has labels), or ITQ, PCA-sign or LSH projections. A change rebuilds the codes, not fc7.",
+)
+@click.option(
     "--approx-threshold",
     type=POSITIVE,
     default=R.APPROX_THRESHOLD,
@@ -70,7 +78,7 @@ def check_bits(ctx, param, bits: int) -> int:
 @click.option("--name", default=None, help="The gallery's name (default: the folder's name).")
 @workers_option
 @click.pass_context
-def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, workers):
+def index_command(ctx, run, bits, codes, approx_threshold, batch_size, images, name, workers):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
 
     Each step is skipped when its output is current; a stale index is rebuilt. With
@@ -99,7 +107,11 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
         return
 
     meta = collection(run, workers=workers).update(
-        bits=bits, approx_threshold=approx_threshold, batch_size=batch_size, progress=progress(ctx)
+        bits=bits,
+        codes=codes,
+        approx_threshold=approx_threshold,
+        batch_size=batch_size,
+        progress=progress(ctx),
     )
     if meta:  # the other torchrun processes have nothing to say
         print_index(meta)
@@ -107,11 +119,13 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
 
 def print_index(meta: dict) -> None:
     r = meta["autoencoder_report"]
+    mse = r["reconstruction_mse"]
     click.echo(
-        f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit codes "
-        f"({meta['bits'] // 8} bytes per image), recall@10 {meta['recall_at_10']:.3f}; "
-        f"autoencoder reconstruction MSE {r['reconstruction_mse']:.4f} (standardised), "
-        f"mean |bit balance - 0.5| {r['mean_abs_balance_offset']:.3f}, "
+        f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit "
+        f"{meta.get('code_method', 'autoencoder')} codes ({meta['bits'] // 8} bytes per "
+        f"image), recall@10 {meta['recall_at_10']:.3f}; "
+        + ("" if mse is None else f"reconstruction MSE {mse:.4f} (standardised), ")
+        + f"mean |bit balance - 0.5| {r['mean_abs_balance_offset']:.3f}, "
         f"{r['bits_always_on_or_off']} constant bits"
     )
     click.echo(f"written: {meta['path']}")

@@ -24,7 +24,8 @@ update       building and updating: the training set's and a gallery's steps (to
 store        what a collection keeps on disk: its table of files, its record, the staleness rule
 features     fc7: the one extractor (files -> rows of a memory-mapped float16 file) and
              query images' vectors
-autoencoder  4096 -> 1024 -> 256 -> B bits, trained on the features; packed uint8 codes
+autoencoder  4096 -> 256 -> B bits, trained on the features (and labels); packed uint8 codes
+codes        the code methods behind one interface: autoencoder (default), itq, pca-sign, lsh
 index        FAISS binary indexes, numpy in and out: build, search, re-rank, recall, save/load
 duplicates   near-duplicate groups: codes shortlist, fc7 confirms
 baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
@@ -39,6 +40,8 @@ _EXPORTS = {
     "Autoencoder": "autoencoder",
     "AutoencoderConfig": "autoencoder",
     "Collection": "collection",
+    "fit_codes": "codes",
+    "load_encoder": "codes",
     "evaluate_retrieval": "evaluate",
     "find_duplicates": "duplicates",
     "make_montage": "montage",

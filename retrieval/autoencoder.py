@@ -3,9 +3,16 @@
 Paper, section 6.1: "Computing similarity by using Euclidean distance between two 4096-
 dimensional, real-valued vectors is inefficient, but it could be made efficient by training an
 auto-encoder to compress these vectors to short binary codes" (as Krizhevsky & Hinton 2011 did
-on raw pixels). Layers: 4096 -> 1024 -> 256 -> B code units -> 256 -> 1024 -> 4096, ReLU in
-the hidden layers, trained with mean-squared reconstruction error on standardised features
+on raw pixels). Layers: 4096 -> 256 -> B code units -> 256 -> 4096 by default (`hidden`), ReLU
+in the hidden layers, trained with mean-squared reconstruction error on standardised features
 (the per-dimension mean and std are saved with the weights and applied again at encode time).
+
+Label-aware codes (config.classes > 0, the default where the training set has labels:
+retrieval/codes.py): a linear classifier on the bits (as +-1) predicts each image's class, its
+cross-entropy added to the reconstruction error, as the latent hash layer of Lin et al. 2015
+("Deep learning of binary hash codes", DLBHC) and SSDH (Yang et al., TPAMI 2018) are trained
+with a classification objective. Retrieval here is judged by the class (eval-retrieval), and
+the reconstruction term alone spends the bits on fc7's largest variations, whatever the class.
 
 Binarisation: a straight-through estimator. In the forward pass the code is the hard
 threshold 1[z > 0] (that is, sigmoid(z) > 1/2), so the decoder is trained on exactly the bits
@@ -18,7 +25,7 @@ small penalty keeps each bit's batch-mean sigmoid near 1/2, because a bit that i
 or always off carries no information and, under the sigmoid gradient, would never recover.
 
 Modes of use:
-- `train_autoencoder(features, config)`: trains on the (memory-mapped) features.
+- `train_autoencoder(features, config, labels=...)`: trains on the (memory-mapped) features.
 - `autoencoder_state(model, ...)` / `model_from_state(state)`: the dict saved as
   RUN/index/autoencoder.pt (weights_only-loadable; the standardisation is in the weights).
 - `encode(model, features)`: packed uint8 codes, B/8 bytes per image (np.packbits, big-endian
@@ -52,13 +59,21 @@ CHUNK = 4096  # rows at a time when reading the memory-mapped features
 class AutoencoderConfig:
     bits: int = BITS  # code units: a multiple of 8 in MIN_BITS..MAX_BITS
     dim: int = 4096
-    hidden: tuple[int, int] = (1024, 256)
-    epochs: int = 10
-    min_steps: int = 100  # small sets get more epochs: at least this many updates in all
+    # one hidden layer of 256 each side: the label-aware codes retrieve as well as with
+    # 1024-256 at a quarter of the cost (BENCHMARKS.md, "Label-aware codes")
+    hidden: tuple[int, ...] = (256,)
+    epochs: int = 5
+    min_steps: int = 200  # small sets get more epochs: at least this many updates in all
     batch_size: int = 128
     lr: float = 1e-3  # Adam
-    balance: float = 0.1  # weight of the bit-balance penalty
     seed: int = 0
+    # Loss weights. classes > 0 makes the codes label-aware: a linear classifier on the bits
+    # predicts each training image's class (Lin et al. 2015; Yang et al. 2018), so that the
+    # bits separate what the training labels separate. classes 0: reconstruction only.
+    classes: int = 0
+    reconstruction: float = 1.0
+    classification: float = 1.0
+    balance: float = 0.1  # the bit-balance penalty
 
     def __post_init__(self):
         if self.bits % 8 or not MIN_BITS <= self.bits <= MAX_BITS:
@@ -84,25 +99,23 @@ class Binarise(torch.autograd.Function):
         return grad * s * (1 - s)
 
 
+def _stack(sizes: tuple[int, ...]) -> nn.Sequential:
+    """Linear layers of these sizes, ReLU between them, linear output."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+    return nn.Sequential(*layers)
+
+
 class Autoencoder(nn.Module):
     def __init__(self, config: AutoencoderConfig = AutoencoderConfig()):
         super().__init__()
         self.config = config
-        h1, h2 = config.hidden
-        self.encoder = nn.Sequential(
-            nn.Linear(config.dim, h1),
-            nn.ReLU(),
-            nn.Linear(h1, h2),
-            nn.ReLU(),
-            nn.Linear(h2, config.bits),  # code-layer inputs z; the bits are 1[z > 0]
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(config.bits, h2),
-            nn.ReLU(),
-            nn.Linear(h2, h1),
-            nn.ReLU(),
-            nn.Linear(h1, config.dim),  # standardised fc7, linear output
-        )
+        sizes = (config.dim, *config.hidden, config.bits)
+        self.encoder = _stack(sizes)  # its last outputs are the code-layer inputs z
+        self.decoder = _stack(sizes[::-1])  # standardised fc7, linear output
+        # the class of an image from its bits; used only in training
+        self.classifier = nn.Linear(config.bits, config.classes) if config.classes else None
         # the training features' per-dimension mean and std, saved with the weights
         self.register_buffer("mean", torch.zeros(config.dim))
         self.register_buffer("std", torch.ones(config.dim))
@@ -110,10 +123,22 @@ class Autoencoder(nn.Module):
     def standardise(self, features: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(np.asarray(features, np.float32)) - self.mean) / self.std
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised features -> (reconstruction, code-layer inputs z)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Standardised features -> (reconstruction, code-layer inputs z, class logits or
+        None)."""
         z = self.encoder(x)
-        return self.decoder(Binarise.apply(z)), z
+        b = Binarise.apply(z)
+        logits = self.classifier(2 * b - 1) if self.classifier is not None else None
+        return self.decoder(b), z, logits
+
+    method = "autoencoder"  # the code method (retrieval/codes.py)
+
+    @property
+    def bits(self) -> int:
+        return self.config.bits
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        return encode(self, features)
 
 
 def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,10 +155,15 @@ def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_autoencoder(
-    features: np.ndarray, config: AutoencoderConfig = AutoencoderConfig(), *, progress: bool = True
+    features: np.ndarray,
+    config: AutoencoderConfig = AutoencoderConfig(),
+    *,
+    labels: np.ndarray | None = None,
+    progress: bool = True,
 ) -> Autoencoder:
     """Train on float (N, dim) features (memory-mapped is fine); returns the model, in eval mode.
 
+    `labels` (N,) class ids in 0..config.classes - 1 are required when config.classes > 0.
     Seeded: the same features and config give the same weights (on the same machine and
     thread count). At least `min_steps` updates, so that small sets get more epochs.
     """
@@ -141,6 +171,10 @@ def train_autoencoder(
 
     if len(features) == 0:
         raise AlexnetError("no features to train the autoencoder on")
+    if config.classes:
+        if labels is None or len(labels) != len(features):
+            raise ValueError("a label-aware autoencoder needs one label per feature row")
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = Autoencoder(config)
@@ -159,11 +193,15 @@ def train_autoencoder(
                 # sorted: sequential reads from the memory map
                 rows = np.sort(order[b * batch : (b + 1) * batch])
                 x = model.standardise(features[rows])
-                y, z = model(x)
+                y, z, logits = model(x)
                 loss = nn.functional.mse_loss(y, x)
                 balance = ((torch.sigmoid(z).mean(0) - 0.5) ** 2).mean()
+                total = config.reconstruction * loss + config.balance * balance
+                if logits is not None:
+                    xent = nn.functional.cross_entropy(logits, labels[rows])
+                    total = total + config.classification * xent
                 optimizer.zero_grad(set_to_none=True)
-                (loss + config.balance * balance).backward()
+                total.backward()
                 optimizer.step()
                 bar.update()
                 bar.set_postfix(mse=f"{loss.item():.4f}")

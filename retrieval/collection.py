@@ -41,7 +41,7 @@ from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import verify_files
 
-from . import autoencoder as ae
+from .codes import load_encoder
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
 from .duplicates import find_duplicates
 from .evaluate import evaluate_retrieval, write_result
@@ -121,7 +121,7 @@ class Collection:
                 f"{self} is stale or incomplete ({wrong}): {refresh(self.run, self.name, record)}"
             )
         self.record = record
-        self.autoencoder = ae.model_from_state(ae.load_autoencoder(self.run.index.autoencoder))
+        self.autoencoder = load_encoder(self.run.index.autoencoder)
         features = load_features(self.paths)  # a whole file maps fastest (features.py)
         self.features = features if len(features) == record["rows"] else features[: record["rows"]]
         if self.name is None:
@@ -156,6 +156,7 @@ class Collection:
         folder: str | Path | None = None,
         *,
         bits: int | None = None,
+        codes: str | None = None,
         approx_threshold: int = APPROX_THRESHOLD,
         batch_size: int = FEATURE_BATCH,
         min_size: int = MIN_SIZE,
@@ -165,7 +166,8 @@ class Collection:
         """Build the collection, or bring it up to date (retrieval/update.py); returns its
         record with "path" (a gallery's also with "added", "updated", "removed").
 
-        The training set: `bits` None keeps the autoencoder's width (else retrains at it);
+        The training set: `bits` None keeps the codes' width (else refits at it), `codes`
+        None their method (else one of retrieval/codes.py's: autoencoder, itq, pca-sign, lsh);
         above `approx_threshold` images the index is an IVF one. A gallery: the images below
         `folder` (default: the folder it was made from), with the training set's autoencoder
         (built first when missing); `min_size`, `max_pixels` as prep's. Under torchrun every
@@ -188,6 +190,7 @@ class Collection:
                 world,
                 "index",
                 bits=bits,
+                codes=codes,
                 approx_threshold=approx_threshold,
                 batch_size=batch_size,
                 progress=progress,
@@ -270,7 +273,7 @@ class Collection:
     def _answers(self, items, names, k: int, rerank: int) -> Iterator[dict]:
         for s in range(0, len(items), QUERY_BATCH):
             vectors = query_features(self.trained, items[s : s + QUERY_BATCH], crops=self._crops)
-            codes = ae.encode(self.autoencoder, vectors)
+            codes = self.autoencoder.encode(vectors)
             D, I = self.neighbours(vectors, k, rerank, codes)
             for q, name in enumerate(names[s : s + QUERY_BATCH]):
                 found = I[q] >= 0  # an approximate index may find fewer than k
@@ -307,7 +310,7 @@ class Collection:
         """
         self._check_k(k)
         if codes is None:
-            codes = ae.encode(self.autoencoder, vectors)
+            codes = self.autoencoder.encode(vectors)
         n = len(self.table)
         shortlist = k if rerank_top <= 0 else min(max(rerank_top, k), n)
         D, at = search(self.fast if shortlist <= GPU_MAX_K else self.index, codes, shortlist)

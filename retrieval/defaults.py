@@ -2,6 +2,8 @@
 without torch or faiss, so that the command line shows them without loading either."""
 
 BITS = 64  # binary code length
+CODES = "autoencoder"  # code method: autoencoder, itq, pca-sign or lsh (retrieval/codes.py)
+CODE_METHODS = ("autoencoder", "itq", "pca-sign", "lsh")
 MIN_BITS, MAX_BITS = 32, 256  # in steps of 8 (codes are packed into bytes)
 APPROX_THRESHOLD = 200_000  # above this many images (and without a GPU): IVF, not exact
 IVF_LISTS = 1024  # IVF: inverted lists (k-means centroids of the codes)

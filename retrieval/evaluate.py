@@ -48,7 +48,6 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.loader import centre_patches
 from alexnet.pipeline.manifest import split_files, verify_files
 
-from . import autoencoder as ae
 from . import baselines as bl
 from .baselines import BASELINES
 from .defaults import EVAL_RERANK, PIXEL_SIZE, K
@@ -60,6 +59,7 @@ log = logging.getLogger(__name__)
 CHUNK = 64  # queries ranked at a time, at most
 MEMORY = 1 << 30  # bytes of distances and rankings held at once, whatever the database's size
 RANK_BYTES = 32  # bytes per (query, database image) while a chunk of queries is ranked
+RADIUS = 2  # Hamming radius of the "precision within a radius" of code modes (hash lookup)
 
 
 def average_precision(relevant: np.ndarray) -> np.ndarray:
@@ -196,6 +196,7 @@ def evaluate_modes(
         }
     precision = {m: [] for m in modes}
     aps = {m: [] for m in modes}
+    within = {m: [] for m in codes}  # precision within Hamming radius RADIUS (0 where none)
 
     def score(mode: str, rows: slice, ranking: np.ndarray) -> None:
         relevant = db_labels[ranking] == q_labels[rows, None]
@@ -210,6 +211,9 @@ def evaluate_modes(
                 rows = slice(s, min(s + chunk, nq))
                 for mode, (db_codes, _) in codes.items():
                     d = hamming(modes[mode]["codes"][rows], db_codes).astype(np.uint16)
+                    near = d <= RADIUS
+                    same = db_labels[None] == q_labels[rows, None]
+                    within[mode].append((near & same).sum(1) / np.maximum(near.sum(1), 1))
                     ranking = rank_by(d, tie_order)  # uint16: numpy's radix sort
                     del d
                     score(mode, rows, ranking)
@@ -233,6 +237,11 @@ def evaluate_modes(
             "map": float(np.concatenate(aps[m]).mean()),
             "bytes_per_image": int(modes[m]["bytes"]),
             "query_ms": 1000 * modes[m]["seconds"] / nq,
+            **(
+                {f"precision_radius_{RADIUS}": float(np.concatenate(within[m]).mean())}
+                if m in within
+                else {}
+            ),
         }
         for m in modes
     }
@@ -276,7 +285,7 @@ def evaluate_retrieval(
 
     q_fc7 = query_features(net, q_files, progress=progress)
     bits = c.bits
-    codes = {"hamming": (c.table.codes, lambda x: ae.encode(c.autoencoder, x))}
+    codes = {"hamming": (c.table.codes, c.autoencoder.encode)}
     fit_seconds, projections = _timed(
         lambda: bl.fit_baselines(c.features, bits, names=baselines, seed=seed, progress=progress)
     )
@@ -315,6 +324,9 @@ def evaluate_retrieval(
         "rerank": min(max(rerank_top, k), n),
         "pixel_size": pixel_size,
         "index": c.kind,
+        "default_mode": "hamming",  # the run's own codes, made by code_method
+        "code_method": c.autoencoder.method,
+        "code_settings": c.record.get("code_settings"),
         "baselines_fit_seconds": round(fit_seconds, 3),
         "chance_precision": float(np.mean([np.mean(np.array(db_labels) == c) for c in q_labels])),
         "modes": modes,
@@ -329,12 +341,14 @@ def format_table(result: dict) -> str:
         f"{result['bits']}-bit codes, re-rank top {result['rerank']}, pixels at "
         f"{result['pixel_size']}x{result['pixel_size']}; chance precision "
         f"{result['chance_precision']:.3f}",
-        f"{'mode':18}{f'P@{k}':>8}{'mAP':>8}{'bytes/img':>11}{'ms/query':>10}",
+        f"{'mode':18}{f'P@{k}':>8}{'mAP':>8}{f'P@r{RADIUS}':>8}{'bytes/img':>11}{'ms/query':>10}",
     ]
     for mode, r in result["modes"].items():
+        r2 = r.get(f"precision_radius_{RADIUS}")
         lines.append(
-            f"{mode:18}{r[f'precision_at_{k}']:8.3f}{r['map']:8.3f}{r['bytes_per_image']:11d}"
-            f"{r['query_ms']:10.3f}"
+            f"{mode:18}{r[f'precision_at_{k}']:8.3f}{r['map']:8.3f}"
+            + (f"{r2:8.3f}" if r2 is not None else f"{'-':>8}")
+            + f"{r['bytes_per_image']:11d}{r['query_ms']:10.3f}"
         )
     return "\n".join(lines)
 

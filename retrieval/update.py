@@ -49,6 +49,7 @@ from alexnet.pipeline.manifest import split_files
 from alexnet.pipeline.walk import images_below
 
 from . import autoencoder as ae
+from . import codes as C
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH
 from .features import (
     ROW_BYTES,
@@ -121,6 +122,7 @@ def update_training_set(
     approx_threshold: int = APPROX_THRESHOLD,
     batch_size: int = FEATURE_BATCH,
     progress: bool = True,
+    codes: str | None = None,
     train_on: np.ndarray | None = None,
 ) -> dict:
     """Features, autoencoder, codes and index of the training set, each step skipped when
@@ -134,7 +136,7 @@ def update_training_set(
     lock = RunLock(trained.paths.root, command) if world.main else contextlib.nullcontext()
     with lock:
         return _training_set(
-            trained, paths, world, bits, approx_threshold, batch_size, progress, train_on
+            trained, paths, world, bits, approx_threshold, batch_size, progress, codes, train_on
         )
 
 
@@ -171,7 +173,7 @@ def training_features(
 
 
 def _training_set(
-    trained, paths, world, bits, approx_threshold, batch_size, progress, train_on
+    trained, paths, world, bits, approx_threshold, batch_size, progress, method, train_on
 ) -> dict:
     training_features(trained, paths, world, batch_size=batch_size, progress=progress)
     if not world.main:
@@ -183,14 +185,15 @@ def _training_set(
             f"run {trained.paths} has no training images to search (imported weights?): index "
             "a folder of photos as a gallery and search that"
         )
+    labels = None if train_on is not None else np.array(split_files(trained.manifest, "train")[1])
     train_on = features if train_on is None else train_on
-    model, state, retrained = _autoencoder(paths, source, train_on, bits, progress)
+    model, state, retrained = _encoder(paths, source, train_on, labels, bits, method, progress)
     record = read_record(paths)
     if not retrained and problem(paths, record, source) is None:
         if record["kind"] == auto_kind(record["count"], approx_threshold):
             log.info("index is current: %s", paths.index)
             return record
-    codes = ae.encode(model, features)
+    codes = model.encode(features)
     _save_array(paths.codes, codes)
     start = time.perf_counter()
     index = build_index(codes, approx_threshold=approx_threshold)
@@ -206,6 +209,8 @@ def _training_set(
         "build_seconds": round(time.perf_counter() - start, 3),
         "recall_at_10": 1.0 if kind == "flat" else measure_recall(index, codes),
         "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
+        "code_method": model.method,
+        "code_settings": C.settings(model),
         "files": identities(paths.autoencoder, paths.codes, paths.index),
     }
     write_json(paths.meta, record)
@@ -220,32 +225,25 @@ def _save_array(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def _autoencoder(paths: IndexPaths, source: dict, features, bits: int | None, progress: bool):
-    """(model, saved state, whether it was trained now): the saved autoencoder when it was
-    trained on these features with `bits` (None: any width), else one trained now."""
+def _encoder(paths: IndexPaths, source: dict, features, labels, bits, method, progress: bool):
+    """(encoder, saved state, whether it was fitted now): the saved code encoder when it was
+    made from these features with `bits` (None: any width) and `method` (None: any; the code
+    methods of retrieval/codes.py), else one fitted now on `features` and their `labels`."""
     if paths.autoencoder.is_file():
         try:
             state = ae.load_autoencoder(paths.autoencoder)
-            model = ae.model_from_state(state)
-            if state.get("source") == source and bits in (None, state["config"]["bits"]):
-                log.info("autoencoder is current: %s", paths.autoencoder)
+            model = C.encoder_from_state(state)
+            if state.get("source") == source and C.current(state, method, bits, labels):
+                log.info("codes are current: %s", paths.autoencoder)
                 return model, state, False
         except AlexnetError:
             pass
-    config = ae.AutoencoderConfig(bits=bits or ae.AutoencoderConfig.bits)
-    model = ae.train_autoencoder(features, config, progress=progress)
-    state = ae.autoencoder_state(model, source=source, report=ae.report(model, features))
+    method, width = method or C.DEFAULT_METHOD, bits or ae.AutoencoderConfig.bits
+    model = C.fit_codes(features, labels, method=method, bits=width, progress=progress)
+    report = C.report(model, features)
+    state = C.encoder_state(model, source=source, report=report)
     ae.save_autoencoder(state, paths.autoencoder)
-    r = state["report"]
-    log.info(
-        "autoencoder (%d bits): reconstruction MSE %.4f (standardised; 1.0 = the mean); "
-        "bits on: min %.2f, max %.2f of images; %d bits constant",
-        config.bits,
-        r["reconstruction_mse"],
-        min(r["bit_balance"]),
-        max(r["bit_balance"]),
-        r["bits_always_on_or_off"],
-    )
+    log.info("%s", C.describe(model, report))
     return model, state, True
 
 
@@ -347,7 +345,7 @@ def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) 
     )
     first, new, keep = plan["first_row"], plan["new"], plan["keep"]
     rows = np.arange(first, first + len(new), dtype=np.int64)
-    codes = ae.encode(model, load_features(paths)[first : first + len(new)])
+    codes = model.encode(load_features(paths)[first : first + len(new)])
     names = np.concatenate([old.paths[keep].astype(str), np.array([p for p, _, _ in new], str)])
     order = np.argsort(names, kind="stable")
     table = Table(

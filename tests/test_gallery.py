@@ -272,6 +272,11 @@ def test_planted_copies_are_grouped_and_distinct_photos_are_not(run, real_jpegs,
         planted[i] = sorted(str(p.resolve()) for p in (original, small, coarse, mirrored))
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "dups")
     gi = open_gallery(run, "dups")
+    assert gi.autoencoder.config.classes == 3  # the run's default codes: label-aware
+    for i in (0, 4):  # a resized copy finds its own photo first (fc7 re-rank of every image)
+        small = str((folder / "copies" / f"{i}_small.jpg").resolve())
+        found = gi.search([small], k=2, rerank=len(gi))["queries"][0]
+        assert [r["path"] for r in found["results"]][1] in planted[i], found
     # The untrained test network and its autoencoder of a few updates give loose codes:
     # every pair is a candidate here, so that fc7 alone decides (defaults: BENCHMARKS.md).
     bits = gi.table.codes.shape[1] * 8

@@ -219,7 +219,7 @@ def test_index_cli_skips_a_current_index(run):
     before = mtimes(run)
     result = invoke("index", "--run", run)
     assert result.exit_code == 0, result.output
-    assert "flat index of 12 images, 64-bit codes (8 bytes per image)" in result.output
+    assert "flat index of 12 images, 64-bit autoencoder codes (8 bytes per image)" in result.output
     assert mtimes(run) == before
 
 
@@ -253,6 +253,9 @@ def test_eval_retrieval_writes_every_mode_and_the_baselines(run):
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "eval_retrieval.json").read_text())
     assert saved["queries"] == 6 and saved["database"] == 12
+    assert saved["default_mode"] == "hamming" and saved["code_method"] == "autoencoder"
+    assert saved["code_settings"]["classes"] == 3  # the run has labels: label-aware codes
+    assert 0 <= saved["modes"]["itq"]["precision_radius_2"] <= 1
     modes = ["hamming", "hamming+rerank", "itq", "pca_sign", "lsh", "fc7_euclidean"]
     assert list(saved["modes"]) == [*modes, "pixels_euclidean"]
     for mode in saved["modes"].values():

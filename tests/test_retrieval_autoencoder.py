@@ -38,7 +38,8 @@ def test_shapes_packing_and_gradients(bits):
     torch.manual_seed(0)
     model = Autoencoder(AutoencoderConfig(bits=bits))
     x = torch.randn(5, 4096)
-    y, z = model(x)
+    y, z, logits = model(x)
+    assert logits is None  # no classes: unsupervised
     assert y.shape == (5, 4096) and z.shape == (5, bits)
     assert torch.isfinite(y).all()
     torch.nn.functional.mse_loss(y, x).backward()
