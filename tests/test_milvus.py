@@ -100,7 +100,7 @@ def test_search_equals_faiss_and_updates_incrementally(client):
     assert np.array_equal(lims, lims_x) and lims[-1] > 0
     for q in range(10):
         s = slice(lims[q], lims[q + 1])
-        assert sorted(zip(D[s], I[s])) == sorted(zip(D_x[s], I_x[s]))
+        assert sorted(zip(D[s], I[s], strict=True)) == sorted(zip(D_x[s], I_x[s], strict=True))
 
     # k beyond the stored rows pads as faiss pads.
     D, I = store.search(queries[:2], len(now_ids) + 5)
