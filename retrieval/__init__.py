@@ -8,6 +8,7 @@ api          open_index, search, index_run, describe, thumbnail: what every face
              web page) calls
 gallery      any folder of photos indexed with a run (incremental; sharded under torchrun)
 duplicates   near-duplicate groups in a gallery: codes shortlist, fc7 confirms
+milvus       a collection's codes in a Milvus server (or Milvus Lite), searched as faiss is
 baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
 evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, baselines, float fc7, pixels
 montage      a PNG contact sheet of search results
