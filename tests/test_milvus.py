@@ -5,6 +5,7 @@ server: the same client, requests and schema; only the index is BIN_FLAT (exact)
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import time
@@ -54,10 +55,12 @@ def client(tmp_path_factory):
     c.close()
 
 
-def test_search_equals_faiss_and_updates_incrementally(client):
+def test_search_equals_faiss_and_updates_incrementally(client, caplog):
     name = milvus.collection_name("runs/mini", "train")
-    store = milvus.MilvusCodes(client, name, BITS, "net-a")
-    assert store.index_type == "BIN_FLAT"  # Milvus Lite: the exact index, said in the log
+    with caplog.at_level(logging.INFO, logger=milvus.__name__):
+        store = milvus.MilvusCodes(client, name, BITS, "net-a")
+    assert store.index_type == "BIN_FLAT"  # Milvus Lite refuses BIN_IVF_FLAT: the exact index
+    assert f"only BIN_FLAT (Milvus Lite): {name} searched exactly" in caplog.text
     codes, queries = random_codes(3000, 0), random_codes(50, 1)
     ids = np.arange(3000) * 3 + 5  # a collection's ids need not be 0..N-1
     store.upsert(ids, codes, *rows(ids))
