@@ -9,14 +9,14 @@ each is a random crop (60-100% of each side) of a source photo, resized to a ran
 side of 160-400 px and saved as JPEG at a random quality of 70-95, in folders of 500, under
 a temporary folder in --scratch that is deleted at the end.
 
-1. Full build: `index_gallery` of --images photos: wall time and images/s (scanning and
+1. Full build: `Collection.update` of --images photos: wall time and images/s (scanning and
    decoding checks included, as a user waits for them).
-2. Update: --add more photos, then `index_gallery` again: wall time, images/s of the added
+2. Update: --add more photos, then `update` again: wall time, images/s of the added
    photos, and its ratio to the full build's time; then an update with nothing new (the
    scan alone).
 3. Duplicates (--planted N > 0): a gallery of the 400 validation photos plus, for the first N
    of them, a copy resized to 3/4, one re-encoded at JPEG quality 25 and a mirrored one;
-   `find_duplicates` with its defaults: planted groups found exactly, groups missed, groups
+   `Collection.duplicates` with its defaults: planted groups found exactly, groups missed, groups
    holding a photo that is not a copy, and the time it took.
 """
 
@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from alexnet.retrieval.api import open_index
-from alexnet.retrieval.duplicates import find_duplicates
-from alexnet.retrieval.gallery import gallery_paths, index_gallery, open_gallery
+from alexnet.pipeline.layout import RunPaths
+from alexnet.retrieval.collection import collection
 
 DATA = Path("/work/shared/data/imagenette-mini")
 
@@ -96,7 +95,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    open_index(args.run, progress=False, workers=args.workers)  # built here when missing
+    collection(args.run, workers=args.workers).open()  # built here when missing
     sources = sorted(glob.glob(str(DATA / "*/*/*.JPEG")))
     scratch = Path(tempfile.mkdtemp(prefix="alexnet-gallery-bench-", dir=args.scratch))
     name = f"bench-{scratch.name[-8:]}"
@@ -106,17 +105,16 @@ def main() -> None:
             f"made {args.images} photos",
             lambda: variants(photos, sources, 0, args.images, args.seed),
         )
-        options = dict(batch_size=args.batch_size, workers=args.workers, progress=False)
-        record, full = timed("full build", lambda: index_gallery(args.run, photos, name, **options))
+        gallery = collection(args.run, name, workers=args.workers)
+        options = dict(batch_size=args.batch_size, progress=False)
+        record, full = timed("full build", lambda: gallery.update(photos, **options))
         assert record["count"] == args.images, record["count"]
         variants(photos, sources, args.images, args.add, args.seed)
         record, update = timed(
-            f"update adding {args.add}", lambda: index_gallery(args.run, photos, name, **options)
+            f"update adding {args.add}", lambda: gallery.update(photos, **options)
         )
         assert (record["added"], record["updated"], record["removed"]) == (args.add, 0, 0)
-        _, rescan = timed(
-            "update adding none", lambda: index_gallery(args.run, photos, name, **options)
-        )
+        _, rescan = timed("update adding none", lambda: gallery.update(photos, **options))
         print(
             f"\nfull build: {args.images} images in {full:.1f} s = {args.images / full:.1f} img/s\n"
             f"update: {args.add} added to {args.images} in {update:.1f} s = "
@@ -125,15 +123,15 @@ def main() -> None:
             f"update with nothing new: {rescan:.1f} s ({rescan / full:.3f} of the full build)\n"
             f"batch {args.batch_size}, workers {args.workers or 'default'}"
         )
-        shutil.rmtree(gallery_paths(args.run, name).folder)
+        shutil.rmtree(RunPaths(args.run).gallery(name).folder)
 
         if args.planted:
             folder = scratch / "planted"
             groups = planted(folder, args.planted)
-            index_gallery(args.run, folder, name, **options)
-            gi = open_gallery(args.run, name)
+            gallery.update(folder, **options)
+            gallery.open()
             report, seconds = timed(
-                "duplicates", lambda: find_duplicates(gi, sheets=False, progress=False)
+                "duplicates", lambda: gallery.duplicates(sheets=False, progress=False)
             )
             found = [sorted(g["images"]) for g in report["groups"]]
             exact = sum(g in found for g in groups.values())
@@ -148,7 +146,7 @@ def main() -> None:
                 f"fc7 <= {report['max_fc7']}, {mirrored} pairs confirmed by the mirrored crop; "
                 f"{seconds:.1f} s"
             )
-            shutil.rmtree(gallery_paths(args.run, name).folder)
+            shutil.rmtree(RunPaths(args.run).gallery(name).folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -32,6 +32,7 @@ from torch import nn
 from alexnet.model.checkpoint import build_network
 from alexnet.model.config import TrainConfig
 from alexnet.model.distributed import World
+from alexnet.model.inference import load_run_data
 from alexnet.model.init import resolve
 from alexnet.model.loaders import train_loader
 from alexnet.model.optim import optimizer_for, scaled_lr, set_rate
@@ -76,7 +77,7 @@ def run(manifest, stats, preset: str, batch: int, images: int, points: list[int]
     )
     world = World()
     torch.manual_seed(seed)
-    model = build_network(config, len(manifest["classes"]), world.device)
+    model = build_network(config, len(manifest.classes), world.device)
     probe = Probe(model)
     optimizer = optimizer_for(model, config)
     lr = scaled_lr(config.lr, batch)
@@ -120,7 +121,7 @@ def run(manifest, stats, preset: str, batch: int, images: int, points: list[int]
         if not math.isfinite(losses[-1]):
             break
         epoch += 1
-    chance = math.log(len(manifest["classes"]))
+    chance = math.log(len(manifest.classes))
     smooth = [
         sum(losses[max(0, i - 9) : i + 1]) / len(losses[max(0, i - 9) : i + 1])
         for i in range(len(losses))
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("init_study.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        manifest, stats = prepare(args.data, tmp, progress=False)
+        manifest, stats = load_run_data(prepare(args.data, tmp, progress=False))
     results = []
     for batch in args.batches:
         for preset in args.presets:

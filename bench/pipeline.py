@@ -57,12 +57,12 @@ from alexnet.pipeline.cache import Rows
 from alexnet.pipeline.dali import (
     CROP,
     SIZE,
-    Loader,
     augmentation,
     cached_train_pipeline,
     pipe_options,
     train_pipeline,
 )
+from alexnet.pipeline.loader import Loader
 from alexnet.pipeline.stats import Stats, compute_stats
 
 DEFAULT_DATA = str(

@@ -30,7 +30,7 @@ wall time is the CPU time over the cores in use)
                 checkpoint weighs), a features file of the right shape (zeros: extracting
                 fc7 of 200,000 images takes hours on a CPU) marked complete, an autoencoder
                 trained on a random sample, and the codes and FAISS index built by
-                build_run_index.
+                update_training_set.
 Each figure is extrapolated to 1,281,167 files (linearly where it grows with the file
 count) and set beside its target. BENCHMARKS.md ("Scale") has the figures and the reading.
 """
@@ -160,7 +160,7 @@ def mean_kb(files: list[str]) -> float:
 
 def validation_rate(files: list[str]) -> float:
     """Files per CPU-second of inspect_file in this one process (after a warm-up pass)."""
-    from alexnet.pipeline.dataset import inspect_file
+    from alexnet.pipeline.imagecheck import inspect_file
 
     for f in files[:50]:
         inspect_file(f)
@@ -198,14 +198,14 @@ def child_manifest(run: str) -> dict:
     import gc
     import tracemalloc
 
-    from alexnet.pipeline.dataset import load_manifest, verify_files
+    from alexnet.pipeline.manifest import load_manifest, verify_files
 
     before = rss_mb()
     with Clock() as load:
         manifest = load_manifest(run, check_files=False)
     grown = rss_mb() - before
     with Clock() as val:
-        verify_files(manifest, manifest["files"].positions("val"))
+        verify_files(manifest, manifest.files.positions("val"))
     with Clock() as every:
         verify_files(manifest)
     del manifest
@@ -224,7 +224,7 @@ def child_manifest(run: str) -> dict:
 
 def child_reader(run: str, count: str) -> dict:
     from alexnet.pipeline.dali import pipe_options, prep_pipeline
-    from alexnet.pipeline.dataset import load_manifest, split_files
+    from alexnet.pipeline.manifest import load_manifest, split_files
 
     manifest = load_manifest(run, check_files=False)
     before = rss_mb()
@@ -236,7 +236,7 @@ def child_reader(run: str, count: str) -> dict:
 
 
 def child_startup(run: str, query: str) -> dict:
-    """Where `alexnet search` spends its start-up, in CPU seconds: open_index's and search's
+    """Where `alexnet search` spends its start-up, in CPU seconds: Collection.open's and search's
     steps in turn."""
     marks = {}
     start = cpu_seconds()
@@ -254,30 +254,29 @@ def child_startup(run: str, query: str) -> dict:
     from alexnet.model.config import config_from_dict
     from alexnet.model.distributed import World, local_device
     from alexnet.model.inference import TrainedRun
-    from alexnet.pipeline.dataset import load_manifest
     from alexnet.pipeline.layout import RunPaths
+    from alexnet.pipeline.manifest import load_manifest
     from alexnet.pipeline.stats import load_stats
-    from alexnet.retrieval.api import search
-    from alexnet.retrieval.index import open_run_index
+    from alexnet.retrieval.collection import Collection
 
     mark("imports (torch, DALI, faiss, alexnet)")
     paths, world = RunPaths(run), World(device=local_device())
     manifest = load_manifest(run, check_files=False)
     mark("manifest")
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     mark("statistics")
     saved = load_checkpoint(paths.best, mmap=True)  # as load_trained reads it
     mark("checkpoint file")
     config = config_from_dict(saved["config"])
-    model = build_network(config, len(manifest["classes"]), torch.device("cpu"), saved["model"])
+    model = build_network(config, len(manifest.classes), torch.device("cpu"), saved["model"])
     model.eval()
     mark("network built around the weights")
     trained = TrainedRun(paths, model, config, manifest, stats, paths.best, 1, world)
-    ri = open_run_index(trained)
+    train = Collection(run).open(trained=trained)
     mark("index, codes, autoencoder opened")
-    search(ri, [query], k=10)
+    train.search([query], k=10)
     mark("one query searched (DALI graph, fc7, codes)")
-    search(ri, [query], k=10)
+    train.search([query], k=10)
     mark("the same query again")
     return marks
 
@@ -299,12 +298,12 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     from alexnet.pipeline.stats import compute_stats, save_stats
     from alexnet.retrieval import autoencoder as ae
     from alexnet.retrieval.features import DIM, mark_complete, source_identity
-    from alexnet.retrieval.index import build_run_index
+    from alexnet.retrieval.update import update_training_set
 
     paths = RunPaths(run)
-    save_stats(compute_stats(stats_files, manifest["fingerprint"], progress=False), run)
+    save_stats(compute_stats(stats_files, manifest.fingerprint, progress=False), run)
     config = resolve(TrainConfig())
-    model = AlexNet(AlexNetConfig(num_classes=len(manifest["classes"])))
+    model = AlexNet(AlexNetConfig(num_classes=len(manifest.classes)))
     optimizer = optimizer_for(model, config)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -316,7 +315,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     save_checkpoint(paths.best, state)
 
     trained = load_trained(run, check_files=False)
-    n = len(manifest["files"].positions("train"))
+    n = len(manifest.files.positions("train"))
     paths.index.folder.mkdir(parents=True, exist_ok=True)
     np.lib.format.open_memmap(paths.index.features, "w+", np.float16, (n, DIM)).flush()
     mark_complete(paths.index, source_identity(trained), n)
@@ -329,7 +328,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     )
     ae.save_autoencoder(ae_state, paths.index.autoencoder)
     with Clock() as c:
-        meta = build_run_index(trained, progress=False)
+        meta = update_training_set(trained, paths.index, trained.world, "index", progress=False)
     return {
         "checkpoint_mb": paths.best.stat().st_size / 1e6,
         "index_build_s": c.cpu,
@@ -451,7 +450,8 @@ def main() -> None:
         print(json.dumps(globals()[f"child_{what}"](*rest)))
         return
 
-    from alexnet.pipeline.dataset import load_manifest, save_manifest, scan, split_files
+    from alexnet.pipeline.dataset import scan
+    from alexnet.pipeline.manifest import load_manifest, save_manifest, split_files
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="alexnet-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -472,9 +472,9 @@ def main() -> None:
 
             with Clock() as c:
                 manifest = scan(data, progress=False)
-            n = len(manifest["files"])
+            n = len(manifest.files)
             r["scan_cpu_s"] = c.cpu
-            print(f"scan: {n} files, {c.wall:.0f} s, skipped {len(manifest['skipped'])}")
+            print(f"scan: {n} files, {c.wall:.0f} s, skipped {len(manifest.skipped)}")
 
             r["stats_big"] = stats_rate(big)
             r["stats_noisy"] = stats_rate(noisy)

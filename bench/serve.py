@@ -6,11 +6,11 @@ network's own single-image forward time.
 Builds a run with --images indexed images in a temporary folder. The indexed part is
 synthetic, which does not change what a query costs: small generated JPEGs on disk (the
 manifest is checked against them), statistics and an untrained checkpoint written through the
-library, random float16 fc7 features written by `save_features`, and an autoencoder trained
-for 2 updates, with which `build_run_index` encodes the features and builds the index. What
-a query runs through is real: `alexnet serve` in its own process, HTTP over 127.0.0.1, PIL's
-check, the DALI query pipeline, the network's fc7, the encoder, the FAISS index and the JSON
-records.
+library, random float16 fc7 features written as an extraction writes them, and an autoencoder
+trained for 2 updates, with which `update_training_set` encodes the features and builds the
+index. What a query runs through is real: `alexnet serve` in its own process, HTTP over
+127.0.0.1, PIL's check, the DALI query pipeline, the network's fc7, the encoder, the FAISS
+index and the JSON records.
 
 Measures, with the server started once:
 - latency: --requests sequential uploads of one 500x375 JPEG (after 5 warm-up requests),
@@ -48,8 +48,9 @@ from PIL import Image
 from alexnet.model.checkpoint import build_network, checkpoint_state, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import save_manifest, scan
+from alexnet.pipeline.dataset import scan
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import save_manifest
 from alexnet.pipeline.stats import Stats, save_stats
 from alexnet.retrieval.autoencoder import (
     AutoencoderConfig,
@@ -58,8 +59,15 @@ from alexnet.retrieval.autoencoder import (
     save_autoencoder,
     train_autoencoder,
 )
-from alexnet.retrieval.features import DIM, load_features, save_features, source_identity
-from alexnet.retrieval.index import build_run_index
+from alexnet.retrieval.features import (
+    DIM,
+    grow_features,
+    load_features,
+    mark_complete,
+    source_identity,
+    to_float16,
+)
+from alexnet.retrieval.update import update_training_set
 
 CLASSES = 10
 BOUNDARY = "alexnet-bench"
@@ -82,7 +90,7 @@ def make_run(root: Path, n: int) -> Path:
     save_manifest(manifest, run)
     mean, cov = np.full(3, 128.0), np.eye(3) * 900  # grey, and no colour PCA to speak of
     stats = Stats(np.full((256, 256, 3), 128.0), mean, cov, np.diag(cov), np.eye(3), n, "")
-    save_stats(replace(stats, fingerprint=manifest["fingerprint"]), run)
+    save_stats(replace(stats, fingerprint=manifest.fingerprint), run)
     config = TrainConfig()
     model = build_network(config, CLASSES, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
@@ -91,18 +99,23 @@ def make_run(root: Path, n: int) -> Path:
 
     trained = load_trained(run, check_files=False)
     paths, source = RunPaths(run).index, source_identity(trained)
-    batches = (
-        rng.standard_normal((min(1000, n - s), DIM), dtype=np.float32).clip(0)  # ReLU outputs
-        for s in range(0, n, 1000)
-    )
-    save_features(paths, source, batches, n, progress=False)
-    # An autoencoder after 2 updates (2 batches of 128): build_run_index keeps it as current,
+    paths.folder.mkdir(parents=True, exist_ok=True)
+    grow_features(paths.features, n)
+    out = np.load(paths.features, mmap_mode="r+")
+    for s in range(0, n, 1000):  # ReLU outputs
+        out[s : s + 1000] = to_float16(
+            rng.standard_normal((min(1000, n - s), DIM), dtype=np.float32).clip(0)
+        )
+    out.flush()
+    del out
+    mark_complete(paths, source, n)
+    # An autoencoder after 2 updates (2 batches of 128): the update keeps it as current,
     # then encodes every feature and builds the index.
     sample = np.asarray(load_features(paths)[:256], np.float32)
     model = train_autoencoder(sample, AutoencoderConfig(epochs=1, min_steps=1), progress=False)
     state = autoencoder_state(model, source=source, report=report(model, sample))
     save_autoencoder(state, paths.autoencoder)
-    build_run_index(trained, progress=False)
+    update_training_set(trained, paths, trained.world, "index", progress=False)
     return run
 
 
@@ -153,7 +166,7 @@ class Client:
         elapsed = time.perf_counter() - start
         if reply.status != 200:
             raise RuntimeError(f"HTTP {reply.status}: {out}")
-        self.library_ms = out["query_ms"]  # the part spent in alexnet.retrieval.api.search
+        self.library_ms = out["query_ms"]  # the part spent in Collection.search
         return elapsed
 
 

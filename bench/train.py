@@ -28,6 +28,7 @@ import torchvision
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
 from alexnet.model.config import TrainConfig
 from alexnet.model.distributed import autocast, setup_world
+from alexnet.model.inference import load_run_data
 from alexnet.model.loaders import train_loader
 from alexnet.model.optim import PaperSGD
 from alexnet.model.train import train_one_epoch
@@ -78,8 +79,8 @@ def main(argv=None) -> None:
     if args.require_gpu and world.device.type != "cuda":
         sys.exit("error: --require-gpu, but CUDA is not available (torch.cuda.is_available())")
     with tempfile.TemporaryDirectory() as run:
-        manifest, st = prepare(args.data, run, cache=True, progress=False)
-        table = manifest["files"]
+        manifest, st = load_run_data(prepare(args.data, run, cache=True, progress=False))
+        table = manifest.files
         train = table.positions("train")[: args.images]
         kept = np.r_[train, table.positions("val")]
         cache = np.ascontiguousarray(open_cache(run, manifest)[kept])  # rows of the kept files

@@ -11,20 +11,21 @@ from importlib.metadata import version
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from alexnet.cli.options import (
-    AMOUNT,
     POSITIVE,
     PROBABILITY,
-    RATE,
+    config_options,
     progress,
     quiet_option,
     run_option,
     set_quiet,
     workers_option,
 )
-from alexnet.cli.search import eval_retrieval, index_command, register, search
-from alexnet.model.config import INIT_PRESETS, TrainConfig
+from alexnet.cli.search import print_index, register, search_table
+from alexnet.demo import DEMO_RUN
+from alexnet.model.config import TrainConfig
 from alexnet.pipeline import defaults as P
 from alexnet.pipeline.errors import AlexnetError
 
@@ -39,11 +40,29 @@ class Group(click.Group):
             cmd.params.append(quiet_option())
         super().add_command(cmd, name)
 
+    def flag_namer(self, ctx: click.Context, command: click.Command | None):
+        """How this face names a library parameter: the flag of the command that ran (`force`
+        -> `--force`, `batch_size` -> `--batch-size`), else of any command, else the name."""
+        commands = [command] if command else []
+        commands += [self.get_command(ctx, name) for name in self.list_commands(ctx)]
+
+        def name(parameter: str) -> str:
+            for cmd in commands:
+                for p in cmd.params:
+                    if isinstance(p, click.Option) and p.name == parameter:
+                        long = [o for o in p.opts if o.startswith("--")]
+                        spelled = "--" + parameter.replace("_", "-")
+                        return spelled if spelled in long else (long or p.opts)[0]
+            return parameter
+
+        return name
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except AlexnetError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            click.secho(f"error: {e.render(self.flag_namer(ctx, command))}", fg="red", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler
             click.echo("interrupted", err=True)
@@ -144,247 +163,51 @@ def prep(ctx, data, run, workers, **options):
 
         run = RUNS / Path(data).resolve().name
         click.echo(f"run: {run}", err=True)
-    run_prep(data, run, progress=progress(ctx), num_threads=workers, **options)
+    run_prep(data, run, progress=progress(ctx), workers=workers, **options)
 
 
 def run_prep(data: Path, run: Path, **options) -> None:
-    from alexnet.pipeline.layout import RunPaths
     from alexnet.pipeline.prep import prepare
-    from alexnet.pipeline.stats import format_summary
+
+    print_prep(prepare(data, run, **options), cache=options.get("cache", False))
+
+
+def print_prep(run: Path, cache: bool = False) -> None:
+    from alexnet.pipeline.layout import RunPaths
+    from alexnet.pipeline.manifest import load_manifest
+    from alexnet.pipeline.stats import format_summary, load_stats
 
     paths = RunPaths(run)
-    manifest, stats = prepare(data, run, **options)
-    n = {s: len(manifest["files"].positions(s)) for s in ("train", "val")}
+    manifest = load_manifest(run, check_files=False)
+    stats = load_stats(run, manifest.fingerprint)
+    n = {s: len(manifest.files.positions(s)) for s in ("train", "val")}
     click.echo(
-        f"{len(manifest['classes'])} classes, {n['train']} training and {n['val']} validation "
-        f"images ({manifest['layout']}); manifest: {paths.manifest}"
+        f"{len(manifest.classes)} classes, {n['train']} training and {n['val']} validation "
+        f"images ({manifest.layout}); manifest: {paths.manifest}"
     )
-    if manifest["labels_from"]:
-        click.echo(f"validation labels: {manifest['labels_from']}")
-    if manifest["names_from"]:
-        names = manifest["class_names"]
+    if manifest.labels_from:
+        click.echo(f"validation labels: {manifest.labels_from}")
+    if manifest.names_from:
+        names = manifest.class_names
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        click.echo(f"class names: {manifest['names_from']} ({shown})")
-    if manifest["skipped"]:
+        click.echo(f"class names: {manifest.names_from} ({shown})")
+    if manifest.skipped:
         click.secho(
-            f"skipped {len(manifest['skipped'])} unusable files, listed with reasons under "
+            f"skipped {len(manifest.skipped)} unusable files, listed with reasons under "
             f'"skipped" in {paths.manifest}',
             fg="yellow",
         )
-        for s in manifest["skipped"][:5]:
+        for s in manifest.skipped[:5]:
             click.echo(f"  {s['path']}: {s['reason']}")
     click.echo(format_summary(stats))
     click.echo(f"statistics: {paths.stats} (readable: {paths.stats_summary})")
-    if options.get("cache"):
+    if cache:
         click.echo(f"patch cache: {paths.cache_patches}")
-
-
-def train_options(f):
-    d = TrainConfig()
-    options = [
-        click.option(
-            "--epochs",
-            type=POSITIVE,
-            default=d.epochs,
-            show_default=True,
-            help="Passes over the data.",
-        ),
-        click.option(
-            "-b",
-            "--batch-size",
-            type=POSITIVE,
-            default=d.batch_size,
-            show_default=True,
-            help="Images per batch and process (the global batch is this times torchrun's "
-            "processes).",
-        ),
-        click.option(
-            "--lr",
-            type=RATE,
-            default=d.lr,
-            show_default=True,
-            help="Learning rate for a global batch of 128; the rate used is lr x global "
-            "batch / 128.",
-        ),
-        click.option(
-            "--warmup-epochs",
-            type=AMOUNT,
-            default=d.warmup_epochs,
-            show_default=True,
-            help="Ramp the rate up linearly over this many epochs (recommended above a global "
-            "batch of 1024).",
-        ),
-        click.option(
-            "--init",
-            type=click.Choice(list(INIT_PRESETS)),
-            default=d.init,
-            show_default=True,
-            help="Initialisation preset: paper (section 5), caffe (bvlc_alexnet), kaiming.",
-        ),
-        click.option(
-            "--bias-lr-mult",
-            type=AMOUNT,
-            default=None,
-            help="Biases' learning rate relative to the weights' (default: the preset's; "
-            "caffe 2, else 1).",
-        ),
-        click.option(
-            "--bias-decay/--no-bias-decay",
-            default=None,
-            help="Weight decay on biases too (default: the preset's; caffe off, else on).",
-        ),
-        click.option(
-            "--input-scale",
-            type=click.Choice(["pixels", "unit"]),
-            default=d.input_scale,
-            show_default=True,
-            help="What the network sees: mean-subtracted 0-255 pixels (paper), or those "
-            "divided by the channel std.",
-        ),
-        click.option(
-            "--optimizer",
-            type=click.Choice(["paper", "torch"]),
-            default=d.optimizer,
-            show_default=True,
-            help="The paper's update rule, or PyTorch's SGD form.",
-        ),
-        click.option(
-            "--plateau-on",
-            type=click.Choice(["loss", "error"]),
-            default=d.plateau_on,
-            show_default=True,
-            help="Validation metric whose plateau drops the rate 10x (the paper: error).",
-        ),
-        click.option(
-            "--min-delta",
-            type=AMOUNT,
-            default=d.min_delta,
-            show_default=True,
-            help="How much the watched metric must improve to count (loss in nats, error as "
-            "a fraction).",
-        ),
-        click.option(
-            "--patience",
-            type=POSITIVE,
-            default=d.patience,
-            show_default=True,
-            help="Epochs without improvement before the rate drops 10x (never before a first "
-            "improvement at the current rate).",
-        ),
-        click.option(
-            "--mean",
-            type=click.Choice(["image", "channel"]),
-            default=d.mean,
-            show_default=True,
-            help="Subtract the mean image (paper) or the channel mean.",
-        ),
-        click.option(
-            "--lighting-std",
-            type=AMOUNT,
-            default=d.lighting_std,
-            show_default=True,
-            help="Std of the PCA lighting alphas (in eigenvalue units); 0 turns it off.",
-        ),
-        click.option(
-            "--columns",
-            type=click.Choice(["1", "2"]),
-            default=str(d.columns),
-            show_default=True,
-            help="2: the paper's grouped network; 1: one column.",
-        ),
-        click.option(
-            "--lrn/--no-lrn",
-            default=d.lrn,
-            show_default=True,
-            help="Local response normalisation after conv1 and conv2.",
-        ),
-        click.option(
-            "--dropout",
-            type=PROBABILITY,
-            default=d.dropout,
-            show_default=True,
-            help="Dropout probability in fc6 and fc7.",
-        ),
-        click.option(
-            "--seed",
-            type=int,
-            default=d.seed,
-            show_default=True,
-            help="Seed of the initialisation, order and augmentation.",
-        ),
-        click.option(
-            "-j",
-            "--workers",
-            "--threads",
-            "num_threads",
-            type=POSITIVE,
-            default=None,
-            help="DALI CPU threads for decoding (default: all cores).",
-        ),
-        click.option(
-            "--momentum",
-            type=AMOUNT,
-            default=d.momentum,
-            show_default=True,
-            help="SGD momentum.",
-        ),
-        click.option(
-            "--wd",
-            "--weight-decay",
-            "weight_decay",
-            type=AMOUNT,
-            default=d.weight_decay,
-            show_default=True,
-            help="Weight decay (inside the velocity, as the paper writes it).",
-        ),
-        click.option(
-            "--keep-every",
-            type=click.IntRange(min=0),
-            default=d.keep_every,
-            show_default=True,
-            help="Also keep checkpoints/epoch_N.pt every N epochs (0: last.pt and best.pt only).",
-        ),
-        click.option(
-            "--tensorboard/--no-tensorboard",
-            default=d.tensorboard,
-            show_default=True,
-            help="Also write the epoch scalars to RUN/tensorboard (pip install "
-            "'alexnet[tensorboard]').",
-        ),
-        click.option(
-            "--init-checkpoint",
-            type=click.Path(dir_okay=False, exists=True),
-            default=None,
-            help="Start from this checkpoint's weights (fine-tuning); fc8 starts afresh when "
-            "its class count differs.",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def make_config(ctx: click.Context, resume_from: Path | None, **kw) -> TrainConfig:
-    """The options as a TrainConfig; on resume, the checkpoint's settings except those given
-    again on this command line."""
-    kw["columns"] = int(kw["columns"])
-    if resume_from is None:
-        return TrainConfig(**kw)
-    from dataclasses import replace
-
-    from alexnet.model.checkpoint import saved_config
-
-    given = {
-        k: v
-        for k, v in kw.items()
-        if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT
-    }
-    return replace(saved_config(resume_from), **given)
 
 
 @cli.command()
 @run_option
-@train_options
+@config_options(TrainConfig)
 @click.option(
     "--resume",
     is_flag=False,
@@ -401,11 +224,12 @@ def train(ctx, run, resume, **kw):
     --batch-size is per process: under torchrun the global batch is it times the processes,
     and the learning rate used is --lr x global batch / 128."""
     from alexnet.model.train import fit
-    from alexnet.pipeline.layout import RunPaths
 
-    source = None if resume is None else Path(resume) if resume else RunPaths(run).last
-    config = make_config(ctx, source, **kw)
-    metrics = fit(run, config, resume=source or False, progress=progress(ctx))
+    given = {
+        k: v for k, v in kw.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT
+    }
+    resume = None if resume is None else Path(resume) if resume else True
+    metrics = fit(run, resume=resume or False, progress=progress(ctx), **given)
     print_training(run, metrics)
 
 
@@ -446,7 +270,7 @@ def print_training(run: Path, metrics: dict) -> None:
 @click.pass_context
 def eval_(ctx, run, checkpoint, ten_crop, workers):
     """Top-1 and top-5 error of a checkpoint on the validation set; writes RUN/eval.json."""
-    from alexnet.model.train import evaluate_checkpoint
+    from alexnet.model.evaluate import evaluate_checkpoint
     from alexnet.pipeline.layout import RunPaths
 
     result = evaluate_checkpoint(
@@ -498,22 +322,22 @@ def eval_(ctx, run, checkpoint, ten_crop, workers):
 def predict(ctx, images, run, top, ten_crop, as_json, checkpoint, workers):
     """What the network says each IMAGE is (files or folders): its top classes with their
     probabilities."""
-    from alexnet.model.inference import load_trained
-    from alexnet.model.inference import predict as classify
-    from alexnet.pipeline.dataset import image_files
+    from alexnet.model.inference import load
+    from alexnet.pipeline.walk import image_files
 
     files, skipped = image_files(images)
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    trained = load_trained(run, checkpoint, check_files=False, workers=workers)
-    records = classify(trained, files, top=top, ten_crop=ten_crop, progress=progress(ctx))
+    model = load(run, checkpoint or "best", workers=workers)
+    records = model.predict(files, top=top, ten_crop=ten_crop, progress=progress(ctx))
     if as_json:
-        click.echo(json.dumps({"checkpoint": str(trained.checkpoint), "images": records}, indent=1))
+        click.echo(json.dumps({"checkpoint": str(model.checkpoint), "images": records}, indent=1))
         return
     for r in records:
         click.echo(r["image"])
         for i, c in enumerate(r["top"], 1):
-            click.echo(f"  {i}. {100 * c['probability']:5.1f}%  {c['class']} ({c['class_id']})")
+            named = c["class"] + ("" if c["class"] == c["class_id"] else f" ({c['class_id']})")
+            click.echo(f"  {i}. {100 * c['probability']:5.1f}%  {named}")
 
 
 @cli.command()
@@ -527,8 +351,9 @@ def predict(ctx, images, run, top, ten_crop, as_json, checkpoint, workers):
     "--run",
     "run",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/demo"),
+    default=DEMO_RUN,
     show_default=True,
+    help="The run folder to make (an interrupted demo continues where it stopped).",
 )
 @click.option(
     "--epochs", type=POSITIVE, default=6, show_default=True, help="Passes over the photos."
@@ -549,31 +374,32 @@ def predict(ctx, images, run, top, ten_crop, as_json, checkpoint, workers):
     help="Validation images to search for at the end.",
 )
 @click.pass_context
-def demo(ctx, data, run, epochs, batch_size, queries):
+def demo(ctx, run, **options):
     """The whole chain on embedded photos (or --data DIR): prep, a short training run, the
     retrieval index, a few searches with a montage, and the retrieval evaluation."""
-    from alexnet.model.train import fit
-    from alexnet.pipeline import dataset, fashion_mnist
-    from alexnet.pipeline.layout import RunPaths
+    from alexnet.demo import demo as run_demo
+    from alexnet.pipeline import fashion_mnist
+    from alexnet.retrieval.evaluate import format_table
 
-    paths = RunPaths(run)
-    show = progress(ctx)
-    if data is None:
-        data = fashion_mnist.build(paths.demo_data)
-        click.echo(
-            f"demo photos: {data} (Fashion-MNIST, 10 classes, {fashion_mnist.TRAIN_PER_CLASS} "
-            f"train + {fashion_mnist.VAL_PER_CLASS} validation each)"
-        )
-    run_prep(data, run, progress=show)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size)
-    metrics = fit(run, config, resume=paths.last.exists(), progress=show)
-    print_training(run, metrics)
-    print_curve(run)
-    ctx.invoke(index_command, run=run)
-    val_files, _ = dataset.split_files(dataset.load_manifest(run), "val")
-    picks = val_files[:: max(1, len(val_files) // queries)][:queries]
-    ctx.invoke(search, images=[Path(p) for p in picks], run=run, k=5, montage=paths.montage)
-    ctx.invoke(eval_retrieval, run=run)
+    for stage, out in run_demo(run, progress=progress(ctx), **options):
+        if stage == "photos":
+            click.echo(
+                f"demo photos: {out} (Fashion-MNIST, 10 classes, {fashion_mnist.TRAIN_PER_CLASS}"
+                f" train + {fashion_mnist.VAL_PER_CLASS} validation each)"
+            )
+        elif stage == "prep":
+            print_prep(out)
+        elif stage == "train":
+            print_training(run, out)
+            print_curve(run)
+        elif stage == "index":
+            print_index(out)
+        elif stage == "search":
+            click.echo(search_table(out["result"], out["root"]))
+            click.echo(f"montage: {out['montage']}")
+        elif stage == "eval-retrieval":
+            click.echo(format_table(out["result"]))
+            click.echo(f"written: {out['path']}")
     click.echo(
         "\nnext:\n"
         f"  alexnet serve --run {run}                  # search in the browser\n"

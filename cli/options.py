@@ -84,3 +84,62 @@ workers_option = click.option(
     default=None,
     help="DALI CPU threads for decoding (default: all cores).",
 )
+
+
+def _click_type(kind: str, choices: tuple):
+    if choices:
+        return click.Choice([str(c) for c in choices])
+    types = {
+        "count": POSITIVE,
+        "count0": NON_NEGATIVE,
+        "int": int,
+        "rate": RATE,
+        "amount": AMOUNT,
+        "probability": PROBABILITY,
+        "file": click.Path(dir_okay=False, exists=True),
+    }
+    return types[kind]
+
+
+def _as_choice_type(choices: tuple):
+    """Choices given as text on the command line, turned back into the field's own values."""
+    by_text = {str(c): c for c in choices}
+    return lambda ctx, param, value: by_text.get(value, value)
+
+
+# The flags of settings whose flag is not just --field-name (short ones, older names).
+FLAGS = {
+    "batch_size": ("-b", "--batch-size"),
+    "weight_decay": ("--wd", "--weight-decay"),
+    "num_threads": ("-j", "--workers", "--threads"),
+}
+
+
+def config_options(config_class):
+    """Click options made from a config dataclass's fields (model/config.py's `setting`): one
+    per field, with its flags, check, default and help; on/off settings as --x/--no-x."""
+    from dataclasses import MISSING, fields
+
+    def decorate(f):
+        for fld in reversed(fields(config_class)):
+            meta = fld.metadata
+            default = None if fld.default is MISSING else fld.default
+            flags = FLAGS.get(fld.name, ("--" + fld.name.replace("_", "-"),))
+            extra = {"show_default": default is not None, "help": meta["help"]}
+            if meta["kind"] == "switch":
+                on = [fl for fl in flags if fl.startswith("--")][-1]
+                option = click.option(f"{on}/--no-{on[2:]}", fld.name, default=default, **extra)
+            else:
+                choices = meta["choices"]
+                option = click.option(
+                    *flags,
+                    fld.name,
+                    type=_click_type(meta["kind"], choices),
+                    default=str(default) if choices and default is not None else default,
+                    callback=_as_choice_type(choices) if choices else None,
+                    **extra,
+                )
+            f = option(f)
+        return f
+
+    return decorate

@@ -1,5 +1,6 @@
-"""`alexnet index`, `search`, `eval-retrieval`, `serve`, `duplicates`: parse, call
-alexnet.retrieval, print (or, for `serve`, answer HTTP requests with cli/web.py's app).
+"""`alexnet index`, `search`, `eval-retrieval`, `serve`, `duplicates`: parse, call a
+Collection (alexnet.retrieval.collection), print (or, for `serve`, answer HTTP requests with
+cli/web.py's app).
 
 `register(group)` adds the five commands to a click group (cli/main.py's `cli`).
 """
@@ -76,18 +77,16 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
     --images DIR, index DIR as gallery NAME (RUN/galleries/NAME) with the training set's
     network and autoencoder; under torchrun the processes share the extraction.
     """
-    from alexnet.retrieval.api import index_run
+    from alexnet.retrieval.collection import collection
 
     if images is None and name is not None:
         raise click.BadParameter(
             "a gallery is made from a folder: add --images DIR", param_hint="--name"
         )
     if images is not None:
-        from alexnet.retrieval.gallery import index_gallery
-
         name = name or images.resolve().name
-        g = index_gallery(
-            run, images, name, batch_size=batch_size, progress=progress(ctx), workers=workers
+        g = collection(run, name, workers=workers).update(
+            images, batch_size=batch_size, progress=progress(ctx)
         )
         if g:  # the other torchrun processes return nothing to print
             for s in g["skipped"]:
@@ -99,14 +98,14 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
             )
         return
 
-    meta = index_run(
-        run,
-        bits=bits,
-        approx_threshold=approx_threshold,
-        batch_size=batch_size,
-        progress=progress(ctx),
-        workers=workers,
+    meta = collection(run, workers=workers).update(
+        bits=bits, approx_threshold=approx_threshold, batch_size=batch_size, progress=progress(ctx)
     )
+    if meta:  # the other torchrun processes have nothing to say
+        print_index(meta)
+
+
+def print_index(meta: dict) -> None:
     r = meta["autoencoder_report"]
     click.echo(
         f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit codes "
@@ -154,36 +153,29 @@ def index_command(ctx, run, bits, approx_threshold, batch_size, images, name, wo
 @click.pass_context
 def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, workers):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
-    from alexnet.pipeline.dataset import image_files, usable_images
-    from alexnet.retrieval.api import open_index, search_stream
-    from alexnet.retrieval.api import search as run_search
+    from alexnet.pipeline.imagecheck import usable_images
+    from alexnet.pipeline.walk import image_files
+    from alexnet.retrieval.collection import collection
 
     if jsonl and (as_json or montage):
         raise click.BadParameter("use it without --json and --montage", param_hint="--jsonl")
     files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    if gallery is None:
-        ri = open_index(run, progress=progress(ctx), workers=workers)
-        root = ri.trained.manifest["root"]
-    else:
-        from alexnet.retrieval.gallery import open_gallery
-
-        ri = open_gallery(run, gallery, workers=workers)
-        root = ri.record["root"]
+    c = collection(run, gallery, workers=workers).open(progress=progress(ctx))
     if jsonl:
         for start in range(0, len(files), JSONL_CHUNK):
             usable, skipped = usable_images(files[start : start + JSONL_CHUNK])
             for path, why in skipped:
                 click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-            for row in search_stream(ri, usable, k=k, rerank_top=rerank):
+            for row in c.stream(usable, k=k, rerank=rerank):
                 click.echo(json.dumps(row))
         return
-    result = run_search(ri, files, k=k, rerank_top=rerank)
+    result = c.search(files, k=k, rerank=rerank)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:
-        click.echo(search_table(result, None if absolute else root))
+        click.echo(search_table(result, None if absolute else c.root))
     if montage:
         from alexnet.retrieval.montage import make_montage
 
@@ -246,12 +238,11 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     """Validation images as queries against the training set: precision@k and mAP of binary
     codes, codes + re-rank, ITQ / PCA-sign / LSH codes of as many bits, float fc7 and raw
     pixels; writes RUN/eval_retrieval.json."""
-    from alexnet.retrieval.api import open_index
-    from alexnet.retrieval.evaluate import evaluate_retrieval, format_table, write_result
+    from alexnet.retrieval.collection import collection
+    from alexnet.retrieval.evaluate import format_table
 
-    ri = open_index(run, progress=progress(ctx), workers=workers)
-    result = evaluate_retrieval(
-        ri,
+    train = collection(run, workers=workers).open(progress=progress(ctx))
+    result = train.evaluate(
         k=k,
         rerank_top=rerank,
         pixel_size=int(pixel_size),
@@ -259,7 +250,7 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
         progress=progress(ctx),
     )
     click.echo(format_table(result))
-    click.echo(f"written: {write_result(result, run)}")
+    click.echo(f"written: {train.run.eval_retrieval}")
 
 
 @click.command()
@@ -334,23 +325,21 @@ def serve(ctx, run, host, port, max_upload_mb, galleries):
 def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, workers):
     """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
     writes RUN/galleries/NAME/duplicates.json and a contact sheet per group."""
-    from alexnet.retrieval.duplicates import find_duplicates
-    from alexnet.retrieval.gallery import open_gallery
+    from alexnet.retrieval.collection import collection
 
-    gi = open_gallery(run, gallery, workers=workers)
-    report = find_duplicates(
-        gi, max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors, progress=progress(ctx)
+    c = collection(run, gallery, workers=workers)
+    report = c.duplicates(
+        max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors, progress=progress(ctx)
     )
     groups = report["groups"]
-    root = gi.record["root"]
     for n, group in enumerate(groups):
-        names = ", ".join(os.path.relpath(p, root) for p in group["images"])
+        names = ", ".join(os.path.relpath(p, c.root) for p in group["images"])
         click.echo(f"{n}: {names}")
     click.echo(
         f"{report['images']} images, {report['candidates']} pairs within "
         f"{report['max_distance']} bits, {len(groups)} groups of near-duplicates "
         f"({sum(len(g['images']) for g in groups)} images; fc7 <= {report['max_fc7']:g}); "
-        f"written: {gi.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
+        f"written: {c.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
     )
 
 

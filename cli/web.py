@@ -1,8 +1,8 @@
-"""`alexnet serve`'s web app: a search page and a JSON API over alexnet.retrieval.api.
+"""`alexnet serve`'s web app: a search page and a JSON API over the run's collections.
 
-    app = create_app("runs/demo")              # opens the run's index once (builds it if missing)
+    app = create_app("runs/demo")              # opens the training set once (builds it if missing)
     app = create_app(run, galleries=["photos"])  # and galleries, searched by `gallery`
-    app = create_app(run, index=ri)            # an index already open (tests)
+    app = create_app(run, train=c)             # a training set already open (tests)
 
     GET  /                 the page: cli/static/index.html, app.js, style.css
     GET  /api/info         the run's facts (describe) and its galleries
@@ -11,7 +11,9 @@
     GET  /api/thumb/{id}   a JPEG thumbnail of indexed image `id`
     GET  /docs             the API, as FastAPI documents it
 
-Every answer comes from one library call; errors are {"error": "..."} with a 4xx status.
+Every answer comes from one library call (a Collection's search, file, thumbnail, describe);
+errors are {"error": "..."} with a 4xx status, a library error's parameters written as the
+form fields they are here (`k`, `rerank`).
 No request names a path: indexed images are reached by id through the manifest, and the
 page's three files are read once, here. The network, its query pipeline and the index are
 not thread-safe, so one lock serialises searches; thumbnails need no lock.
@@ -44,22 +46,21 @@ MAX_UPLOAD_MB = 20.0
 def create_app(
     run: str | Path,
     *,
-    index=None,
+    train=None,
     galleries: Sequence[str] = (),
     max_upload_mb: float = MAX_UPLOAD_MB,
     progress: bool = False,
 ) -> FastAPI:
-    """The app for RUN: `index` is RUN's opened RunIndex, or None to open it here;
-    `galleries` names galleries of RUN (alexnet index --images) to open beside it."""
+    """The app for RUN: `train` is RUN's training set, opened (a Collection), or None to open
+    it here; `galleries` names galleries of RUN (alexnet index --images) to open beside it."""
     from alexnet.pipeline.errors import AlexnetError
-    from alexnet.retrieval import api
-    from alexnet.retrieval.gallery import open_gallery
+    from alexnet.retrieval.collection import collection as open_collection
 
-    ri = index or api.open_index(run, progress=progress)
-    collections = {"": ri}  # "" is the training set
-    collections |= {name: open_gallery(run, name) for name in galleries}
+    train = train or open_collection(run).open(progress=progress)
+    collections = {"": train}  # "" is the training set
+    collections |= {name: open_collection(run, name).open() for name in galleries}
     info = {
-        **api.describe(ri),
+        **train.describe(),
         "galleries": sorted(name for name in collections if name),
         "max_upload_mb": max_upload_mb,
     }
@@ -78,7 +79,7 @@ def create_app(
 
     @app.exception_handler(AlexnetError)
     def refused(request, e: AlexnetError) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"error": e.render(lambda param: param)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request, e: StarletteHTTPException) -> JSONResponse:
@@ -115,15 +116,12 @@ def create_app(
         target = collection(gallery)
         if (image is None) == (id is None):
             raise HTTPException(400, "send either an image or the id of an indexed one")
-        n = target.index.ntotal
-        if not 1 <= k <= n:
-            raise HTTPException(400, f"k must be from 1 to {n} (the images indexed), got {k}")
         if image is None:
-            query, names = api.indexed_file(target, id), None  # named by its path
+            query, names = target.file(id), None  # named by its path
         else:
             query, names = image.file.read(), [image.filename or "upload"]
         with lock:
-            result = api.search(target, [query], k=k, rerank_top=rerank, names=names)
+            result = target.search([query], k=k, rerank=rerank, names=names)
         return {"run": info["run"], **result}
 
     @app.get(
@@ -134,7 +132,7 @@ def create_app(
     )
     def get_thumb(id: int, gallery: str = "") -> Response:
         """The centre square of indexed image `id` as a small JPEG (made once, then cached)."""
-        data = api.thumbnail(collection(gallery), id)
+        data = collection(gallery).thumbnail(id)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     for route, (name, media_type) in PAGES.items():

@@ -3,12 +3,14 @@
 alexnet      the network (section 3): AlexNet, AlexNetConfig, the paper's LRN
 optim        the paper's SGD rule and the plateau schedule (section 5)
 config       TrainConfig: every training setting (light: no torch)
-train        train_one_epoch, evaluate, fit (with resume), evaluate_checkpoint
+train        train_one_epoch, fit (with resume): the training loop
+evaluate     evaluate (top-1/top-5, ten-crop), evaluate_checkpoint (`alexnet eval`)
 loaders      which images each process reads, in what order, with which seed
 distributed  devices, torchrun ranks, the stop flag
 checkpoint   the checkpoint dict, its files, the network rebuilt from it
 metrics      RUN/metrics.jsonl and RUN/curves.png
-inference    load_trained: a trained run ready for evaluation, features, search; predict
+inference    load: a trained run ready for use (.predict, .features, .classes, .net);
+             load_trained, the same with the checks evaluation and retrieval ask for
 """
 
 from alexnet.pipeline.lazy import lazy_exports
@@ -20,11 +22,11 @@ _EXPORTS = {
     "PlateauSchedule": "optim",
     "TrainConfig": "config",
     "TrainedRun": "inference",
-    "evaluate": "train",
-    "evaluate_checkpoint": "train",
+    "evaluate": "evaluate",
+    "evaluate_checkpoint": "evaluate",
     "fit": "train",
     "load_trained": "inference",
-    "predict": "inference",
+    "load": "inference",
     "train_one_epoch": "train",
 }
 __all__ = sorted(_EXPORTS)

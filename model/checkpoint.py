@@ -8,13 +8,15 @@ is a plain dict so a checkpoint can be checked against the current settings befo
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write
+from alexnet.pipeline.files import atomic_write, check_space, make_folder
+from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import Manifest
 
 from .alexnet import AlexNet, AlexNetConfig
 from .config import TrainConfig, changed_settings, config_from_dict
@@ -53,7 +55,7 @@ def load_state(
 def checkpoint_state(
     model: torch.nn.Module,
     config: TrainConfig,
-    manifest: dict,
+    manifest: Manifest,
     *,
     optimizer: torch.optim.Optimizer,
     schedule: dict,
@@ -68,9 +70,9 @@ def checkpoint_state(
         "epoch": epoch,
         "step": step,
         "config": asdict(config),
-        "num_classes": len(manifest["classes"]),
-        "classes": manifest["classes"],
-        "fingerprint": manifest["fingerprint"],
+        "num_classes": len(manifest.classes),
+        "classes": manifest.classes,
+        "fingerprint": manifest.fingerprint,
         "rng": {"torch": torch.get_rng_state()},
     }
 
@@ -83,7 +85,7 @@ KEYS = ("model", "optimizer", "schedule", "epoch", "step", "config", "classes", 
 
 
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
-    fix = "train first with `alexnet train --run RUN`"
+    fix = "train first (`alexnet train`, or alexnet.fit)"
     state = load_state(path, "checkpoint", fix, mmap=mmap)
     missing = [k for k in KEYS if k not in state]
     if missing:
@@ -130,7 +132,7 @@ def start_from(model: torch.nn.Module, path: str | Path, world: World) -> None:
     if set(differ) - set(fc8):
         raise AlexnetError(
             f"{path} holds another network ({', '.join(differ)} differ): fine-tune from a "
-            "checkpoint with the same --columns"
+            "checkpoint with the same {columns}"
         )
     model.load_state_dict({k: v for k, v in weights.items() if k not in differ}, strict=False)
     if world.main:
@@ -144,21 +146,62 @@ def start_from(model: torch.nn.Module, path: str | Path, world: World) -> None:
             )
 
 
-def check_resumable(saved: dict, config: TrainConfig, manifest: dict, path: Path) -> None:
+def check_resumable(saved: dict, config: TrainConfig, manifest: Manifest, path: Path) -> None:
     changed = changed_settings(config_from_dict(saved["config"]), config)
     if changed:
         raise AlexnetError(
             f"{path} was trained with other settings ({'; '.join(changed)}): "
-            "resume with the same settings, or train into a new --run"
+            "resume with the same settings, or train into a new {run}"
         )
-    if saved["fingerprint"] != manifest["fingerprint"]:
+    if saved["fingerprint"] != manifest.fingerprint:
         raise AlexnetError(
             f"{path} was trained on other data than the current manifest "
             f"({len(saved['classes'])} classes, fingerprint {saved['fingerprint']}): "
-            "train into a new --run"
+            "train into a new {run}"
         )
 
 
 def saved_config(path: str | Path) -> TrainConfig:
     """The settings a checkpoint was trained with."""
     return config_from_dict(load_checkpoint(path)["config"])
+
+
+def training_config(
+    config: TrainConfig | None, resume_from: Path | None, settings: dict
+) -> TrainConfig:
+    """The settings of a run about to start or resume: `config` (default: a new run's
+    defaults, or on resume the checkpoint's own settings) with `settings` given again on top.
+    The one rule for `fit(run, resume=..., **settings)`, which `alexnet train` calls."""
+    unknown = sorted(set(settings) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise AlexnetError(
+            f"unknown training setting(s) {', '.join(unknown)}: the settings are TrainConfig's "
+            "fields (model/config.py)"
+        )
+    if config is None:
+        config = saved_config(resume_from) if resume_from else TrainConfig()
+    return replace(config, **settings)
+
+
+def restore(source: Path, model, optimizer, schedule, config, manifest, world) -> dict:
+    """Load a checkpoint to resume from into the model, optimizer and schedule (refusing one
+    of other settings or other data), and the torch RNG; returns the checkpoint's dict."""
+    saved = load_checkpoint(source)
+    check_resumable(saved, config, manifest, source)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if world.main:
+        at = f", batch {saved['step']}" if saved["step"] else ""
+        log.info("resuming %s at epoch %d%s", source, saved["epoch"] + 1, at)
+    return saved
+
+
+def check_room(paths: RunPaths, model: torch.nn.Module) -> None:
+    """Refuse to start training when RUN/checkpoints cannot be written or has no room for
+    the checkpoints a run keeps (weights and momenta, a temporary copy while saving)."""
+    make_folder(paths.checkpoints)
+    one = 2 * sum(p.numel() * p.element_size() for p in model.parameters())
+    old = sum(p.stat().st_size for p in (paths.last, paths.best) if p.exists())
+    check_space(paths.checkpoints, 3 * one - old, "training's checkpoints")

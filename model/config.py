@@ -1,44 +1,125 @@
 """The training settings: one frozen dataclass, stored in every checkpoint as a plain dict.
 
-Defaults are the paper's (section 5). The module imports nothing heavy, so the command line
-can show these defaults without loading torch.
+Defaults are the paper's (section 5). Each field says, beside its default, what it is (the
+help `alexnet train` shows) and what values it takes (`kind`: a name the command line maps to
+its own check): `alexnet train`'s options are made from this table (cli/options.py names the
+few flags that are not the field's name), so a new setting is one line here. The module
+imports nothing heavy, so the command line can show these defaults without loading torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
+
+
+def setting(default, help: str, kind: str = "", *, choices=()):
+    """A field of TrainConfig with its description. `kind`: count (1 or more), count0 (0 or
+    more), int, rate (above 0), amount (0 or more), probability ([0, 1)), switch (on/off),
+    file (an existing file); or `choices`, the values it takes."""
+    meta = {"help": help, "kind": kind, "choices": choices}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 90
-    batch_size: int = 128  # per process; the global batch is this times torchrun's processes
-    lr: float = 0.01  # for a global batch of 128, scaled linearly to the global batch
-    warmup_epochs: float = 0.0  # linear ramp of the rate over this many epochs, per step
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "paper"  # or "torch": PyTorch's SGD form
-    init: str = "caffe"  # an initialisation preset of model/init.py
-    bias_lr_mult: float | None = None  # None: the preset's
-    bias_decay: bool | None = None  # None: the preset's
-    input_scale: str = "pixels"  # or "unit": crops divided by the channel std
-    plateau_on: str = "loss"  # the validation metric the plateau rule watches, or "error"
-    min_delta: float = 0.0  # how much better the metric must get to count as improving
-    patience: int = 2  # epochs without improvement before the rate drops 10x
-    max_drops: int = 3
-    mean: str = "image"  # or "channel"
-    lighting_std: float = 0.1
-    columns: int = 2
-    lrn: bool = True
-    dropout: float = 0.5
-    seed: int = 0
-    num_threads: int | None = None  # DALI CPU threads; None: all cores
-    keep_every: int = 0  # also keep checkpoints/epoch_N.pt every N epochs; 0: last/best only
-    tensorboard: bool = False  # also write scalars to RUN/tensorboard
-    init_checkpoint: str | None = None  # start from these weights (fine-tuning)
+    epochs: int = setting(90, "Passes over the data.", "count")
+    batch_size: int = setting(
+        128,
+        "Images per batch and process (the global batch is this times torchrun's processes).",
+        "count",
+    )
+    lr: float = setting(
+        0.01,
+        "Learning rate for a global batch of 128; the rate used is lr x global batch / 128.",
+        "rate",
+    )
+    warmup_epochs: float = setting(
+        0.0,
+        "Ramp the rate up linearly over this many epochs (recommended above a global batch of "
+        "1024).",
+        "amount",
+    )
+    momentum: float = setting(0.9, "SGD momentum.", "amount")
+    weight_decay: float = setting(
+        5e-4,
+        "Weight decay (inside the velocity, as the paper writes it).",
+        "amount",
+    )
+    optimizer: str = setting(
+        "paper", "The paper's update rule, or PyTorch's SGD form.", choices=("paper", "torch")
+    )
+    init: str = setting(
+        "caffe",
+        "Initialisation preset: paper (section 5), caffe (bvlc_alexnet), kaiming.",
+        choices=INIT_PRESETS,
+    )
+    bias_lr_mult: float | None = setting(
+        None,
+        "Biases' learning rate relative to the weights' (default: the preset's; caffe 2, else 1).",
+        "amount",
+    )
+    bias_decay: bool | None = setting(
+        None, "Weight decay on biases too (default: the preset's; caffe off, else on).", "switch"
+    )
+    input_scale: str = setting(
+        "pixels",
+        "What the network sees: mean-subtracted 0-255 pixels (paper), or those divided by the "
+        "channel std.",
+        choices=("pixels", "unit"),
+    )
+    plateau_on: str = setting(
+        "loss",
+        "Validation metric whose plateau drops the rate 10x (the paper: error).",
+        choices=("loss", "error"),
+    )
+    min_delta: float = setting(
+        0.0,
+        "How much the watched metric must improve to count (loss in nats, error as a fraction).",
+        "amount",
+    )
+    patience: int = setting(
+        2,
+        "Epochs without improvement before the rate drops 10x (never before a first "
+        "improvement at the current rate).",
+        "count",
+    )
+    max_drops: int = setting(3, "Most times the rate drops 10x.", "count0")
+    mean: str = setting(
+        "image",
+        "Subtract the mean image (paper) or the channel mean.",
+        choices=("image", "channel"),
+    )
+    lighting_std: float = setting(
+        0.1, "Std of the PCA lighting alphas (in eigenvalue units); 0 turns it off.", "amount"
+    )
+    columns: int = setting(2, "2: the paper's grouped network; 1: one column.", choices=(1, 2))
+    lrn: bool = setting(True, "Local response normalisation after conv1 and conv2.", "switch")
+    dropout: float = setting(0.5, "Dropout probability in fc6 and fc7.", "probability")
+    seed: int = setting(0, "Seed of the initialisation, order and augmentation.", "int")
+    num_threads: int | None = setting(
+        None,
+        "DALI CPU threads for decoding (default: all cores).",
+        "count",
+    )
+    keep_every: int = setting(
+        0,
+        "Also keep checkpoints/epoch_N.pt every N epochs (0: last.pt and best.pt only).",
+        "count0",
+    )
+    tensorboard: bool = setting(
+        False,
+        "Also write the epoch scalars to RUN/tensorboard (pip install 'alexnet[tensorboard]').",
+        "switch",
+    )
+    init_checkpoint: str | None = setting(
+        None,
+        "Start from this checkpoint's weights (fine-tuning); fc8 starts afresh when its class "
+        "count differs.",
+        "file",
+    )
 
-
-INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpoint"}

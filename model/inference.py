@@ -5,17 +5,18 @@ checkpoint belong to it) and one set of messages."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from alexnet.pipeline.dali import QueryCrops
-from alexnet.pipeline.dataset import load_manifest
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.images import image_sources
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import QueryCrops
+from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.stats import Stats, load_stats
 
 from .checkpoint import build_network, load_checkpoint
@@ -30,7 +31,7 @@ class TrainedRun:
     paths: RunPaths
     model: torch.nn.Module  # in eval mode
     config: TrainConfig
-    manifest: dict
+    manifest: Manifest
     stats: Stats
     checkpoint: Path
     epoch: int
@@ -39,24 +40,75 @@ class TrainedRun:
     @property
     def classes(self) -> list[str]:
         """Class ids (folder names), in label order."""
-        return self.manifest["classes"]
+        return self.manifest.classes
 
     @property
     def class_names(self) -> list[str]:
         """Display names, in label order."""
-        return self.manifest["class_names"]
+        return self.manifest.class_names
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The network (torch), in eval mode on this machine's device."""
+        return self.model
+
+    def outputs(
+        self, images, head: str, *, ten_crop: bool = False, batch_size: int = 16, progress=False
+    ) -> tuple[list[str], Iterator[torch.Tensor]]:
+        """The images' names, and the network's `head` ("logits" or "fc7") for each batch of
+        them, through the evaluation preprocessing (centre crop; with `ten_crop` N x 10)."""
+        from tqdm import tqdm
+
+        sources, names = image_sources(images)
+        crops = query_crops(self, max(1, min(batch_size, len(sources))), ten_crop=ten_crop)
+        layer = self.model.fc7 if head == "fc7" else self.model
+
+        def batches() -> Iterator[torch.Tensor]:
+            starts = range(0, len(sources), crops.batch_size)
+            with torch.inference_mode():
+                for s in tqdm(starts, desc=head, unit="batch", disable=not progress):
+                    x = crops([encoded(item) for item in sources[s : s + crops.batch_size]])
+                    with autocast(self.world.device):
+                        out = layer(x.flatten(0, 1) if ten_crop else x)
+                    yield out.float().view(len(x), -1, out.shape[-1])
+
+        return names, batches()
+
+    def predict(self, images, *, top: int = 5, ten_crop: bool = False, **options) -> list[dict]:
+        """What the classifier says each image is: [{"image", "top": [{"class" (display name),
+        "class_id", "probability"}]}], through the evaluation preprocessing (the centre crop,
+        or the average of the ten crops' softmax outputs). `images`: see pipeline/images.py."""
+        top = min(top, len(self.classes))
+        names, batches = self.outputs(images, "logits", ten_crop=ten_crop, **options)
+        records = []
+        for logits in batches:
+            p, labels = logits.softmax(-1).mean(1).topk(top, dim=1)
+            for q, c in zip(p.tolist(), labels.tolist(), strict=True):
+                best = [
+                    {"class": self.class_names[k], "class_id": self.classes[k], "probability": v}
+                    for v, k in zip(q, c, strict=True)
+                ]
+                records.append({"image": names[len(records)], "top": best})
+        return records
+
+    def features(self, images, **options) -> np.ndarray:
+        """float32 (N, 4096) fc7 vectors (after ReLU, dropout off) of the centre crops, the
+        vectors retrieval compares (paper, section 6.1)."""
+        _, batches = self.outputs(images, "fc7", **options)
+        out = [h[:, 0].cpu().numpy() for h in batches]
+        return np.concatenate(out) if out else np.zeros((0, 4096), np.float32)
 
 
-def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[dict, Stats]:
+def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[Manifest, Stats]:
     """RUN's manifest (its files checked against the disk: all, one split, or none; see
     load_manifest) and its statistics."""
     manifest = load_manifest(run, check_files=check_files)
-    return manifest, load_stats(run, manifest["fingerprint"])
+    return manifest, load_stats(run, manifest.fingerprint)
 
 
-def check_classes(saved: dict, manifest: dict, path: Path, run: RunPaths) -> None:
-    if saved.get("num_classes") != len(manifest["classes"]) or (
-        saved.get("classes") != manifest["classes"]
+def check_classes(saved: dict, manifest: Manifest, path: Path, run: RunPaths) -> None:
+    if saved.get("num_classes") != len(manifest.classes) or (
+        saved.get("classes") != manifest.classes
     ):
         raise AlexnetError(
             f"{path} was trained on other classes than {run.manifest}: "
@@ -87,7 +139,7 @@ def load_trained(
     config = config_from_dict(saved["config"])
     if workers:
         config = replace(config, num_threads=workers)
-    model = build_network(config, len(manifest["classes"]), world.device, saved["model"])
+    model = build_network(config, len(manifest.classes), world.device, saved["model"])
     model.eval()
     return TrainedRun(paths, model, config, manifest, stats, path, saved["epoch"], world)
 
@@ -106,47 +158,29 @@ def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False)
     )
 
 
+def crop_probabilities(model: torch.nn.Module, x: torch.Tensor, device) -> torch.Tensor:
+    """float32 (N, classes) softmax outputs of N centre crops (N, 3, 224, 224), or of N
+    images' C crops each (N, C, 3, 224, 224), averaged over the crops (paper, section 4.1)."""
+    crops = x.shape[1] if x.dim() == 5 else 1
+    with autocast(device):
+        logits = model(x.flatten(0, 1) if crops > 1 else x)
+    return logits.float().softmax(-1).view(len(x), crops, -1).mean(1)
+
+
 def encoded(item: str | bytes) -> np.ndarray:
     """An image file's bytes (or bytes as they are) as the uint8 array DALI decodes."""
     return np.frombuffer(item, np.uint8) if isinstance(item, bytes) else np.fromfile(item, np.uint8)
 
 
-def predict(
-    trained: TrainedRun,
-    images: Sequence[str | bytes],
-    *,
-    top: int = 5,
-    ten_crop: bool = False,
-    names: Sequence[str] | None = None,
-    batch_size: int = 16,
-    progress: bool = False,
-) -> list[dict]:
-    """What the classifier says each image is: [{"image", "top": [{"class" (display name),
-    "class_id", "probability"}]}], through the evaluation preprocessing (the centre crop, or
-    the average of the ten crops' softmax outputs)."""
-    from tqdm import tqdm
+def load(
+    run: str | Path, checkpoint: str | Path = "best", *, workers: int | None = None
+) -> TrainedRun:
+    """A trained run ready for use: `.predict(images)`, `.features(images)`, `.classes`,
+    `.net` (the torch module, in eval mode). `checkpoint` is "best", "last" or a file.
 
-    names = names or [str(i) for i in images]
-    top = min(top, len(trained.classes))
-    crops = query_crops(trained, min(batch_size, len(images)), ten_crop=ten_crop)
-    records = []
-    with torch.inference_mode():
-        starts = range(0, len(images), crops.batch_size)
-        for s in tqdm(starts, desc="predict", unit="batch", disable=not progress):
-            x = crops([encoded(item) for item in images[s : s + crops.batch_size]])
-            n = len(x)
-            with autocast(trained.world.device):
-                logits = trained.model(x.flatten(0, 1) if ten_crop else x)
-            probs = logits.float().softmax(-1).view(n, -1, logits.shape[-1]).mean(1)
-            p, labels = probs.topk(top, dim=1)
-            for i in range(n):
-                best = [
-                    {
-                        "class": trained.class_names[c],
-                        "class_id": trained.classes[c],
-                        "probability": float(q),
-                    }
-                    for q, c in zip(p[i].tolist(), labels[i].tolist(), strict=True)
-                ]
-                records.append({"image": names[s + i], "top": best})
-    return records
+    Only the manifest's integrity is checked, not the data files: a model needs none of them.
+    """
+    paths = RunPaths(run)
+    named = {"best": paths.best, "last": paths.last}
+    path = named.get(str(checkpoint), Path(checkpoint))
+    return load_trained(run, path, check_files=False, workers=workers)

@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 from alexnet.pipeline.dali import (
-    Loader,
     augmentation,
     cached_eval_pipeline,
     cached_train_pipeline,
-    check_batch_size,
     eval_pipeline,
     pipe_options,
     train_pipeline,
 )
-from alexnet.pipeline.dataset import check_image, first_changed, split_files
+from alexnet.pipeline.imagecheck import check_image
+from alexnet.pipeline.loader import Loader, check_batch_size
+from alexnet.pipeline.manifest import Manifest, first_changed, split_files
 from alexnet.pipeline.stats import Stats
 
 from .config import TrainConfig
@@ -25,7 +25,7 @@ from .distributed import World
 
 
 def train_loader(
-    manifest: dict,
+    manifest: Manifest,
     stats: Stats,
     config: TrainConfig,
     epoch: int,
@@ -56,7 +56,7 @@ def train_loader(
     if cache is None:
         pipe = train_pipeline([files[i] for i in mine], [labels[i] for i in mine], **graph)
         return Loader(pipe, torch_device=world.device)
-    rows = manifest["files"].positions("train")[mine]
+    rows = manifest.files.positions("train")[mine]
     pipe = cached_train_pipeline(cache, rows, np.asarray(labels)[mine], **graph)
     return Loader(pipe, torch_device=world.device, size=len(rows))
 
@@ -71,7 +71,7 @@ def epoch_order(count: int, config: TrainConfig, epoch: int, world: World) -> np
 
 
 def unreadable_training_file(
-    manifest: dict, config: TrainConfig, epoch: int, world: World, start: int
+    manifest: Manifest, config: TrainConfig, epoch: int, world: World, start: int
 ) -> str:
     """Why the epoch's read failed, naming the file: the first training file that changed
     since prep, else the first one from batch `start` on that PIL cannot decode."""
@@ -87,7 +87,7 @@ def unreadable_training_file(
 
 
 def eval_loader(
-    manifest: dict,
+    manifest: Manifest,
     stats: Stats,
     config: TrainConfig,
     world: World,
@@ -114,6 +114,6 @@ def eval_loader(
         return Loader(pipe, torch_device=world.device)
     n = len(files)  # the reader's shards: [n * rank // size, n * (rank + 1) // size)
     mine = slice(n * world.rank // world.size, n * (world.rank + 1) // world.size)
-    rows = manifest["files"].positions(split)[mine]
+    rows = manifest.files.positions(split)[mine]
     pipe = cached_eval_pipeline(cache, rows, np.asarray(labels)[mine], **graph)
     return Loader(pipe, torch_device=world.device, size=len(rows))

@@ -86,7 +86,7 @@ class TensorBoard:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise AlexnetError(
-                    "--tensorboard needs the tensorboard package: "
+                    "{tensorboard} needs the tensorboard package: "
                     "pip install 'alexnet[tensorboard]'"
                 ) from None
             self.writer = SummaryWriter(str(RunPaths(run).tensorboard))

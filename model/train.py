@@ -1,13 +1,14 @@
-"""Training and evaluation (paper, section 5): `train_one_epoch`, `evaluate`, `fit`.
+"""Training (paper, section 5): `train_one_epoch`, and `fit`, the whole run.
 
 Batches of 128 from the DALI train pipeline, the paper's SGD rule, the learning rate divided
 by 10 when validation top-1 error stops improving, top-1/top-5 error on centre crops every
 epoch and the 10-crop average at the end. Everything a run writes lives under RUN/; with
 torchrun, every rank reads its own shard and rank 0 alone writes.
 
-The pieces live beside this file: config.py (the settings), distributed.py (devices, ranks,
-the stop flag), loaders.py (which images each rank reads), checkpoint.py (what is saved),
-metrics.py (metrics.jsonl and curves.png), inference.py (a trained run loaded for use).
+The pieces live beside this file: config.py (the settings), evaluate.py (top-1/top-5),
+distributed.py (devices, ranks, the stop flag), loaders.py (which images each rank reads),
+checkpoint.py (what is saved, resuming), stops.py (NaN and Ctrl-C), metrics.py
+(metrics.jsonl and curves.png), inference.py (a trained run loaded for use).
 """
 
 from __future__ import annotations
@@ -23,24 +24,25 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.pipeline.cache import open_cache
-from alexnet.pipeline.dali import Loader, ReadError, check_batch_size
-from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import check_space, make_folder, write_json
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import Loader, ReadError, check_batch_size
 from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import split_files
 
 from .checkpoint import (
     build_network,
-    check_resumable,
+    check_room,
     checkpoint_state,
-    load_checkpoint,
+    restore,
     save_checkpoint,
     start_from,
+    training_config,
 )
 from .config import TrainConfig
 from .distributed import StopFlag, World, all_sum, autocast, setup_world
-from .inference import load_run_data, load_trained
+from .evaluate import evaluate
+from .inference import load_run_data
 from .init import resolve
 from .loaders import eval_loader, train_loader, unreadable_training_file
 from .metrics import TensorBoard, epoch_line, read_metrics, write_metrics
@@ -51,6 +53,7 @@ from .optim import (
     set_rate,
     warmup_factor,
 )
+from .stops import Interrupted, NonFinite
 
 log = logging.getLogger(__name__)
 
@@ -119,48 +122,6 @@ def train_one_epoch(
     }
 
 
-@torch.no_grad()
-def evaluate(
-    model, loader: Loader, world: World, *, progress: bool = False, per_class: bool = False
-) -> dict:
-    """Top-1 and top-5 error and the cross-entropy loss over every image of the split, counted
-    once across ranks. A 10-crop loader yields N x 10 x 3 x 224 x 224; the 10 softmax outputs
-    are averaged. With `per_class`, also "per_class": images, top-1 and top-5 hits by label."""
-    from tqdm import tqdm
-
-    model.eval()
-    top1 = top5 = count = loss = 0.0
-    by_class = None  # (3, classes): images, top-1 hits, top-5 hits
-    for x, y in tqdm(
-        loader, desc="eval", unit="batch", leave=False, disable=not (progress and world.main)
-    ):
-        crops = x.shape[1] if x.dim() == 5 else 1
-        with autocast(world.device):
-            logits = model(x.flatten(0, 1) if crops > 1 else x)
-        probs = logits.float().softmax(-1).view(len(y), crops, -1).mean(1)
-        loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
-        best5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
-        hit1, hit5 = best5[:, 0] == y, (best5 == y[:, None]).any(1)
-        top1 += hit1.sum().item()
-        top5 += hit5.sum().item()
-        count += len(y)
-        if per_class:
-            n = probs.shape[1]
-            counts = torch.stack([t.bincount(minlength=n) for t in (y, y[hit1], y[hit5])]).cpu()
-            by_class = counts if by_class is None else by_class + counts
-    top1, top5, count, loss = all_sum([top1, top5, count, loss], world)
-    result = {
-        "top1_error": 1 - top1 / count,
-        "top5_error": 1 - top5 / count,
-        "loss": loss / count,
-        "images": int(count),
-    }
-    if per_class:
-        summed = all_sum(by_class.flatten().tolist(), world)
-        result["per_class"] = torch.tensor(summed).view(3, -1).long().tolist()
-    return result
-
-
 # --- the whole run -----------------------------------------------------------------------
 
 
@@ -171,22 +132,28 @@ def fit(
     resume: bool | str | Path = False,
     progress: bool = True,
     final_ten_crop: bool = True,
+    **settings,
 ) -> dict:
     """Train on RUN's manifest and statistics; return the last epoch's metrics.
 
-    `resume` True continues from RUN/checkpoints/last.pt, a path from that checkpoint. The
-    main process holds the run's lock throughout (pipeline/lock.py)."""
-    config = resolve(config or TrainConfig())
+    Settings are TrainConfig's fields, as `config` or as keywords (`epochs=30, batch_size=32`;
+    keywords win). `resume` True continues from RUN/checkpoints/last.pt, a path from that
+    checkpoint, with the checkpoint's settings except those given again (`epochs=40`): the
+    rule `alexnet train` with `resume` follows. The main process holds the run's lock throughout
+    (pipeline/lock.py)."""
+    paths = RunPaths(run)
+    source = (paths.last if resume is True else Path(resume)) if resume else None
+    config = resolve(training_config(config, source, settings))
     world = setup_world()
     with RunLock(run, "train") if world.main else contextlib.nullcontext():
-        return _fit(RunPaths(run), config, world, resume, progress, final_ten_crop)
+        return _fit(paths, config, world, source, progress, final_ten_crop)
 
 
 def _fit(
     paths: RunPaths,
     config: TrainConfig,
     world: World,
-    resume: bool | str | Path,
+    resume: Path | None,
     progress: bool,
     final_ten_crop: bool,
 ) -> dict:
@@ -201,44 +168,27 @@ def _fit(
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
 
     torch.manual_seed(config.seed)
-    model = build_network(config, len(manifest["classes"]), world.device)
+    model = build_network(config, len(manifest.classes), world.device)
     optimizer = optimizer_for(model, config)
     schedule = PlateauSchedule(
         config.patience, max_drops=config.max_drops, min_delta=config.min_delta
     )
-    epoch, skip, partial = 0, 0, {"loss_sum": 0.0, "images": 0}
+    saved = {}
     if resume:
-        source = paths.last if resume is True else Path(resume)
-        saved = load_checkpoint(source)
-        check_resumable(saved, config, manifest, source)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        epoch, skip = saved["epoch"], saved["step"]
-        partial = saved.get("partial", partial)
-        torch.set_rng_state(saved["rng"]["torch"])
-        if world.main:
-            at = f", batch {skip}" if skip else ""
-            log.info("resuming %s at epoch %d%s", source, epoch + 1, at)
+        saved = restore(resume, model, optimizer, schedule, config, manifest, world)
     elif paths.last.exists():
         raise AlexnetError(
-            f"{paths.last} exists: pass --resume to continue that run, or choose a new --run"
+            f"{paths.last} exists: pass {{resume}} to continue that run, or choose a new {{run}}"
         )
     elif config.init_checkpoint:
         start_from(model, config.init_checkpoint, world)
-    if world.main:  # a writable folder with room for a save, before any work is done
-        make_folder(paths.checkpoints)
-        one = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # and momenta
-        old = sum(p.stat().st_size for p in (paths.last, paths.best) if p.exists())
-        check_space(paths.checkpoints, 3 * one - old, "training's checkpoints")
-        log.info(
-            "learning rate %g (--lr %g x global batch %d / 128)%s; init %s",
-            base_lr,
-            config.lr,
-            global_batch,
-            f", warm-up over {warmup_steps} steps" if warmup_steps else "",
-            config.init,
-        )
+    epoch, skip = saved.get("epoch", 0), saved.get("step", 0)
+    partial = saved.get("partial", {"loss_sum": 0.0, "images": 0})
+    if world.main:
+        check_room(paths, model)  # a writable folder with room for a save, before any work
+        rule = f"lr {config.lr:g} x global batch {global_batch} / 128"
+        warm = f", warm-up over {warmup_steps} steps" if warmup_steps else ""
+        log.info("learning rate %g (%s)%s; init %s", base_lr, rule, warm, config.init)
     net = model
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -257,6 +207,15 @@ def _fit(
             step=step,
         )
         return {**state, **extra}
+
+    def save_partway(step: int, loss_sum: float, images: int) -> None:
+        """RUN/checkpoints/last.pt at a step inside an epoch: resuming continues there."""
+        if world.main and step:
+            done = {
+                "loss_sum": partial["loss_sum"] + loss_sum,
+                "images": partial["images"] + images,
+            }
+            save_checkpoint(paths.last, checkpoint(epoch, step, partial=done, history=history))
 
     # The checkpoint carries the learning curve, so metrics.jsonl always matches it.
     history = saved.get("history", read_metrics(run)[:epoch]) if resume else []
@@ -281,36 +240,23 @@ def _fit(
                 raise e.at(epoch, skip, paths.last if resume or epoch else None) from None
             except ReadError as e:  # save what was learnt, then name the file
                 step = skip + e.batches
-                if world.main and step:
-                    done = {
-                        "loss_sum": partial["loss_sum"] + e.loss_sum,
-                        "images": partial["images"] + e.images,
-                    }
-                    state = checkpoint(epoch, step, partial=done, history=history)
-                    save_checkpoint(paths.last, state)
+                save_partway(step, e.loss_sum, e.images)
                 what = unreadable_training_file(manifest, config, epoch, world, step)
                 kept = f"saved {paths.last}" if world.main and step else "nothing new was saved"
                 raise AlexnetError(
-                    f"{what}; {kept}. Restore the file (then add --resume), or rerun "
-                    "`alexnet prep` into a new --run"
+                    f"{what}; {kept}. Restore the file (then add {{resume}}), or rerun "
+                    "prep into a new {run}"
                 ) from None
-            loss_sum = partial["loss_sum"] + result["loss_sum"]
-            images = partial["images"] + result["images"]
             if result["stopped"]:
                 step = skip + result["batches"]
-                if world.main:
-                    done = {"loss_sum": loss_sum, "images": images}
-                    state = checkpoint(epoch, step, partial=done, history=history)
-                    save_checkpoint(paths.last, state)
+                save_partway(step, result["loss_sum"], result["images"])
                 raise Interrupted(paths.last, epoch, step)
+            loss_sum = partial["loss_sum"] + result["loss_sum"]
+            images = partial["images"] + result["images"]
             skip, partial = 0, {"loss_sum": 0.0, "images": 0}
             lr = rate_at(first + result["batches"] - 1)
-            val = evaluate(
-                model,
-                eval_loader(manifest, stats, config, world, cache=cache),
-                world,
-                progress=progress,
-            )
+            loader = eval_loader(manifest, stats, config, world, cache=cache)
+            val = evaluate(model, loader, world, progress=progress)
             if not math.isfinite(val["loss"]):  # weights gone bad in the epoch's last step
                 raise NonFinite(result["batches"] - 1).at(epoch, 0, paths.last if epoch else None)
             watched = val["top1_error"] if config.plateau_on == "error" else val["loss"]
@@ -341,97 +287,10 @@ def _fit(
                 eta = sum(seconds) / len(seconds) * (config.epochs - epoch)
                 log.info(epoch_line(metrics, eta, config.plateau_on if dropped else None))
     if final_ten_crop:
-        ten = evaluate(
-            model, eval_loader(manifest, stats, config, world, ten_crop=True, cache=cache), world
-        )
-        metrics = {
-            **metrics,
-            "ten_crop_top1_error": ten["top1_error"],
-            "ten_crop_top5_error": ten["top5_error"],
-        }
+        loader = eval_loader(manifest, stats, config, world, ten_crop=True, cache=cache)
+        ten = evaluate(model, loader, world)
+        top1, top5 = ten["top1_error"], ten["top5_error"]
+        metrics = {**metrics, "ten_crop_top1_error": top1, "ten_crop_top5_error": top5}
         if world.main:
-            log.info(
-                "ten-crop  top-1 %.2f%%  top-5 %.2f%%",
-                100 * ten["top1_error"],
-                100 * ten["top5_error"],
-            )
+            log.info("ten-crop  top-1 %.2f%%  top-5 %.2f%%", 100 * top1, 100 * top5)
     return metrics
-
-
-class NonFinite(AlexnetError):
-    """The training loss became NaN or infinite; nothing of that step was saved."""
-
-    def __init__(self, batch: int, message: str = ""):
-        self.batch = batch
-        super().__init__(message or f"the training loss is not finite at batch {batch + 1}")
-
-    def at(self, epoch: int, skip: int, kept: Path | None) -> NonFinite:
-        where = f"epoch {epoch + 1}, step {skip + self.batch + 1}"
-        keep = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was saved"
-        return NonFinite(
-            self.batch,
-            f"the training loss became NaN or infinite at {where}; {keep}. "
-            "Lower --lr or add --warmup-epochs, and train into a new --run",
-        )
-
-
-class Interrupted(AlexnetError):
-    exit_code = 130  # what a shell reports for Ctrl-C
-
-    def __init__(self, path: Path, epoch: int, step: int):
-        super().__init__(
-            f"stopped in epoch {epoch + 1} after batch {step}; saved {path}. "
-            "Continue with the same command plus --resume"
-        )
-
-
-def evaluate_checkpoint(
-    run: str | Path,
-    checkpoint: str | Path | None = None,
-    *,
-    ten_crop: bool = True,
-    progress: bool = False,
-    workers: int | None = None,
-) -> dict:
-    """Top-1/top-5 error of a checkpoint (default best.pt) on RUN's validation set, centre
-    crop and 10-crop, and per class (of the last of the two), hardest first: {"class" (the
-    display name), "class_id", "images", "top1_error", "top5_error"}; written to
-    RUN/eval.json. Only the validation files are checked against the manifest: they are all
-    this reads."""
-    world = setup_world()
-    trained = load_trained(run, checkpoint, world, check_files="val", workers=workers)
-    cache = open_cache(run, trained.manifest, warn=world.main)
-
-    def run_eval(ten: bool, per_class: bool) -> dict:
-        loader = eval_loader(
-            trained.manifest, trained.stats, trained.config, world, ten_crop=ten, cache=cache
-        )
-        return evaluate(trained.model, loader, world, per_class=per_class, progress=progress)
-
-    n = len(trained.classes)
-    result = {
-        "checkpoint": str(trained.checkpoint),
-        "epoch": trained.epoch,
-        "chance": {"top1_error": 1 - 1 / n, "top5_error": 1 - min(5, n) / n},
-    }
-    result["centre"] = run_eval(False, per_class=not ten_crop)
-    if ten_crop:
-        result["ten_crop"] = run_eval(True, per_class=True)
-    images, hit1, hit5 = result["ten_crop" if ten_crop else "centre"].pop("per_class")
-    rows = [
-        {
-            "class": name,
-            "class_id": class_id,
-            "images": n,
-            "top1_error": 1 - h1 / n,
-            "top5_error": 1 - h5 / n,
-        }
-        for name, class_id, n, h1, h5 in zip(
-            trained.class_names, trained.classes, images, hit1, hit5, strict=True
-        )
-        if n
-    ]
-    result["classes"] = sorted(rows, key=lambda r: (-r["top1_error"], -r["top5_error"]))
-    if world.main:
-        write_json(trained.paths.eval, result)
-    return result

@@ -1,4 +1,4 @@
-"""The patch cache (`alexnet prep --cache`): every usable image's uint8 256x256x3 centre patch,
+"""The patch cache (prep's `cache`): every usable image's uint8 256x256x3 centre patch,
 decoded once, in one memory-mapped file that training and evaluation read instead of the
 images.
 
@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .dali import SIZE, centre_patches
-from .dataset import split_files
+from .dali import SIZE
 from .errors import AlexnetError
 from .files import atomic_write, check_space, file_identity, read_json, write_json
 from .layout import RunPaths
+from .loader import centre_patches
+from .manifest import Manifest, split_files
 from .stats import Stats, compute_stats
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def cache_bytes(count: int) -> int:
 
 
 def write_cache(
-    manifest: dict,
+    manifest: Manifest,
     run: str | Path,
     *,
     batch_size: int,
@@ -65,7 +66,7 @@ def write_cache(
     from tqdm import tqdm
 
     paths = RunPaths(run)
-    table = manifest["files"]
+    table = manifest.files
     count = len(table)
     paths.cache_record.unlink(missing_ok=True)  # from here on the old cache is invalid
     paths.cache_patches.unlink(missing_ok=True)
@@ -81,7 +82,7 @@ def write_cache(
         result.append(
             compute_stats(
                 train_files,
-                manifest["fingerprint"],
+                manifest.fingerprint,
                 batch_size=batch_size,
                 device=device,
                 num_threads=num_threads,
@@ -115,7 +116,7 @@ def write_cache(
         paths.cache_record,
         {
             "version": CACHE_VERSION,
-            "fingerprint": manifest["fingerprint"],
+            "fingerprint": manifest.fingerprint,
             "shape": [count, SIZE, SIZE, 3],
             "dtype": "uint8",
             "order": "manifest",
@@ -154,7 +155,7 @@ class Rows:
         self.done += len(images)
 
 
-def open_cache(run: str | Path, manifest: dict, *, warn: bool = True) -> np.ndarray | None:
+def open_cache(run: str | Path, manifest: Manifest, *, warn: bool = True) -> np.ndarray | None:
     """RUN's patch cache as a read-only memory-mapped uint8 (N, 256, 256, 3) array in manifest
     order, or None when there is none; a cache that is incomplete, of other data or changed
     since prep is not used, and (with `warn`) one warning line says how to rebuild it (and
@@ -169,26 +170,24 @@ def open_cache(run: str | Path, manifest: dict, *, warn: bool = True) -> np.ndar
         except (OSError, ValueError) as e:
             problem = f"is unreadable ({e})"
         else:
-            if (
-                patches.shape == (len(manifest["files"]), SIZE, SIZE, 3)
-                and patches.dtype == np.uint8
-            ):
+            if patches.shape == (len(manifest.files), SIZE, SIZE, 3) and patches.dtype == np.uint8:
                 if warn:
                     log.info("reading decoded patches from %s", paths.cache_patches)
                 return patches
             problem = f"holds {patches.dtype} {patches.shape}, not the manifest's patches"
     if warn:
         log.warning(
-            "%s %s: reading the images instead. Rebuild it with `alexnet prep %s --run %s --cache`",
+            "%s %s: reading the images instead. Rebuild it by running prep on %s into %s "
+            "with the cache on",
             paths.cache_patches,
             problem,
-            manifest["root"],
+            manifest.root,
             paths.root,
         )
     return None
 
 
-def cache_problem(paths: RunPaths, manifest: dict) -> str | None:
+def cache_problem(paths: RunPaths, manifest: Manifest) -> str | None:
     """Why RUN's patch cache cannot be used with `manifest`, or None when it can."""
     if not paths.cache_patches.is_file():
         return "is missing"
@@ -202,8 +201,8 @@ def cache_problem(paths: RunPaths, manifest: dict) -> str | None:
         return f"has an unreadable record, {paths.cache_record.name}"
     if version != CACHE_VERSION:
         return "was written by another version of alexnet"
-    if fingerprint != manifest["fingerprint"]:
-        return f"was made for other data (fingerprint {fingerprint}, not {manifest['fingerprint']})"
+    if fingerprint != manifest.fingerprint:
+        return f"was made for other data (fingerprint {fingerprint}, not {manifest.fingerprint})"
     if identity != file_identity(paths.cache_patches):
         return "changed since prep wrote it"
     return None

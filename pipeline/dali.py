@@ -11,16 +11,13 @@ runs on the CPU (device_id=None, CPU decoding) and on a GPU (mixed decoding, GPU
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
-from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-from .errors import AlexnetError
 
 SIZE = 256  # the side of the central patch every image is reduced to
 CROP = 224  # the network's input
@@ -163,16 +160,6 @@ def prep_pipeline(files: Sequence[str], device: str = "cpu"):
     """-> uint8 256x256x3 centre patches, for the training-set statistics."""
     encoded, _ = _reader(files, range(len(files)), 0, 1, True)
     return decode_centre_256(encoded, device)
-
-
-def centre_patches(
-    files: Sequence[str], *, batch_size: int, device: str = "cpu", num_threads: int | None = None
-) -> Iterator[np.ndarray]:
-    """`files` -> uint8 Bx256x256x3 numpy batches of their centre patches, in file order. The
-    pipeline is built here, before the first batch is asked for."""
-    options = pipe_options(device, min(batch_size, len(files)), 0, num_threads)
-    loader = Loader(prep_pipeline(files, device=device, **options), outputs=("images",))
-    return (images.cpu().numpy() for (images,) in loader)
 
 
 @pipeline_def(enable_conditionals=False)
@@ -346,126 +333,3 @@ def pipe_options(device: str, batch_size: int, seed: int, num_threads: int | Non
         seed=seed % (2**31),
         prefetch_queue_depth=2,
     )
-
-
-class Loader:
-    """Iterate a pipeline as (images, labels) torch tensors on `device`, one epoch per pass.
-
-    Evaluation pipelines pad their shard's last batch; the padding is cut off here, so every
-    image of the shard is seen exactly once. A pipeline without a reader (the cached ones)
-    ends its pass itself and says its `size`, the images of one pass.
-    """
-
-    def __init__(
-        self,
-        pipe,
-        outputs: Sequence[str] = ("images", "labels"),
-        torch_device=None,
-        size: int | None = None,
-    ):
-        self.pipe = pipe
-        self.outputs = list(outputs)
-        self.torch_device = torch.device(torch_device or "cpu")
-        self._size = size
-        self._it = DALIGenericIterator(
-            [pipe],
-            self.outputs,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
-            reader_name=READER if size is None else None,
-            auto_reset=True,
-        )
-
-    def __len__(self) -> int:
-        return -(-self.size // self.pipe.max_batch_size)
-
-    @property
-    def size(self) -> int:
-        """Images in this shard (what one pass yields)."""
-        if self._size is not None:
-            return self._size
-        meta = self.pipe.reader_meta(READER)
-        n, shards, shard = meta["epoch_size"], meta["number_of_shards"], meta["shard_id"]
-        return n * (shard + 1) // shards - n * shard // shards
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        it = iter(self._it)
-        while True:
-            try:
-                (batch,) = next(it)
-            except StopIteration:
-                return
-            except RuntimeError as e:  # DALI's way to report a file it could not read
-                raise ReadError(str(e).strip().splitlines()[0]) from e
-            yield tuple(self._to_torch(name, batch[name]) for name in self.outputs)
-
-    def _to_torch(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.to(self.torch_device, non_blocking=True)
-        return tensor.view(-1).long() if name == "labels" else tensor
-
-
-class ReadError(AlexnetError):
-    """A file of the pass could not be read or decoded. The trainer adds how far the pass got
-    (`batches`, and their `loss_sum` over `images`)."""
-
-    batches, loss_sum, images = 0, 0.0, 0
-
-
-class QueryCrops:
-    """Encoded images -> torch centre crops, through one query pipeline kept between calls.
-
-    Building a pipeline costs about 100 ms on a CPU and feeding it one photo about 2 ms, so a
-    server that answers many single-image queries builds it once. A call that raised drops the
-    pipeline (DALI may call it "no longer valid") and the next call builds a fresh one. Not
-    thread-safe: callers that share one serialise their calls.
-    """
-
-    def __init__(
-        self,
-        mean: np.ndarray,
-        *,
-        std: np.ndarray = ONES,
-        device: str = "cpu",
-        torch_device=None,
-        batch_size: int,
-        seed: int = 0,
-        num_threads: int | None = None,
-        ten_crop: bool = False,
-    ):
-        self.batch_size = batch_size
-        self.torch_device = torch.device(torch_device or "cpu")
-        # Depth 1: with deeper queues DALI waits for batches not yet fed.
-        options = pipe_options(device, batch_size, seed, num_threads) | {"prefetch_queue_depth": 1}
-        self._make = lambda: query_pipeline(
-            mean, std=std, device=device, ten_crop=ten_crop, **options
-        )
-        self._pipe = None
-
-    def __call__(self, encoded: Sequence[np.ndarray]) -> torch.Tensor:
-        """float32 (len(encoded), 3, 224, 224) on torch_device (with ten_crop: (len(encoded),
-        10, 3, 224, 224)), for at most batch_size images
-        (uint8 arrays of encoded JPEG, PNG or BMP bytes)."""
-        if not 0 < len(encoded) <= self.batch_size:
-            raise ValueError(f"feed 1 to {self.batch_size} images at a time, got {len(encoded)}")
-        try:
-            if self._pipe is None:
-                self._pipe = self._make()
-                self._pipe.build()
-            self._pipe.feed_input(QUERY_INPUT, list(encoded))
-            (crops,) = self._pipe.run()
-            # A copy: the pipeline writes its next batch into the same buffer.
-            return torch.from_dlpack(crops.as_tensor()).to(self.torch_device, copy=True)
-        except BaseException:
-            self._pipe = None
-            raise
-
-
-def check_batch_size(n_images: int, batch_size: int, what: str) -> None:
-    if n_images == 0:
-        raise AlexnetError(
-            f"the {what} set is empty: check the data folder and rerun `alexnet prep`"
-        )
-    if batch_size > n_images:
-        raise AlexnetError(
-            f"--batch-size {batch_size} is larger than the {what} set "
-            f"({n_images} images): use --batch-size {n_images} or less"
-        )

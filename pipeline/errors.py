@@ -2,8 +2,8 @@
 
 The library speaks parameters: a message names a parameter to change by its Python name in
 braces, `{force}`, and `str(error)` writes it as `force`. Each face renders the same error
-in its own words: the CLI writes each parameter as its flag (`--force`) and exits with
-`exit_code` (2). Anything else is a bug and keeps its traceback.
+in its own words: the CLI writes each parameter as the flag of the command that ran (cli/main.py)
+and exits with `exit_code` (2). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def build(
     if not images_file.is_file():
         raise AlexnetError(
             f"{images_file} is missing: install the demo photos with "
-            "`apt-get install dataset-fashion-mnist`, or pass --data DIR"
+            "`apt-get install dataset-fashion-mnist`, or pass {data} DIR"
         )
     for split in ("train", "val"):  # another subset from an earlier version: start afresh
         shutil.rmtree(out / split, ignore_errors=True)

@@ -12,9 +12,9 @@ Found by themselves, in this order:
   beside it: data/ILSVRC2012_validation_ground_truth.txt holds the ILSVRC2012_ID (1-1000) of
   each validation image in file-number order, and data/meta.mat maps IDs to wnids and words.
 - classes.json {id: name} at DATA's root (as imagenette ships): names only.
-Given explicitly, for any dataset (and before anything found): a labels file (`--val-labels`:
+Given explicitly, for any dataset (and before anything found): a labels file (`val_labels`:
 a CSV, or "filename label" lines, the label being a class folder's name) and a names file
-(`--class-names`: "id name" lines).
+(`class_names`: "id name" lines).
 
 ImageNet's own files give the first synonym as the display name ("tench"); other files give
 the whole name. A class no file names is shown by its folder name.

@@ -4,7 +4,7 @@
     RUN/manifest.json              classes, names, counts, skipped files, the dataset fingerprint
     RUN/manifest.files.npz         the usable files as columns: paths, labels, splits, sizes, mtimes
     RUN/stats.npz, stats.json      mean image, channel mean, RGB PCA (and a readable summary)
-    RUN/cache/patches.u8.npy, .json  with `prep --cache`: every image's decoded 256x256 patch
+    RUN/cache/patches.u8.npy, .json  with prep's `cache`: every image's decoded 256x256 patch
     RUN/checkpoints/last.pt, best.pt
     RUN/metrics.jsonl, curves.png  one line per epoch, and its plot
     RUN/eval.json, eval_retrieval.json, search.png
@@ -19,6 +19,7 @@ Every module asks `RunPaths(run)` for a path; none spells one itself.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ class RunPaths:
         object.__setattr__(self, "root", Path(root))
 
     def __str__(self) -> str:
+        return str(self.root)
+
+    def __fspath__(self) -> str:  # a RunPaths is a path: open(), Path() and every verb take it
         return str(self.root)
 
     @property
@@ -175,11 +179,18 @@ class RunPaths:
         return IndexPaths(self.galleries / name)
 
 
-RUNS = Path("runs")  # where runs live unless --run says otherwise
+RUNS = Path("runs")  # where runs live unless a command is told which
 
 
-def is_run(folder: Path) -> bool:
-    return (folder / "manifest.json").is_file()
+def is_run(folder: str | Path) -> bool:
+    """What a run folder is, everywhere: a folder whose manifest.json alexnet wrote (any
+    version; a damaged one is reported when it is loaded). Prep's walk never enters one, and
+    a command's `run` must be one."""
+    try:
+        doc = json.loads(RunPaths(folder).manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"version", "fingerprint"} <= doc.keys()
 
 
 def runs_in(folder: Path) -> list[Path]:
@@ -190,7 +201,7 @@ def runs_in(folder: Path) -> list[Path]:
 
 
 def find_run(run: str | Path | None) -> tuple[Path, str | None]:
-    """The run a command works on, and a note when it was not named: --run itself; else
+    """The run a command works on, and a note when it was not named: `run` itself; else
     $ALEXNET_RUN; else the one run in ./runs. Anything else is an error that lists the runs."""
     note = None
     if run is None and os.environ.get("ALEXNET_RUN"):
@@ -201,8 +212,8 @@ def find_run(run: str | Path | None) -> tuple[Path, str | None]:
         if len(found) != 1:
             listed = ", ".join(str(p) for p in found) if found else "none"
             raise AlexnetError(
-                f"which run? Pass --run RUN or set ALEXNET_RUN (runs in {RUNS}/: {listed}); "
-                "make one with `alexnet prep DATA --run RUN` or `alexnet demo`"
+                f"which run? Pass {{run}} RUN or set ALEXNET_RUN (runs in {RUNS}/: {listed}); "
+                "make one with prep (`alexnet prep DATA`) or `alexnet demo`"
             )
         return found[0], f"run {found[0]} (the only one in {RUNS}/)"
     run = Path(run)
@@ -210,8 +221,8 @@ def find_run(run: str | Path | None) -> tuple[Path, str | None]:
         near = [str(p) for p in runs_in(run.parent) + runs_in(RUNS)]
         guess = difflib.get_close_matches(str(run), sorted(set(near)), n=3, cutoff=0.5)
         raise AlexnetError(
-            f"no such run: {run} has no manifest.json"
+            f"no such run: {run} has no manifest.json written by alexnet"
             + (f" (did you mean {', '.join(guess)}?)" if guess else "")
-            + f"; make it with `alexnet prep DATA --run {run}`"
+            + f"; make it with prep (`alexnet prep DATA`, or alexnet.prepare(DATA, {str(run)!r}))"
         )
     return run, note

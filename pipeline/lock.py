@@ -36,7 +36,7 @@ class RunLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise AlexnetError(
-                f"cannot write to {path.parent}: {e.strerror}; choose a writable --run folder"
+                f"cannot write to {path.parent}: {e.strerror}; choose a writable {{run}} folder"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -45,7 +45,7 @@ class RunLock:
             os.close(fd)
             raise AlexnetError(
                 f"{self.paths.root} is in use by {holder}: wait for it to finish, or use "
-                "another --run"
+                "another {run}"
             ) from None
         previous = os.pread(fd, 1024, 0).decode(errors="replace").split()
         if previous[:2] and previous[0] == "pid" and previous[1].isdigit():

@@ -12,9 +12,9 @@ from .cache import check_cache_space, write_cache
 from .dali import default_device
 from .defaults import MAX_PIXELS, MIN_SIZE, PREP_BATCH, SPLIT_SEED, VAL_FRACTION
 from .errors import AlexnetError
-from .files import read_json
 from .layout import RunPaths
 from .lock import RunLock
+from .manifest import Manifest, load_manifest, save_manifest, split_files
 
 
 def prepare(
@@ -28,18 +28,21 @@ def prepare(
     val_labels: str | Path | None = None,
     class_names: str | Path | None = None,
     batch_size: int = PREP_BATCH,
+    processes: int | None = None,
     workers: int | None = None,
-    num_threads: int | None = None,
     force: bool = False,
     cache: bool = False,
     progress: bool = True,
-) -> tuple[dict, stats.Stats]:
-    """DATA -> RUN's manifest and RUN/stats.npz; returns the manifest and the statistics.
+) -> RunPaths:
+    """DATA -> RUN's manifest and RUN/stats.npz; returns the run (a RunPaths, which is also a
+    path: pass it to `fit`, `load`, or open its files: `.manifest`, `.stats`, ...).
     With `cache`, the same pass also writes every image's decoded 256x256 patch to RUN/cache
     (pipeline/cache.py: 196,608 bytes an image, checked against the free disk first).
 
-    `val_labels` and `class_names` name a labels file and a names file (pipeline/imagenet.py);
-    without them ImageNet's own files are found by themselves. A run that already holds
+    `processes` check the images (default: up to 8), `workers` are the statistics pass's DALI
+    threads (default: all cores). `val_labels` and `class_names` name a labels file and a
+    names file (pipeline/imagenet.py); without them ImageNet's own files are found by
+    themselves. A run that already holds
     checkpoints or an index made from other data is refused unless `force`: its manifest and
     statistics would be replaced, and it could neither be resumed nor searched again.
     """
@@ -52,40 +55,40 @@ def prepare(
             max_pixels=max_pixels,
             val_labels=val_labels,
             class_names=class_names,
-            workers=workers,
+            processes=processes,
             progress=progress,
         )
         if not force:
             check_replaceable(RunPaths(run), manifest)
         if cache:  # before anything is written: the statistics pass is the long part
-            check_cache_space(len(manifest["files"]), run)
-        dataset.save_manifest(manifest, run)
+            check_cache_space(len(manifest.files), run)
+        save_manifest(manifest, run)
         decoding = dict(
             batch_size=batch_size,
             device=default_device(),
-            num_threads=num_threads,
+            num_threads=workers,
             progress=progress,
         )
         if cache:
             result = write_cache(manifest, run, **decoding)
         else:
-            files, _ = dataset.split_files(manifest, "train")
-            result = stats.compute_stats(files, manifest["fingerprint"], **decoding)
+            files, _ = split_files(manifest, "train")
+            result = stats.compute_stats(files, manifest.fingerprint, **decoding)
         stats.save_stats(result, run)
-    return manifest, result
+    return RunPaths(run)
 
 
-def check_replaceable(paths: RunPaths, manifest: dict) -> None:
+def check_replaceable(paths: RunPaths, manifest: Manifest) -> None:
     made = [p for p in (paths.last, paths.best, paths.index.meta) if p.exists()]
     if not made or not paths.manifest.is_file():
         return
     try:
-        same = read_json(paths.manifest, "manifest", "")["fingerprint"] == manifest["fingerprint"]
-    except (AlexnetError, KeyError, TypeError):
+        same = load_manifest(paths.root, check_files=False).fingerprint == manifest.fingerprint
+    except AlexnetError:  # damaged, or another version's: made from other data as far as we know
         same = False
     if not same:
         raise AlexnetError(
             f"{paths.root} already holds {made[0].relative_to(paths.root)} made from other "
             "data: prep would replace its manifest and statistics, and the run could not be "
-            "resumed or searched again. Use a new --run, or pass --force to replace them"
+            "resumed or searched again. Use a new {run}, or pass {force} to replace them"
         )

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .dali import SIZE, centre_patches
+from .dali import SIZE
 from .errors import AlexnetError
 from .files import atomic_write, write_json
 from .layout import RunPaths
+from .loader import centre_patches
 
 STATS_VERSION = 1
 INPUT_SCALES = ("pixels", "unit")
@@ -140,7 +141,7 @@ def load_stats(run: str | Path, fingerprint: str) -> Stats:
     """Read RUN/stats.npz, refusing statistics of another dataset than the manifest's."""
     path = RunPaths(run).stats
     if not path.is_file():
-        raise AlexnetError(f"{path} is missing: run `alexnet prep DATA --run {run}` first")
+        raise AlexnetError(f"{path} is missing: run prep into {run} first (`alexnet prep DATA`)")
     try:
         with np.load(path) as z:
             if int(z["version"]) != STATS_VERSION:

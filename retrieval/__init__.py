@@ -1,13 +1,32 @@
-"""fc7 retrieval (paper, section 6.1): features -> autoencoder -> binary codes -> FAISS index.
+"""fc7 retrieval (paper, section 6.1): features -> binary codes -> FAISS index -> search.
 
-features     fc7 of every training image (memory-mapped float16) and of query images
+The vocabulary, once:
+- collection   everything a run can search: the training set (its files: the manifest's
+               training split) or a gallery (its files: the images below a folder), each a
+               `Collection` with files, fc7 features, binary codes, a FAISS index and a record
+               of what made them. `alexnet.collection(run, name=None)` and
+               `alexnet.collections(run)` (the functions of module collection).
+- update       build a collection or bring it up to date (a gallery incrementally: new and
+               changed files added, vanished ones dropped); `Collection.update(folder=None)`.
+- search       query images in, result records out (`Collection.search`; `stream` yields the
+               same records one query at a time); `index.search` is its FAISS step, numpy in
+               and out.
+- duplicates   groups of near-duplicate images in a collection (`Collection.duplicates`).
+- evaluate     eval-retrieval: the validation images against the training set
+               (`Collection.evaluate`).
+- id           an image's row in its collection's feature file: stable across updates.
+- stale        a collection whose record no longer matches what it was made from (the data,
+               the checkpoint, the autoencoder) or whose files were rewritten (store.problem).
+
+Modules:
+collection   the Collection type: open, update, search, file, thumbnail, describe
+update       building and updating: the training set's and a gallery's steps (torchrun-aware)
+store        what a collection keeps on disk: its table of files, its record, the staleness rule
+features     fc7: the one extractor (files -> rows of a memory-mapped float16 file) and
+             query images' vectors
 autoencoder  4096 -> 1024 -> 256 -> B bits, trained on the features; packed uint8 codes
-index        faiss binary index (exact Hamming; IVF above a size threshold; GPU flat where a
-             GPU is), optional fc7 re-rank; a collection's build and stale-index checks
-api          open_index, search, index_run, describe, thumbnail: what every face (terminal,
-             web page) calls
-gallery      any folder of photos indexed with a run (incremental; sharded under torchrun)
-duplicates   near-duplicate groups in a gallery: codes shortlist, fc7 confirms
+index        FAISS binary indexes, numpy in and out: build, search, re-rank, recall, save/load
+duplicates   near-duplicate groups: codes shortlist, fc7 confirms
 milvus       a collection's codes in a Milvus server (or Milvus Lite), searched as faiss is
 baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
 evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, baselines, float fc7, pixels
@@ -20,20 +39,11 @@ from alexnet.pipeline.lazy import lazy_exports
 _EXPORTS = {
     "Autoencoder": "autoencoder",
     "AutoencoderConfig": "autoencoder",
-    "RunIndex": "index",
-    "build_run_index": "index",
-    "describe": "api",
+    "Collection": "collection",
     "evaluate_retrieval": "evaluate",
     "find_duplicates": "duplicates",
-    "index_gallery": "gallery",
-    "open_gallery": "gallery",
-    "index_run": "api",
     "make_montage": "montage",
-    "open_index": "api",
     "query_features": "features",
-    "search": "api",
-    "search_stream": "api",
-    "thumbnail": "api",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -63,7 +63,9 @@ class AutoencoderConfig:
     def __post_init__(self):
         if self.bits % 8 or not MIN_BITS <= self.bits <= MAX_BITS:
             raise AlexnetError(
-                f"--bits must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, got {self.bits}"
+                f"{{bits}} must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, "
+                f"got {self.bits}",
+                param="bits",
             )
 
 
@@ -228,8 +230,7 @@ def model_from_state(state: dict) -> Autoencoder:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise AlexnetError(
-            f"the autoencoder's weights do not fit its config ({e}): rebuild with "
-            "`alexnet index --run RUN`"
+            f"the autoencoder's weights do not fit its config ({e}): rebuild with `alexnet index`"
         ) from e
     return model.eval()
 
@@ -239,6 +240,4 @@ def save_autoencoder(state: dict, path: str | Path) -> Path:
 
 
 def load_autoencoder(path: str | Path) -> dict:
-    return load_state(
-        path, "autoencoder", "rebuild it with `alexnet index --run RUN`", AUTOENCODER_VERSION
-    )
+    return load_state(path, "autoencoder", "rebuild it with `alexnet index`", AUTOENCODER_VERSION)

@@ -1,6 +1,6 @@
-"""Near-duplicates in a gallery: the same photo resized, re-encoded or mirrored.
+"""Near-duplicates in a collection: the same photo resized, re-encoded or mirrored.
 
-    report = find_duplicates(open_gallery(run, "photos"))   # also writes duplicates.json
+    report = alexnet.collection(run, "photos").duplicates()  # also writes duplicates.json
     report["groups"][0]["images"]                             # paths of one group
 
 Two stages, as a search does: the binary codes shortlist, fc7 decides.
@@ -13,7 +13,7 @@ Two stages, as a search does: the binary codes shortlist, fc7 decides.
    3/4 or re-encoded at JPEG quality 25 lies at 0.003 to 0.071 from its original; the
    closest distinct photos at 0.082 (a blue golf ball and parachutists in a blue sky) and
    0.124 (two parachutists). The margin is thin with a network at 53% top-1 error: lower
-   --max-fc7 for fewer false groups, raise it to catch harder edits.
+   `max_fc7` for fewer false groups, raise it to catch harder edits.
 3. Mirrors: fc7 of a mirrored photo lies at 0.1 to 0.33 from the original's, as far as
    similar distinct photos do, though its code stays close (within 3 bits there). So a
    candidate pair that fails step 2 but lies within MIRROR_SHORTLIST (0.4) is checked once
@@ -24,7 +24,8 @@ Two stages, as a search does: the binary codes shortlist, fc7 decides.
    (it costs one network pass per image in such pairs).
 
 Confirmed pairs are joined into groups (connected components). The report goes to
-GALLERY/duplicates.json and a contact sheet per group to GALLERY/duplicates/N.png.
+FOLDER/duplicates.json and a contact sheet per group to FOLDER/duplicates/N.png (FOLDER: the
+collection's, RUN/galleries/NAME for a gallery).
 """
 
 from __future__ import annotations
@@ -34,13 +35,11 @@ import logging
 import faiss
 import numpy as np
 
-from alexnet.model.inference import encoded, query_crops
 from alexnet.pipeline.files import write_json
 from alexnet.pipeline.lock import RunLock
 
-from .defaults import DUPLICATE_FC7, QUERY_BATCH
-from .features import fc7_batches, to_float16
-from .gallery import GalleryIndex
+from .defaults import DUPLICATE_FC7
+from .features import query_features
 from .montage import make_montage
 
 log = logging.getLogger(__name__)
@@ -82,29 +81,6 @@ def relative_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=1) / np.maximum(scale, 1e-12)
 
 
-def mirrored_features(gi: GalleryIndex, files: list[str], progress: bool) -> np.ndarray:
-    """float16-rounded fc7 of the mirrored centre crop of each file, as a float32 array."""
-    from tqdm import tqdm
-
-    crops = query_crops(gi.trained, min(QUERY_BATCH, len(files)), ten_crop=True)
-    step = crops.batch_size
-    batches = (
-        crops([encoded(f) for f in files[s : s + step]])[:, MIRRORED_CENTRE]
-        for s in range(0, len(files), step)
-    )
-    out = [
-        to_float16(h)
-        for h in tqdm(
-            fc7_batches(gi.trained, batches),
-            total=-(-len(files) // step),
-            desc="mirrored fc7",
-            unit="batch",
-            disable=not progress,
-        )
-    ]
-    return np.concatenate(out).astype(np.float32)
-
-
 def components(n: int, pairs: np.ndarray) -> list[list[int]]:
     """The groups of 2 or more of n items joined by `pairs`, each sorted, by first item."""
     parent = np.arange(n)
@@ -126,7 +102,7 @@ def components(n: int, pairs: np.ndarray) -> list[list[int]]:
 
 
 def find_duplicates(
-    gi: GalleryIndex,
+    c,
     *,
     max_distance: int | None = None,
     max_fc7: float = DUPLICATE_FC7,
@@ -134,16 +110,16 @@ def find_duplicates(
     sheets: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Groups of near-duplicate images in a gallery (module docstring), written to
-    GALLERY/duplicates.json with a contact sheet per group; returns that report:
-    {"gallery", "images", "bits", "max_distance", "max_fc7", "mirrors", "candidates",
-    "groups": [{"images": [path], "ids", "pairs": [{"a", "b", "hamming", "fc7",
-    "mirrored"}], "sheet"}]}."""
-    table, paths = gi.table, gi.paths
+    """Groups of near-duplicate images in collection `c` (an open Collection; module
+    docstring), written to FOLDER/duplicates.json with a contact sheet per group; returns
+    that report: {"gallery" (the collection's name), "images", "bits", "max_distance",
+    "max_fc7", "mirrors", "candidates", "groups": [{"images": [path], "ids", "pairs":
+    [{"a", "b", "hamming", "fc7", "mirrored"}], "sheet"}]}."""
+    table, paths = c.table, c.paths
     bits = table.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
     pairs, hams = candidate_pairs(table.codes, max_distance)
-    feats = gi.features
+    feats = c.features
     rel = np.concatenate(
         [np.zeros(0, np.float32)]
         + [
@@ -159,7 +135,8 @@ def find_duplicates(
         retry = np.flatnonzero((rel > max_fc7) & (rel <= MIRROR_SHORTLIST))
         if len(retry):
             firsts = np.unique(pairs[retry, 0])
-            flipped = mirrored_features(gi, [str(table.paths[i]) for i in firsts], progress)
+            files = [str(table.paths[i]) for i in firsts]
+            flipped = query_features(c.trained, files, crop=MIRRORED_CENTRE, progress=progress)
             at = np.searchsorted(firsts, pairs[retry, 0])
             again = relative_distance(flipped[at], feats[table.rows[pairs[retry, 1]]])
             # A mirrored copy is explained by the flip: it must at least halve the distance.
@@ -189,7 +166,7 @@ def find_duplicates(
             }
         )
     report = {
-        "gallery": gi.name,
+        "gallery": c.name,
         "images": len(table),
         "bits": bits,
         "max_distance": max_distance,
@@ -198,10 +175,10 @@ def find_duplicates(
         "candidates": len(pairs),
         "groups": groups,
     }
-    with RunLock(gi.trained.paths.root, f"duplicates --gallery {gi.name}"):
+    with RunLock(c.run.root, f"duplicates of gallery {c.name}"):
         if sheets:
             for n, group in enumerate(groups):
-                group["sheet"] = str(contact_sheet(gi, group, n))
+                group["sheet"] = str(contact_sheet(c, group, n))
             n = len(groups)
             while paths.duplicate_sheet(n).is_file():  # a previous report's extra sheets
                 paths.duplicate_sheet(n).unlink()
@@ -210,13 +187,13 @@ def find_duplicates(
     return report
 
 
-def contact_sheet(gi: GalleryIndex, group: dict, n: int):
+def contact_sheet(c, group: dict, n: int):
     """One row: the group's first image, then the others with their fc7 distance to it (as
     confirmed, mirrored where that was closer; else the plain one)."""
     first, rows = group["images"][0], group["ids"]
     confirmed = {p["b"]: p for p in group["pairs"] if p["a"] == first}
     plain = relative_distance(
-        np.repeat(np.asarray(gi.features[rows[:1]]), len(rows) - 1, 0), gi.features[rows[1:]]
+        np.repeat(np.asarray(c.features[rows[:1]]), len(rows) - 1, 0), c.features[rows[1:]]
     )
     results = []
     for path, d in zip(group["images"][1:], plain, strict=True):
@@ -224,4 +201,4 @@ def contact_sheet(gi: GalleryIndex, group: dict, n: int):
         label = "mirrored" if pair["mirrored"] else ""
         results.append({"path": path, "class": label, "distance": pair["fc7"]})
     row = {"query": first, "class": None, "results": results}
-    return make_montage([row], gi.paths.duplicate_sheet(n), unit="fc7")
+    return make_montage([row], c.paths.duplicate_sheet(n), unit="fc7")

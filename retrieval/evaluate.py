@@ -27,7 +27,7 @@ time (the float mode, the baselines' fitting and encoding; the re-rank reads onl
 shortlist), so a database of 10^6 images needs its codes, about `MEMORY` bytes of distances
 and rankings, and the pixel vectors (float32, 12 KB per image at 32x32: the one part that
 grows with the database). Every query is ranked against the whole database, so time grows
-with queries x database (--max-queries samples the queries of a large validation set).
+with queries x database (`max_queries` samples the queries of a large validation set).
 `evaluate_modes` is the part that needs no run: features, labels and codes in, the table out.
 """
 
@@ -41,18 +41,19 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from alexnet.pipeline.dali import SIZE, Loader, default_device, pipe_options, prep_pipeline
-from alexnet.pipeline.dataset import split_files, verify_files
+from alexnet.pipeline.dali import SIZE, default_device
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import centre_patches
+from alexnet.pipeline.manifest import split_files, verify_files
 
 from . import autoencoder as ae
 from . import baselines as bl
 from .baselines import BASELINES
 from .defaults import EVAL_RERANK, PIXEL_SIZE, K
 from .features import BLOCK, feature_blocks, query_features
-from .index import RunIndex, hamming, rerank
+from .index import hamming, rerank
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,14 @@ def pixel_vectors(
 ) -> np.ndarray:
     """float32 (n, size*size*3): the prep pipeline's 256x256 centre patches, area-averaged."""
     if SIZE % size:
-        raise AlexnetError(f"--pixel-size must divide {SIZE}, got {size}")
+        raise AlexnetError(f"{{pixel_size}} must divide {SIZE}, got {size}", param="pixel_size")
     f = SIZE // size
-    device = default_device()
-    pipe = prep_pipeline(
-        files, device=device, **pipe_options(device, min(batch_size, len(files)), 0, num_threads)
-    )
     out = []
-    for (images,) in Loader(pipe, outputs=("images",)):
-        x = images.cpu().numpy().astype(np.float32).reshape(len(images), size, f, size, f, 3)
-        out.append(x.mean((2, 4)).reshape(len(images), -1))
+    for x in centre_patches(
+        files, batch_size=batch_size, device=default_device(), num_threads=num_threads
+    ):
+        x = x.astype(np.float32).reshape(len(x), size, f, size, f, 3)
+        out.append(x.mean((2, 4)).reshape(len(x), -1))
     return np.concatenate(out)
 
 
@@ -240,7 +239,7 @@ def evaluate_modes(
 
 
 def evaluate_retrieval(
-    ri: RunIndex,
+    c,
     *,
     k: int = K,
     rerank_top: int = EVAL_RERANK,
@@ -250,15 +249,17 @@ def evaluate_retrieval(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Precision@k, mAP, bytes per image and query time of every mode (module docstring)."""
-    net = ri.trained
+    """Precision@k, mAP, bytes per image and query time of every mode (module docstring) for
+    `c`, the training set's open Collection."""
+    net = c.trained
     verify_files(net.manifest)  # every file is read below, for the raw-pixel baseline
     db_files, db_labels = split_files(net.manifest, "train")
     q_files, q_labels = split_files(net.manifest, "val")
     if not q_files:
         raise AlexnetError(
             "the run has no validation images to use as queries: "
-            "rerun `alexnet prep` with --val-fraction above 0"
+            "prepare it again with {val_fraction} above 0",
+            param="val_fraction",
         )
     rng = np.random.default_rng(seed)
     if max_queries and len(q_files) > max_queries:
@@ -268,12 +269,12 @@ def evaluate_retrieval(
     tie_order = rng.permutation(n)
 
     q_fc7 = query_features(net, q_files, progress=progress)
-    bits = ri.codes.shape[1] * 8
-    codes = {"hamming": (ri.codes, lambda x: ae.encode(ri.autoencoder, x))}
+    bits = c.bits
+    codes = {"hamming": (c.table.codes, lambda x: ae.encode(c.autoencoder, x))}
     fit_seconds, projections = _timed(
-        lambda: bl.fit_baselines(ri.features, bits, names=baselines, seed=seed, progress=progress)
+        lambda: bl.fit_baselines(c.features, bits, names=baselines, seed=seed, progress=progress)
     )
-    db_codes = bl.encode(projections, ri.features, progress=progress)
+    db_codes = bl.encode(projections, c.features, progress=progress)
     for name, p in projections.items():
         codes[name] = (db_codes[name], lambda x, p=p: bl.encode({p.name: p}, x)[p.name])
     log.info(
@@ -287,7 +288,7 @@ def evaluate_retrieval(
     db_pix = pixel_vectors(db_files, pixel_size, num_threads=threads)
     q_pix = pixel_vectors(q_files, pixel_size, num_threads=threads)
     modes = evaluate_modes(
-        ri.features,
+        c.features,
         np.array(db_labels),
         q_fc7,
         np.array(q_labels),
@@ -307,7 +308,7 @@ def evaluate_retrieval(
         "bits": bits,
         "rerank": min(max(rerank_top, k), n),
         "pixel_size": pixel_size,
-        "index": ri.meta.get("kind"),
+        "index": c.kind,
         "baselines_fit_seconds": round(fit_seconds, 3),
         "chance_precision": float(np.mean([np.mean(np.array(db_labels) == c) for c in q_labels])),
         "modes": modes,

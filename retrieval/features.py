@@ -1,46 +1,43 @@
 """fc7 features: the 4096-d last hidden layer (after ReLU, dropout off) of the trained network.
 
 Paper, section 6.1 (figure 4): images whose fc7 vectors are close in Euclidean distance are
-similar to the network, even when their pixels are not. Every training image goes through the
-evaluation pipeline's centre crop (pipeline.dali.eval_pipeline, ten_crop off), in manifest
-order, and its fc7 vector is written as float16 to INDEX/features.f16.npy, a memory-mapped
-.npy file: memory stays one batch whatever the dataset's size. Query images are decoded by
-the same graph from their bytes (`query_features`), so a training image used as a query gets
-its own vector back; a search keeps that query pipeline between calls (`query_crops`).
+similar to the network, even when their pixels are not. Every image of a collection goes
+through the evaluation pipeline's centre crop (pipeline.dali.eval_pipeline, ten_crop off) in
+`extract_rows`, the one extractor, and its fc7 vector is written as float16 to a row of
+FOLDER/features.f16.npy, a memory-mapped .npy file: memory stays one batch whatever the
+collection's size. Query images are decoded by the same graph from their bytes
+(`query_features`), so an indexed image used as a query gets its own vector back; a search
+keeps that query pipeline between calls (`query_crops`).
 
-Completion protocol: the sidecar INDEX/features.json (manifest fingerprint, checkpoint
-file identity, count) is deleted before extraction starts, the array is written under a
-temporary name and moved into place, and only then is the sidecar written. An interrupted
-extraction therefore leaves no sidecar and is redone from scratch, never taken as complete.
+Completion protocol: rows are written in place past the rows already complete (the file grows
+in place: numpy pads the .npy header for growth along the first axis, so the header is
+rewritten where it stands); then the sidecar FOLDER/features.json (manifest fingerprint,
+checkpoint file identity, count of complete rows) is written. A rebuild from scratch deletes
+the sidecar first. An interrupted extraction therefore leaves the sidecar's count as it was,
+and its rows are never taken as complete.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from alexnet.model.distributed import autocast
+from alexnet.model.distributed import World, autocast
 from alexnet.model.inference import TrainedRun, encoded, query_crops
-from alexnet.model.loaders import eval_loader
-from alexnet.pipeline.cache import open_cache
-from alexnet.pipeline.dali import QueryCrops
-from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.dali import cached_eval_pipeline, eval_pipeline, pipe_options
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import (
-    atomic_write,
-    check_space,
-    file_identity,
-    read_json,
-    write_json,
-)
+from alexnet.pipeline.files import file_identity, read_json, write_json
+from alexnet.pipeline.imagecheck import check_image
 from alexnet.pipeline.layout import IndexPaths
+from alexnet.pipeline.loader import Loader, QueryCrops
+from alexnet.pipeline.walk import image_files
 
 from .defaults import FEATURE_BATCH, QUERY_BATCH
 
@@ -49,13 +46,14 @@ log = logging.getLogger(__name__)
 DIM = 4096
 BLOCK = 8192  # rows per block when streaming features: 64 MB of float16 4096-d vectors
 FEATURES_VERSION = 1
+ROW_BYTES = DIM * 2  # one float16 fc7 vector
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def source_identity(trained: TrainedRun) -> dict:
     """What every retrieval file of a run is derived from; a change means rebuild."""
     return {
-        "manifest": trained.manifest["fingerprint"],
+        "manifest": trained.manifest.fingerprint,
         "checkpoint": file_identity(trained.checkpoint),
     }
 
@@ -77,83 +75,128 @@ def to_float16(x: np.ndarray) -> np.ndarray:
     return np.clip(x, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
 
 
-# --- the training set --------------------------------------------------------------------
+# --- the feature file: rows written in place, completed by a sidecar ----------------------
 
 
-def features_current(paths: IndexPaths, source: dict) -> bool:
+def _header(rows: int) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.dtype(np.float16).str, "fortran_order": False, "shape": (rows, DIM)}
+    )
+    return buf.getvalue()
+
+
+def grow_features(path: Path, rows: int) -> None:
+    """Make the .npy at `path` hold `rows` float16 rows (created when missing); rows before
+    the end are kept as they are, so readers of the completed rows are never disturbed."""
+    header = _header(rows)
+    if not path.is_file():
+        with open(path, "wb") as f:
+            f.write(header)
+            f.truncate(len(header) + rows * ROW_BYTES)
+        return
+    with open(path, "r+b") as f:
+        try:
+            ok = np.lib.format.read_magic(f) == (1, 0)
+            ok = ok and np.lib.format.read_array_header_1_0(f)[1:] == (False, np.float16)
+        except ValueError:
+            ok = False
+        if not ok or f.tell() != len(header):
+            raise AlexnetError(
+                f"{path} has an unexpected header: delete its folder and index it again"
+            )
+        f.truncate(len(header) + rows * ROW_BYTES)
+        f.seek(0)
+        f.write(header)  # same length: padded by numpy for growth of the first axis
+
+
+def complete_rows(paths: IndexPaths, source: dict) -> int:
+    """How many leading rows of the feature file hold fc7 vectors of `source` (the sidecar's
+    count; 0 without a current sidecar)."""
     if not (paths.features.is_file() and paths.features_meta.is_file()):
-        return False
+        return 0
     try:
         meta = read_json(paths.features_meta, "feature sidecar", "")
         shape = np.load(paths.features, mmap_mode="r").shape
     except (AlexnetError, OSError, ValueError):
-        return False
-    return (
-        meta.get("version") == FEATURES_VERSION
-        and meta.get("source") == source
-        and shape == (meta.get("count"), DIM)
-    )
-
-
-def extract_features(
-    trained: TrainedRun,
-    paths: IndexPaths,
-    *,
-    batch_size: int = FEATURE_BATCH,
-    progress: bool = True,
-):
-    """fc7 of every training image, in manifest order -> INDEX/features.f16.npy."""
-    files, _ = split_files(trained.manifest, "train")
-    check_space(paths.folder, len(files) * DIM * 2, "the fc7 features")  # float16
-    config = replace(trained.config, batch_size=batch_size)
-    cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if prep kept them
-    loader = eval_loader(
-        trained.manifest, trained.stats, config, trained.world, split="train", cache=cache
-    )
-    batches = fc7_batches(trained, (x for x, _ in loader))
-    save_features(paths, source_identity(trained), batches, len(files), progress=progress)
-    log.info("fc7 features of %d training images: %s", len(files), paths.features)
-    return paths.features
-
-
-def save_features(
-    paths: IndexPaths,
-    source: dict,
-    batches: Iterable[np.ndarray],
-    count: int,
-    *,
-    progress: bool = True,
-) -> Path:
-    """Write `count` fc7 vectors, arriving in (batch, 4096) arrays, as INDEX/features.f16.npy
-    and then its sidecar (the completion protocol above); `source` is what they were made
-    from (source_identity)."""
-    from tqdm import tqdm
-
-    paths.features_meta.unlink(missing_ok=True)  # from here on, the old array is not complete
-
-    def write(tmp: str) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(count, DIM))
-        done = 0
-        with tqdm(total=count, desc="fc7 features", unit="img", disable=not progress) as bar:
-            for h in batches:
-                out[done : done + len(h)] = to_float16(h)
-                done += len(h)
-                bar.update(len(h))
-        if done != count:
-            raise RuntimeError(f"the pipeline yielded {done} of {count} images")
-        out.flush()
-        del out
-
-    atomic_write(paths.features, write)
-    mark_complete(paths, source, count)
-    return paths.features
+        return 0
+    current = meta.get("version") == FEATURES_VERSION and meta.get("source") == source
+    count = meta.get("count")
+    if not current or not isinstance(count, int) or shape[1:] != (DIM,) or shape[0] < count:
+        return 0
+    return count
 
 
 def mark_complete(paths: IndexPaths, source: dict, count: int) -> None:
-    """Write the sidecar that says INDEX/features.f16.npy holds all `count` vectors of
-    `source`: the last step of an extraction (module docstring)."""
+    """Write the sidecar that says the first `count` rows of the feature file are fc7 vectors
+    of `source`: the last step of an extraction (module docstring)."""
     meta = {"version": FEATURES_VERSION, "source": source, "count": count, "dim": DIM}
     write_json(paths.features_meta, {**meta, "dtype": "float16"})
+
+
+def extract_rows(
+    trained: TrainedRun,
+    files: list[str],
+    features: Path,
+    first_row: int,
+    world: World,
+    *,
+    batch_size: int = FEATURE_BATCH,
+    patches: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = True,
+) -> None:
+    """fc7 of `files` into rows first_row.. of the .npy at `features` (grow_features made it
+    long enough): the one extractor of every collection. Under torchrun each rank reads its
+    contiguous shard of the files (DALI's reader split) and writes those rows only.
+
+    `patches` (the run's prep cache and each file's row in it, pipeline/cache.py) reads the
+    decoded 256x256 patches instead of the files: the same crops, without decoding."""
+    from tqdm import tqdm
+
+    n = len(files)
+    begin, end = n * world.rank // world.size, n * (world.rank + 1) // world.size
+    if end == begin:
+        return
+    device, config = world.dali_device, trained.config
+    graph = dict(
+        mean=trained.stats.mean(config.mean),
+        std=trained.stats.std(config.input_scale),
+        device=device,
+        **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
+    )
+    if patches is None:
+        pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
+        loader = Loader(pipe, torch_device=world.device)
+    else:
+        cache, rows = patches
+        zeros = np.zeros(end - begin, np.int32)
+        pipe = cached_eval_pipeline(cache, rows[begin:end], zeros, **graph)
+        loader = Loader(pipe, torch_device=world.device, size=end - begin)
+    sizes = []
+
+    def padded():
+        # The network always sees batch_size images (the last batch padded by repeating its
+        # last image): the arithmetic of a batch depends on its size, so this makes each
+        # image's vector the same whichever batch, update or shard it was extracted in.
+        for x, _ in loader:
+            if not len(x):  # a shard's padding, cut off by the Loader
+                continue
+            sizes.append(len(x))
+            yield torch.cat([x, x[-1:].expand(batch_size - len(x), *x.shape[1:])])
+
+    out = np.load(features, mmap_mode="r+")
+    row = first_row + begin
+    with tqdm(total=end - begin, desc="fc7 features", unit="img", disable=not progress) as bar:
+        for h, k in zip(fc7_batches(trained, padded()), sizes, strict=True):
+            out[row : row + k] = to_float16(h[:k])
+            row += k
+            bar.update(k)
+    out.flush()
+    del out
+    if row != first_row + end:
+        raise AlexnetError(
+            f"the pipeline yielded {row - first_row - begin} of {end - begin} images"
+        )
 
 
 def load_features(paths: IndexPaths) -> np.ndarray:
@@ -218,6 +261,7 @@ def query_features(
     images: Sequence[str | bytes],
     *,
     crops: QueryCrops | None = None,
+    crop: int | None = None,
     batch_size: int = QUERY_BATCH,
     progress: bool = False,
 ) -> np.ndarray:
@@ -225,23 +269,27 @@ def query_features(
 
     Each image is a file path or the encoded bytes of one (JPEG, PNG, BMP). `crops` is a kept
     query pipeline (query_crops); without one a pipeline of `batch_size` is built for this
-    call. Rounded through float16 like the stored features, so a training image queried
-    against the database finds its own vector exactly (up to the batch's arithmetic).
+    call. `crop` picks one of the ten evaluation crops instead of the centre one (5 positions,
+    centre last, then their mirrors: 9 is the mirrored centre). Rounded through float16 like
+    the stored features, so a training image queried against the database finds its own
+    vector exactly (up to the batch's arithmetic).
     """
     from tqdm import tqdm
 
     if not len(images):
         return np.zeros((0, DIM), np.float32)
-    crops = crops or query_crops(trained, min(batch_size, len(images)))
+    ten = crop is not None
+    crops = crops or query_crops(trained, min(batch_size, len(images)), ten_crop=ten)
     step = crops.batch_size
 
-    batches = (
-        crops([encoded(item) for item in images[s : s + step]]) for s in range(0, len(images), step)
-    )
+    def batch(s: int) -> torch.Tensor:
+        x = crops([encoded(item) for item in images[s : s + step]])
+        return x[:, crop] if ten else x
+
     out = [
         to_float16(h)
         for h in tqdm(
-            fc7_batches(trained, batches),
+            fc7_batches(trained, map(batch, range(0, len(images), step))),
             desc="query fc7",
             unit="batch",
             total=-(-len(images) // step),
@@ -249,3 +297,49 @@ def query_features(
         )
     ]
     return np.concatenate(out).astype(np.float32)
+
+
+def query_items(
+    images: Sequence, names: Sequence[str] | None = None
+) -> tuple[list[str | bytes], list[str]]:
+    """Images (paths, folders: the images below them, encoded bytes, PIL images, uint8 HxWx3
+    arrays) as what query_features reads, paths or bytes, and their names (paths name
+    themselves; the others `names`, default "query N"). Bytes that do not decode are refused:
+    they come from outside (uploads), so PIL says what is wrong before DALI meets them."""
+    items = []
+    for image in images:
+        if isinstance(image, (str, Path)) and Path(image).is_dir():
+            items += image_files([image], check=False)[0]
+        else:
+            items.append(encoded_image(image))
+    if names is None:
+        names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
+    for item, name in zip(items, names, strict=True):
+        reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
+        if reason:
+            raise AlexnetError(f"{name} cannot be used as a query: {reason}")
+    return items, list(names)
+
+
+def encoded_image(image) -> str | bytes:
+    """An image as something the query pipeline reads: a path, or encoded bytes (arrays and
+    PIL images are saved as PNG: lossless, so they decode to the same pixels)."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, (str, Path)):
+        return str(image)
+    if isinstance(image, np.ndarray):
+        from PIL import Image as PIL
+
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise AlexnetError(
+                f"an image array must be uint8 HxWx3, got {image.dtype} {image.shape}"
+            )
+        image = PIL.fromarray(image)
+    if hasattr(image, "save"):  # a PIL image
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG")
+        return buf.getvalue()
+    raise AlexnetError(
+        f"an image is a path, bytes, a PIL image or a uint8 array, got {type(image).__name__}"
+    )

@@ -20,6 +20,14 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
+@pytest.fixture
+def class_tree(tmp_path: Path) -> Path:
+    """DATA/<class>/<img>: a with 10 images, b with 7, c with 4 (fixtures.make_class_tree)."""
+    from fixtures import make_class_tree
+
+    return make_class_tree(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def real_jpegs() -> list[str]:
     """20 real 224x224 JPEGs: the first two training photos of each of the 10 classes."""

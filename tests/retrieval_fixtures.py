@@ -1,10 +1,10 @@
 """A tiny run folder for the retrieval tests, made in code without training.
 
-3 classes x 6 generated JPEGs (2 per class held out for validation), the real manifest and
-statistics, and a checkpoint of an untrained AlexNet in the dict format fit() writes. The
-paper's init (biases 1, weights N(0, 0.01)) makes fc7 almost the same for every image, so
-the layers get PyTorch's default init instead: fc7 then differs between images, which is all
-retrieval needs to be tested.
+3 classes (CLASSES) x 6 JPEGs from fixtures.make_images (2 per class held out for validation),
+the real manifest and statistics, and a checkpoint of an untrained AlexNet in the dict format
+fit() writes. The paper's init (biases 1, weights N(0, 0.01)) makes fc7 almost the same for
+every image, so the layers get PyTorch's default init instead: fc7 then differs between
+images, which is all retrieval needs to be tested.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from alexnet.model.alexnet import AlexNet, AlexNetConfig
 from alexnet.model.checkpoint import checkpoint_state, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.prep import prepare
 from alexnet.retrieval.autoencoder import AutoencoderConfig
 
@@ -35,41 +34,33 @@ class QuickConfig(AutoencoderConfig):
     min_steps: int = 3
 
 
-def class_image(label: int, seed: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
-    """uint8 HxWx3: a class colour plus stripes of a class-specific frequency, and noise."""
-    rng = np.random.default_rng(seed)
-    h, w = size[1], size[0]
-    v, u = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
-    img = np.full((h, w, 3), 40.0)
-    img[..., label] = 200
-    img += 50 * np.sin(2 * np.pi * (2 + 3 * label) * (u + rng.uniform(0, 1) * v))[..., None]
-    img += rng.normal(0, 12, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def make_images(root: Path, per_class: int = 6) -> Path:
-    for label, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(class_image(label, 100 * label + i)).save(
-                root / name / f"{i}.jpg", quality=90
-            )
-    return root
-
-
 def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
     """prep (manifest + statistics) and an untrained checkpoint as best.pt and last.pt."""
-    manifest, _ = prepare(
-        data, run, val_fraction=1 / 3, workers=1, batch_size=8, num_threads=1, progress=False
-    )
-    save_untrained_checkpoint(run, manifest, seed=seed)
+    prepare(data, run, val_fraction=1 / 3, processes=1, batch_size=8, workers=1, progress=False)
+    save_untrained_checkpoint(run, load_manifest(run), seed=seed)
     return run
 
 
-def save_untrained_checkpoint(run: Path, manifest: dict, *, seed: int = 0) -> None:
+def indexed_run(root: Path) -> Path:
+    """make_run of the generated images, with the training set's index built (an autoencoder
+    of a few updates): the run the collection, gallery and serve tests share."""
+    import pytest
+    from fixtures import make_images
+
+    from alexnet.retrieval import autoencoder
+    from alexnet.retrieval.collection import collection
+
+    run = make_run(make_images(root / "data", train=6, val=None, names=CLASSES), root / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(autoencoder, "AutoencoderConfig", QuickConfig)
+        collection(run).update(progress=False)
+    return run
+
+
+def save_untrained_checkpoint(run: Path, manifest: Manifest, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
     config = TrainConfig(num_threads=1)
-    model = AlexNet(AlexNetConfig(num_classes=len(manifest["classes"])))
+    model = AlexNet(AlexNetConfig(num_classes=len(manifest.classes)))
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.reset_parameters()

@@ -19,10 +19,11 @@ from alexnet.model.distributed import World
 from alexnet.model.loaders import eval_loader, train_loader
 from alexnet.model.train import fit
 from alexnet.pipeline.cache import PATCH_BYTES, cache_bytes, check_cache_space, open_cache
-from alexnet.pipeline.dali import SIZE, centre_patches
-from alexnet.pipeline.dataset import load_manifest, split_files
+from alexnet.pipeline.dali import SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.loader import centre_patches
+from alexnet.pipeline.manifest import load_manifest, split_files
 from alexnet.pipeline.prep import prepare
 from alexnet.pipeline.stats import compute_stats, load_stats
 
@@ -37,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cached")
-    prepare(data, run, cache=True, workers=1, progress=False)
+    prepare(data, run, cache=True, processes=1, progress=False)
     return run
 
 
@@ -56,20 +57,20 @@ def test_the_cache_holds_every_patch_in_manifest_order_with_its_record(run):
     paths = RunPaths(run)
     manifest = load_manifest(run)
     patches = open_cache(run, manifest)
-    n = len(manifest["files"])
+    n = len(manifest.files)
     assert patches.shape == (n, SIZE, SIZE, 3) and patches.dtype == np.uint8
     assert paths.cache_patches.stat().st_size == cache_bytes(n) and PATCH_BYTES == 196_608
     for split in ("train", "val"):
         files, _ = split_files(manifest, split)
         decoded = np.concatenate(list(centre_patches(files, batch_size=5, num_threads=1)))
-        np.testing.assert_array_equal(patches[manifest["files"].positions(split)], decoded)
+        np.testing.assert_array_equal(patches[manifest.files.positions(split)], decoded)
     record = json.loads(paths.cache_record.read_text())
-    assert record["fingerprint"] == manifest["fingerprint"]
+    assert record["fingerprint"] == manifest.fingerprint
     assert record["shape"] == [n, SIZE, SIZE, 3] and record["order"] == "manifest"
     # the statistics are those prep computes without the cache, to the last bit
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     files, _ = split_files(manifest, "train")
-    plain = compute_stats(files, manifest["fingerprint"], num_threads=1, progress=False)
+    plain = compute_stats(files, manifest.fingerprint, num_threads=1, progress=False)
     np.testing.assert_array_equal(stats.mean_image, plain.mean_image)
     np.testing.assert_array_equal(stats.cov, plain.cov)
 
@@ -77,7 +78,7 @@ def test_the_cache_holds_every_patch_in_manifest_order_with_its_record(run):
 @pytest.mark.parametrize("world, skip", [(World(), 0), (World(), 2), (World(1, 2), 1)])
 def test_training_batches_are_bit_exact_with_and_without_the_cache(run, world, skip):
     manifest = load_manifest(run)
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     patches = open_cache(run, manifest)
     for epoch in (0, 1):
         plain = batches(train_loader(manifest, stats, CONFIG, epoch, world, skip))
@@ -90,7 +91,7 @@ def test_training_batches_are_bit_exact_with_and_without_the_cache(run, world, s
 @pytest.mark.parametrize("split", ["val", "train"])
 def test_evaluation_batches_are_bit_exact_and_shards_the_same(run, ten_crop, split):
     manifest = load_manifest(run)
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     patches = open_cache(run, manifest)
     config = replace(CONFIG, mean="channel")
     for world in (World(), World(0, 2), World(1, 2)):
@@ -105,7 +106,7 @@ def test_evaluation_batches_are_bit_exact_and_shards_the_same(run, ten_crop, spl
 
 def test_training_with_the_cache_learns_the_same_weights(data, run, tmp_path, caplog):
     plain = tmp_path / "plain"
-    prepare(data, plain, workers=1, progress=False)
+    prepare(data, plain, processes=1, progress=False)
     assert not RunPaths(plain).cache_patches.exists()  # off by default
     with caplog.at_level(logging.INFO, logger="alexnet"):
         fit(run, CONFIG, progress=False, final_ten_crop=False)
@@ -152,11 +153,11 @@ def test_a_stale_or_partial_cache_is_ignored_with_one_warning(run, tmp_path, cap
     assert patches is None and len(warnings) == 1
     line = warnings[0].getMessage()
     assert "\n" not in line and "reading the images instead" in line
-    assert f"alexnet prep {manifest['root']} --run {copy} --cache" in line
+    assert f"running prep on {manifest.root} into {copy} with the cache on" in line
 
 
 def test_no_cache_is_no_warning(data, tmp_path, caplog):
-    prepare(data, tmp_path / "run", workers=1, progress=False)
+    prepare(data, tmp_path / "run", processes=1, progress=False)
     with caplog.at_level(logging.INFO, logger="alexnet"):
         assert open_cache(tmp_path / "run", load_manifest(tmp_path / "run")) is None
     assert not caplog.records
@@ -185,17 +186,18 @@ def test_fc7_features_are_the_same_from_the_cache(data, tmp_path, caplog):
 
     from alexnet.model.inference import load_trained
     from alexnet.pipeline.layout import IndexPaths
-    from alexnet.retrieval.features import extract_features, load_features
+    from alexnet.retrieval.features import load_features
+    from alexnet.retrieval.update import training_features
 
     features = {}
     for name, cache in (("cached", True), ("plain", False)):
-        manifest, _ = prepare(data, tmp_path / name, cache=cache, workers=1, progress=False)
-        save_untrained_checkpoint(tmp_path / name, manifest)
+        prepare(data, tmp_path / name, cache=cache, processes=1, progress=False)
+        save_untrained_checkpoint(tmp_path / name, load_manifest(tmp_path / name))
         trained = load_trained(tmp_path / name, check_files=False)
         paths = IndexPaths(tmp_path / name / "index")
         paths.folder.mkdir()
         with caplog.at_level(logging.INFO, logger="alexnet"):
-            extract_features(trained, paths, batch_size=4, progress=False)
+            training_features(trained, paths, trained.world, batch_size=4, progress=False)
         assert ("reading decoded patches" in caplog.text) == cache
         caplog.clear()
         features[name] = np.array(load_features(paths))

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_prep_bad_trees_exit_2_without_traceback(tmp_path, setup, message):
 def test_train_without_prep_is_a_clear_error(tmp_path):
     result = invoke("train", "--run", tmp_path / "run", "--epochs", "1")
     assert result.exit_code == 2
-    assert "no such run" in result.output and "alexnet prep DATA --run" in result.output
+    assert "no such run" in result.output and "alexnet prep DATA" in result.output
 
 
 def test_fashion_mnist_demo_photos(tmp_path):
@@ -139,8 +140,9 @@ def in_folder(tmp_path, monkeypatch):
 
 
 def fake_run(folder: Path) -> Path:
+    """A run folder (layout.is_run) whose manifest holds nothing else."""
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text("{}")
+    (folder / "manifest.json").write_text('{"version": 2, "fingerprint": "0"}')
     return folder
 
 
@@ -207,7 +209,7 @@ def test_fine_tuning_starts_from_another_runs_weights(tmp_path):
     from alexnet.model.distributed import World
 
     source = AlexNet(AlexNetConfig(num_classes=2, init="kaiming"))
-    manifest = {"classes": ["a", "b"], "fingerprint": "x"}
+    manifest = SimpleNamespace(classes=["a", "b"], fingerprint="x")  # what a checkpoint keeps
     opt = torch.optim.SGD(source.parameters(), lr=0.1)
     path = save_checkpoint(
         tmp_path / "src.pt",
@@ -223,10 +225,9 @@ def test_fine_tuning_starts_from_another_runs_weights(tmp_path):
 
 
 def test_predict_lists_the_top_classes_with_probabilities(tmp_path):
-    from retrieval_fixtures import make_images as make_class_images
-    from retrieval_fixtures import make_run
+    from retrieval_fixtures import CLASSES, make_run
 
-    data = make_class_images(tmp_path / "data", per_class=3)
+    data = make_images(tmp_path / "data", train=3, val=None, names=CLASSES)
     run = make_run(data, tmp_path / "run")
     photo = data / "green" / "0.jpg"
     result = invoke("predict", photo, data / "red", "--run", run, "--top", "2", "--json")
@@ -244,3 +245,13 @@ def test_predict_lists_the_top_classes_with_probabilities(tmp_path):
 def test_montage_must_be_a_png(tmp_path):
     result = invoke("search", "x.jpg", "--montage", tmp_path / "x.jpg", "--run", tmp_path)
     assert result.exit_code == 2 and "name it x.png" in result.output
+
+
+def test_library_parameters_print_as_the_flags_of_the_command_that_ran():
+    import click
+
+    ctx = click.Context(cli)
+    flag = cli.flag_namer(ctx, cli.get_command(ctx, "train"))
+    e = AlexnetError("{batch_size} 8, {weight_decay}, {num_threads}, {force}, {unknown_thing}")
+    assert e.render(flag) == "--batch-size 8, --weight-decay, --workers, --force, unknown_thing"
+    assert str(e) == "`batch_size` 8, `weight_decay`, `num_threads`, `force`, `unknown_thing`"

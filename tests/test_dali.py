@@ -15,14 +15,13 @@ from alexnet.pipeline.dali import (
     CROP,
     MAX_OFFSET,
     SIZE,
-    Loader,
-    QueryCrops,
     augmentation,
     eval_pipeline,
     pipe_options,
     prep_pipeline,
     train_pipeline,
 )
+from alexnet.pipeline.loader import Loader, QueryCrops
 
 ATOL = 1e-3
 DEBUG_OUTPUTS = ("images", "labels", "offset", "mirror", "alpha")

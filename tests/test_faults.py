@@ -28,11 +28,11 @@ from alexnet.model.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.model.config import TrainConfig
 from alexnet.model.train import fit
 from alexnet.pipeline import files as files_module
-from alexnet.pipeline.dataset import load_manifest
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import UMASK, atomic_write, remove_stale_temps
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import load_manifest
 from alexnet.pipeline.prep import prepare
 
 TINY = TrainConfig(epochs=1, batch_size=4, patience=1, num_threads=1)
@@ -88,16 +88,16 @@ def test_a_second_writer_is_refused_while_readers_go_on(run, tiny_data):
 
 def test_prep_keeps_a_trained_run_of_other_data_unless_forced(run, tiny_data, tmp_path):
     fit(run, TINY, progress=False, final_ten_crop=False)
-    prepare(tiny_data, run, workers=1, progress=False)  # the same data: harmless, allowed
+    prepare(tiny_data, run, processes=1, progress=False)  # the same data: harmless, allowed
     other = make_images(tmp_path / "other", classes=3)
     with pytest.raises(AlexnetError, match="checkpoints/last.pt made from other data"):
-        prepare(other, run, workers=1, progress=False)
+        prepare(other, run, processes=1, progress=False)
     assert (
         load_checkpoint(RunPaths(run).last)["fingerprint"]
         == json.loads(RunPaths(run).manifest.read_text())["fingerprint"]
     )
-    manifest, _ = prepare(other, run, workers=1, force=True, progress=False)
-    assert len(manifest["classes"]) == 3
+    prepared = prepare(other, run, processes=1, force=True, progress=False)
+    assert len(load_manifest(prepared).classes) == 3
 
 
 # --- kills and temporary files -----------------------------------------------------------
@@ -184,7 +184,7 @@ def test_an_unwritable_checkpoint_folder_is_found_before_training(run):
 
 
 def test_a_training_file_corrupted_after_prep_is_named(run, tiny_data):
-    victim = tiny_data / load_manifest(run, check_files=False)["files"].paths[0]
+    victim = tiny_data / load_manifest(run, check_files=False).files.paths[0]
     backup = victim.read_bytes()
     st = victim.stat()
     try:
@@ -235,11 +235,11 @@ def test_bad_options_are_one_line_before_any_work(args, tmp_path):
 
 
 def test_one_bad_file_in_a_query_folder_is_skipped_and_reported(tmp_path):
-    from retrieval_fixtures import make_images as make_class_images
+    from retrieval_fixtures import CLASSES
 
-    from alexnet.pipeline.dataset import image_files
+    from alexnet.pipeline.walk import image_files
 
-    folder = make_class_images(tmp_path / "queries", per_class=1)
+    folder = make_images(tmp_path / "queries", train=1, val=None, names=CLASSES)
     (folder / "red" / "broken.jpg").write_bytes(b"not a jpeg")
     files, skipped = image_files([folder, tmp_path / "missing.jpg"])
     assert len(files) == 3 and all(Path(f).name == "0.jpg" for f in files)

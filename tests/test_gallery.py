@@ -18,15 +18,15 @@ import pytest
 from click.testing import CliRunner
 from fixtures import torchrun
 from PIL import Image, ImageOps
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import indexed_run
 
+from alexnet import collection
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
-from alexnet.retrieval import api
-from alexnet.retrieval import autoencoder as ae
-from alexnet.retrieval import gallery as G
+from alexnet.retrieval import collection as C
+from alexnet.retrieval import update as U
 from alexnet.retrieval.duplicates import candidate_pairs, components, find_duplicates
 from alexnet.retrieval.index import hamming
 
@@ -50,12 +50,7 @@ def invoke(*args, code: int = 0):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """The tiny run with its training-set index built (the galleries' autoencoder)."""
-    root = tmp_path_factory.mktemp("gallery")
-    run = make_run(make_images(root / "data"), root / "run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ae, "AutoencoderConfig", QuickConfig)
-        api.index_run(run, progress=False)
-    return run
+    return indexed_run(tmp_path_factory.mktemp("gallery"))
 
 
 def photos(folder: Path, sources: list[str]) -> Path:
@@ -67,7 +62,15 @@ def photos(folder: Path, sources: list[str]) -> Path:
     return folder
 
 
-def features_by_path(gi: G.GalleryIndex) -> dict[str, np.ndarray]:
+def open_gallery(run: Path, name: str) -> C.Collection:
+    return collection(run, name).open()
+
+
+def index_gallery(run: Path, folder: Path, name: str, **options) -> dict:
+    return collection(run, name).update(folder, **options)
+
+
+def features_by_path(gi: C.Collection) -> dict[str, np.ndarray]:
     return {
         str(p): np.asarray(gi.features[r])
         for p, r in zip(gi.table.paths, gi.table.rows, strict=True)
@@ -110,15 +113,15 @@ def test_a_gallery_is_built_searched_and_labelled(run, real_jpegs, tmp_path):
     assert Image.open(sheet).size[0] > 0
 
     # the same searches through the library: ids are feature rows, files come back by id
-    gi = G.open_gallery(run, "trip")
-    assert api.indexed_file(gi, best["id"]) == best["path"]
-    assert api.thumbnail(gi, best["id"])[:2] == b"\xff\xd8"
+    gi = open_gallery(run, "trip")
+    assert gi.file(best["id"]) == best["path"]
+    assert gi.thumbnail(best["id"])[:2] == b"\xff\xd8"
 
 
 def test_an_update_adds_changes_and_drops_files_exactly(run, real_jpegs, tmp_path):
     folder = photos(tmp_path / "photos", real_jpegs[:6])
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "upd")
-    before = features_by_path(G.open_gallery(run, "upd"))
+    before = features_by_path(open_gallery(run, "upd"))
 
     gone = folder / "trip/day0/photo 2.JPG"
     gone.unlink()
@@ -128,23 +131,23 @@ def test_an_update_adds_changes_and_drops_files_exactly(run, real_jpegs, tmp_pat
     out = invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "upd").output
     assert "6 images (1 added, 1 updated, 1 removed" in out
 
-    gi = G.open_gallery(run, "upd")
+    gi = open_gallery(run, "upd")
     after = features_by_path(gi)
     now = {str(p.resolve()) for p in folder.rglob("*") if p.is_file()}
-    assert set(after) == now and gi.index.ntotal == 6
+    assert set(after) == now and len(gi) == 6
     for path in now - {str(changed.resolve()), str((folder / "new.jpg").resolve())}:
         assert np.array_equal(after[path], before[path])  # untouched rows are kept
     assert not np.array_equal(after[str(changed.resolve())], before[str(changed.resolve())])
 
     # every gallery image is found, and nothing else: search the whole gallery
-    result = api.search(gi, sorted(now), k=6)
+    result = gi.search(sorted(now), k=6)
     for row in result["queries"]:
         assert {r["path"] for r in row["results"]} == now
         assert row["results"][0]["path"] == row["query"]
 
     # an update is what a fresh build of the same folder gives
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "fresh")
-    fresh = G.open_gallery(run, "fresh")
+    fresh = open_gallery(run, "fresh")
     for path, vector in features_by_path(fresh).items():
         np.testing.assert_array_equal(vector, after[path])
     codes = dict(zip(fresh.table.paths, fresh.table.codes.tolist(), strict=True))
@@ -159,8 +162,8 @@ def test_a_killed_update_leaves_the_previous_gallery_usable(run, real_jpegs, tmp
     folder = photos(tmp_path / "photos", real_jpegs[:4])
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "kill")
     query = str((folder / "red/photo 0.JPG").resolve())
-    expected = api.search(G.open_gallery(run, "kill"), [query], k=4)["queries"]
-    before = features_by_path(G.open_gallery(run, "kill"))
+    expected = open_gallery(run, "kill").search([query], k=4)["queries"]
+    before = features_by_path(open_gallery(run, "kill"))
     for f in real_jpegs[4:7]:
         shutil.copy(f, folder / Path(f).name)
 
@@ -169,12 +172,12 @@ def test_a_killed_update_leaves_the_previous_gallery_usable(run, real_jpegs, tmp
 
     for stage in ("extract_rows", "write_json"):  # mid-extraction; just before the commit
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(G, stage, killed)
+            mp.setattr(U, stage, killed)
             with pytest.raises(KeyboardInterrupt):
-                G.index_gallery(run, folder, "kill", batch_size=4, progress=False)
-        gi = G.open_gallery(run, "kill")
-        assert gi.index.ntotal == 4
-        assert api.search(gi, [query], k=4)["queries"] == expected
+                index_gallery(run, folder, "kill", batch_size=4, progress=False)
+        gi = open_gallery(run, "kill")
+        assert len(gi) == 4
+        assert gi.search([query], k=4)["queries"] == expected
         after = features_by_path(gi)
         assert (
             all(np.array_equal(after[p], before[p]) for p in before)
@@ -182,10 +185,10 @@ def test_a_killed_update_leaves_the_previous_gallery_usable(run, real_jpegs, tmp
         )
 
     (folder / "trip/day1/photo 1.JPG").unlink()
-    record = G.index_gallery(run, folder, "kill", batch_size=4, progress=False)
+    record = index_gallery(run, folder, "kill", batch_size=4, progress=False)
     assert (record["added"], record["updated"], record["removed"]) == (3, 0, 1)
-    assert G.open_gallery(run, "kill").index.ntotal == 6
-    assert len(list(G.gallery_paths(run, "kill").folder.glob("files.*.npz"))) == 1
+    assert len(open_gallery(run, "kill")) == 6
+    assert len(list(RunPaths(run).gallery("kill").folder.glob("files.*.npz"))) == 1
 
 
 def test_a_stale_or_unknown_gallery_is_refused_with_one_line(run, real_jpegs, tmp_path):
@@ -201,7 +204,7 @@ def test_a_stale_or_unknown_gallery_is_refused_with_one_line(run, real_jpegs, tm
             ).output
         finally:
             os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert f"rerun `alexnet index --run {run} --images {folder.resolve()} --name stale`" in out
+        assert f"`alexnet index` on {run} with --images {folder.resolve()} and --name stale" in out
         assert len(out.strip().splitlines()) == 1
     out = invoke("search", folder / "red", "--run", run, "--gallery", "nope", code=2).output
     assert "no gallery 'nope' (galleries: " in out and "stale" in out
@@ -230,14 +233,12 @@ def test_jsonl_streams_one_line_per_query_as_batches_complete(
     assert all(len(r["results"]) == 2 for r in rows)
 
     # lazily: the first lines come before the later batches are computed
-    monkeypatch.setattr(api, "QUERY_BATCH", 2)
+    monkeypatch.setattr(C, "QUERY_BATCH", 2)
     calls = []
-    features = api.query_features
-    monkeypatch.setattr(
-        api, "query_features", lambda *a, **kw: calls.append(1) or features(*a, **kw)
-    )
-    gi = G.open_gallery(run, "lines")
-    stream = api.search_stream(gi, sorted(map(str, queries.rglob("*.JPG"))), k=2)  # 7 photos
+    features = C.query_features
+    monkeypatch.setattr(C, "query_features", lambda *a, **kw: calls.append(1) or features(*a, **kw))
+    gi = open_gallery(run, "lines")
+    stream = gi.stream(sorted(map(str, queries.rglob("*.JPG"))), k=2)  # 7 photos
     first = next(stream)
     assert len(calls) == 1 and first["results"]
     assert len([first, *stream]) == 7 and len(calls) == 4
@@ -270,7 +271,7 @@ def test_planted_copies_are_grouped_and_distinct_photos_are_not(run, real_jpegs,
         ImageOps.mirror(im).save(mirrored, quality=90)
         planted[i] = sorted(str(p.resolve()) for p in (original, small, coarse, mirrored))
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "dups")
-    gi = G.open_gallery(run, "dups")
+    gi = open_gallery(run, "dups")
     # The untrained test network and its autoencoder of a few updates give loose codes:
     # every pair is a candidate here, so that fc7 alone decides (defaults: BENCHMARKS.md).
     bits = gi.table.codes.shape[1] * 8
@@ -284,15 +285,15 @@ def test_planted_copies_are_grouped_and_distinct_photos_are_not(run, real_jpegs,
         "duplicates", "--run", run, "--gallery", "dups", "--max-distance", bits, "--max-fc7", 0.15
     ).output
     assert "2 groups of near-duplicates (8 images" in out
-    saved = json.loads(G.gallery_paths(run, "dups").duplicates.read_text())
+    saved = json.loads(RunPaths(run).gallery("dups").duplicates.read_text())
     assert [g["images"] for g in saved["groups"]] == [g["images"] for g in report["groups"]]
     for n in range(2):
-        assert Image.open(G.gallery_paths(run, "dups").duplicate_sheet(n)).size[0] > 0
+        assert Image.open(RunPaths(run).gallery("dups").duplicate_sheet(n)).size[0] > 0
 
 
 def test_sharded_extraction_gives_the_single_process_features(run, real_jpegs, tmp_path):
     folder = photos(tmp_path / "photos", real_jpegs[:7])
-    G.index_gallery(run, folder, "one", batch_size=4, progress=False)
+    index_gallery(run, folder, "one", batch_size=4, progress=False)
     done = torchrun(
         "index",
         "--run",
@@ -307,7 +308,7 @@ def test_sharded_extraction_gives_the_single_process_features(run, real_jpegs, t
     )
     assert done.returncode == 0, done.stderr[:9000]
     assert done.stdout.count("gallery two: 7 images (7 added") == 1  # printed by rank 0 only
-    one, two = G.open_gallery(run, "one"), G.open_gallery(run, "two")
+    one, two = open_gallery(run, "one"), open_gallery(run, "two")
     a, b = features_by_path(one), features_by_path(two)
     assert a.keys() == b.keys()
     for path in a:
@@ -315,12 +316,12 @@ def test_sharded_extraction_gives_the_single_process_features(run, real_jpegs, t
     assert np.array_equal(one.table.codes, two.table.codes)
 
 
-def test_the_gallery_module_refuses_bad_folders(run, tmp_path):
+def test_a_gallery_update_refuses_bad_folders(run, tmp_path):
     with pytest.raises(AlexnetError, match="not a folder"):
-        G.index_gallery(run, tmp_path / "missing", "x", progress=False)
+        index_gallery(run, tmp_path / "missing", "x", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(AlexnetError, match="no usable images"):
-        G.index_gallery(run, tmp_path / "empty", "x", progress=False)
+        index_gallery(run, tmp_path / "empty", "x", progress=False)
 
 
 def test_serve_offers_a_gallery(run, real_jpegs, tmp_path):
@@ -329,7 +330,7 @@ def test_serve_offers_a_gallery(run, real_jpegs, tmp_path):
     from alexnet.cli.web import create_app
 
     folder = photos(tmp_path / "photos", real_jpegs[:4])
-    G.index_gallery(run, folder, "web", batch_size=4, progress=False)
+    index_gallery(run, folder, "web", batch_size=4, progress=False)
     client = TestClient(create_app(run, galleries=["web"]))
     assert client.get("/api/info").json()["galleries"] == ["web"]
     query = folder / "red/photo 0.JPG"

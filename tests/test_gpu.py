@@ -17,8 +17,8 @@ from alexnet.model.distributed import autocast, setup_world
 from alexnet.model.loaders import eval_loader, train_loader
 from alexnet.pipeline.cache import open_cache
 from alexnet.pipeline.dali import default_device
-from alexnet.pipeline.dataset import load_manifest
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import load_manifest
 from alexnet.pipeline.prep import prepare
 from alexnet.pipeline.stats import load_stats
 
@@ -31,7 +31,7 @@ def test_the_loaders_run_on_the_gpu_and_the_cache_gives_the_same_batches(tmp_pat
     prepare(make_images(tmp_path / "data", train=9), run, cache=True, progress=False)
     assert json.loads(RunPaths(run).cache_record.read_text())["decoder"] == "gpu"
     manifest = load_manifest(run)
-    stats = load_stats(run, manifest["fingerprint"])
+    stats = load_stats(run, manifest.fingerprint)
     patches = open_cache(run, manifest)
     world = setup_world()
     assert world.device.type == "cuda" and world.dali_device == "gpu"

@@ -162,7 +162,8 @@ def test_the_table_names_a_failed_step_and_exits_1(tmp_path, capsys):
 def test_a_dali_graph_left_on_the_cpu_is_caught_though_its_batches_reach_the_gpu():
     import numpy as np
 
-    from alexnet.pipeline.dali import Loader, cached_eval_pipeline, pipe_options
+    from alexnet.pipeline.dali import cached_eval_pipeline, pipe_options
+    from alexnet.pipeline.loader import Loader
 
     pipeline = bench("pipeline")
     patches = np.zeros((2, 256, 256, 3), np.uint8)

@@ -17,8 +17,9 @@ from scipy.io import savemat
 
 from alexnet.cli.main import cli
 from alexnet.pipeline import imagenet
-from alexnet.pipeline.dataset import load_manifest, save_manifest, scan, split_files
+from alexnet.pipeline.dataset import scan
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.manifest import load_manifest, save_manifest, split_files
 
 WNIDS = {"n01440764": "tench, Tinca tinca", "n02979186": "cassette player"}
 WNIDS["n03417042"] = "garbage truck, dustcart"
@@ -69,24 +70,24 @@ def write_devkit(folder: Path) -> Path:
 
 
 def run_scan(data: Path, **kw) -> dict:
-    return scan(data, workers=2, progress=False, **kw)
+    return scan(data, processes=2, progress=False, **kw)
 
 
 def labels_by_name(m: dict) -> dict[str, str]:
-    return {Path(f["path"]).stem: m["classes"][f["label"]] for f in m["files"].records()}
+    return {Path(f["path"]).stem: m.classes[f["label"]] for f in m.files.records()}
 
 
 def check_ilsvrc(m: dict, labels_file: str) -> None:
-    assert m["layout"] == "train/val folders"
-    assert m["classes"] == list(WNIDS)
-    assert m["class_names"] == ["tench", "cassette player", "garbage truck"]
+    assert m.layout == "train/val folders"
+    assert m.classes == list(WNIDS)
+    assert m.class_names == ["tench", "cassette player", "garbage truck"]
     assert labels_by_name(m) == {
         **{f"{w}_{i}": w for w in WNIDS for i in range(2)},
         **{name: TRUTH[name] for name in VAL[:3]},
     }
     val, _ = split_files(m, "val")
     assert [Path(p).stem for p in val] == VAL[:3]
-    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    reasons = {s["path"]: s["reason"] for s in m.skipped}
     assert reasons == {
         f"val/{VAL[3]}.JPEG": f"label {STRANGER} (from {labels_file}) is not a training class",
         f"val/{VAL[4]}.JPEG": f"no label in {labels_file}",
@@ -97,8 +98,8 @@ def test_kaggle_layout_is_recognised_by_itself(ilsvrc):
     write_kaggle(ilsvrc)
     m = run_scan(ilsvrc)
     check_ilsvrc(m, imagenet.KAGGLE_LABELS)
-    assert m["labels_from"] == str(ilsvrc / imagenet.KAGGLE_LABELS)
-    assert m["names_from"] == str(ilsvrc / imagenet.KAGGLE_NAMES)
+    assert m.labels_from == str(ilsvrc / imagenet.KAGGLE_LABELS)
+    assert m.names_from == str(ilsvrc / imagenet.KAGGLE_NAMES)
 
 
 @pytest.mark.parametrize("form", ["folder in DATA", "archive beside DATA"])
@@ -111,15 +112,15 @@ def test_devkit_layout_is_recognised_by_itself(ilsvrc, tmp_path, form):
         devkit = archive
     m = run_scan(ilsvrc)
     check_ilsvrc(m, devkit.name)
-    assert m["labels_from"] == m["names_from"] == str(devkit)
+    assert m.labels_from == m.names_from == str(devkit)
 
 
 def test_without_labels_a_flat_val_folder_is_reported_not_lost(ilsvrc):
     m = run_scan(ilsvrc)
     assert split_files(m, "val") == ([], [])
-    assert [s["path"] for s in m["skipped"]] == [f"val/{name}.JPEG" for name in VAL]
-    assert all(s["reason"].startswith("no label: ") for s in m["skipped"])
-    assert m["class_names"] == m["classes"]  # no names file: the folder names
+    assert [s["path"] for s in m.skipped] == [f"val/{name}.JPEG" for name in VAL]
+    assert all(s["reason"].startswith("no label: ") for s in m.skipped)
+    assert m.class_names == m.classes  # no names file: the folder names
 
 
 @pytest.mark.parametrize("form", ["lines", "csv"])
@@ -141,24 +142,24 @@ def test_explicit_labels_and_names_files(tmp_path, real_jpegs, form):
     names = tmp_path / "names.txt"
     names.write_text("cat Felis catus, the house cat\ndog Canis familiaris\n")
     m = run_scan(data, val_labels=path, class_names=names)
-    assert m["class_names"] == ["Felis catus, the house cat", "Canis familiaris"]  # whole lines
+    assert m.class_names == ["Felis catus, the house cat", "Canis familiaris"]  # whole lines
     assert labels_by_name(m) == {"cat0": "cat", "dog0": "dog", "a": "cat", "b": "dog"}
-    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    reasons = {s["path"]: s["reason"] for s in m.skipped}
     assert reasons == {
         "val/c.jpg": f"no label in {path.name}",
         "val/d.jpg": f"label horse (from {path.name}) is not a training class",
     }
     # the manifest keeps the names through a save and load
     save_manifest(m, tmp_path / "run")
-    assert load_manifest(tmp_path / "run")["class_names"] == m["class_names"]
+    assert load_manifest(tmp_path / "run").class_names == m.class_names
 
 
 def test_classes_json_names_the_real_imagenette_classes():
     m = run_scan(IMAGENETTE)
     names = json.loads((IMAGENETTE / "classes.json").read_text())
-    assert m["classes"] == sorted(names)
-    assert m["class_names"] == [names[c] for c in m["classes"]]
-    assert "cassette player" in m["class_names"] and m["skipped"] == []
+    assert m.classes == sorted(names)
+    assert m.class_names == [names[c] for c in m.classes]
+    assert "cassette player" in m.class_names and m.skipped == []
 
 
 def test_shared_names_get_their_id_and_missing_ones_the_folder_name():

@@ -17,18 +17,20 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fixtures import make_images
 from PIL import Image
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import CLASSES, QuickConfig, make_run
 
+from alexnet import collection
 from alexnet.cli.main import Group
 from alexnet.cli.search import register
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import split_files
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import split_files
 from alexnet.retrieval import autoencoder as ae
 from alexnet.retrieval import features as F
-from alexnet.retrieval.index import build_run_index, index_problem, open_run_index
+from alexnet.retrieval import store
 
 
 @click.group(cls=Group)
@@ -63,7 +65,9 @@ NAMES = {"red": "poppy red", "green": "leaf green", "blue": "sky blue"}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """The images, and display names for their classes in classes.json (as imagenette's)."""
-    root = make_images(tmp_path_factory.mktemp("retrieval") / "data")
+    root = make_images(
+        tmp_path_factory.mktemp("retrieval") / "data", train=6, val=None, names=CLASSES
+    )
     (root / "classes.json").write_text(json.dumps(NAMES))
     return root
 
@@ -116,37 +120,36 @@ def test_features_are_memory_mapped_float16_in_manifest_order(run):
 
 
 def test_a_training_image_finds_itself_at_distance_zero(run):
-    net = load_trained(run)
-    ri = open_run_index(net)
+    train = collection(run).open()
+    net = train.trained
     files, _ = split_files(net.manifest, "train")
     vectors = F.query_features(net, files)
-    D, I = ri.query(vectors, 12)
+    D, I = train.neighbours(vectors, 12)
     for i in range(12):
         assert D[i, 0] == 0 and i in I[i][D[i] == 0]  # ties at 0 are possible, itself is one
-    D, I = ri.query(vectors, 3, rerank_top=12)  # re-rank by fc7: itself first, at ~0
+    D, I = train.neighbours(vectors, 3, rerank_top=12)  # re-rank by fc7: itself first, at ~0
     assert I[:, 0].tolist() == list(range(12)) and np.all(D[:, 0] < 1e-2)
     codes = np.load(RunPaths(run).index.codes)
-    assert np.array_equal(ae.encode(ri.autoencoder, F.load_features(RunPaths(run).index)), codes)
+    assert np.array_equal(ae.encode(train.autoencoder, F.load_features(RunPaths(run).index)), codes)
 
 
 def test_a_second_build_skips_every_step(run):
     before = mtimes(run)
-    build_run_index(load_trained(run), progress=False)
+    collection(run).update(progress=False)
     assert mtimes(run) == before
 
 
 def test_above_the_size_threshold_the_index_is_ivf_and_its_recall_is_recorded(run):
-    net = load_trained(run)
+    train = collection(run)
     try:
-        meta = build_run_index(net, approx_threshold=5, progress=False)  # 12 images > 5
+        meta = train.update(approx_threshold=5, progress=False)  # 12 images > 5
         saved = json.loads((run / "index" / "codes.json").read_text())
         assert meta["kind"] == saved["kind"] == "ivf" and 0 < saved["recall_at_10"] <= 1
-        ri = open_run_index(net)
-        assert ri.meta["kind"] == "ivf"
-        D, I = ri.search(np.load(RunPaths(run).index.codes), 1)
+        assert train.kind == "ivf"
+        D, I = train.neighbours(F.load_features(RunPaths(run).index).astype(np.float32), 1)
         assert (D[:, 0] == 0).all()
     finally:
-        assert build_run_index(net, progress=False)["kind"] == "flat"  # as the others expect
+        assert train.update(progress=False)["kind"] == "flat"  # as the others expect
 
 
 def test_interrupted_extraction_is_redone_not_taken_as_complete(run, monkeypatch):
@@ -154,19 +157,23 @@ def test_interrupted_extraction_is_redone_not_taken_as_complete(run, monkeypatch
     paths, source = RunPaths(run).index, F.source_identity(net)
     before = F.load_features(paths).copy()
 
-    def broken(net, loader):
-        yield np.zeros((4, 4096), np.float32)
+    def broken(net, batches):
+        yield np.zeros((len(next(batches)), 4096), np.float32)
         raise KeyboardInterrupt
 
+    def problem():
+        return store.problem(paths, store.read_record(paths), source)
+
     monkeypatch.setattr(F, "fc7_batches", broken)
+    paths.features_meta.unlink()  # features to redo: as after a new checkpoint
     with pytest.raises(KeyboardInterrupt):
-        F.extract_features(net, paths, batch_size=4, progress=False)
-    assert not F.features_current(paths, source)
+        collection(run).update(batch_size=4, progress=False)
+    assert F.complete_rows(paths, source) == 0
     assert not [p for p in (run / "index").iterdir() if p.name.endswith(".tmp")]
-    assert index_problem(paths, source) == "the fc7 features are missing or incomplete"
+    assert problem() == "the fc7 features are missing or incomplete"
     monkeypatch.undo()
-    build_run_index(net, progress=False)  # redoes the features only
-    assert F.features_current(paths, source) and index_problem(paths, source) is None
+    collection(run).update(progress=False)  # redoes the features only
+    assert F.complete_rows(paths, source) == 12 and problem() is None
     assert np.array_equal(F.load_features(paths), before)
 
 
@@ -217,16 +224,14 @@ def test_index_cli_skips_a_current_index(run):
 
 
 def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
-    from alexnet.retrieval import open_index, search
-
-    ri = open_index(run)
-    path = Path(split_files(ri.trained.manifest, "train")[0][5])  # an indexed image
+    train = collection(run)
+    path = Path(split_files(train.open().trained.manifest, "train")[0][5])  # an indexed image
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
     png = io.BytesIO()
     Image.fromarray(pixels).save(png, format="PNG")
-    by_path = search(ri, [path], k=3)
-    by_bytes = search(ri, [path.read_bytes(), png.getvalue(), pixels], k=3, names=["a", "b", "c"])
+    by_path = train.search([path], k=3)
+    by_bytes = train.search([path.read_bytes(), png.getvalue(), pixels], k=3, names=["a", "b", "c"])
     assert by_path["bits"] == 64 and by_path["index"] == "flat" and by_path["distance"] == "hamming"
     assert by_path["queries"][0]["query"] == str(path)
     assert [q["query"] for q in by_bytes["queries"]] == ["a", "b", "c"]
@@ -236,11 +241,11 @@ def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
     assert by_bytes["queries"][1]["results"] == by_bytes["queries"][2]["results"]
     assert any(r["id"] == 5 and r["path"] == str(path) and r["hamming"] == 0 for r in expected)
     with pytest.raises(AlexnetError, match="uint8 HxWx3"):
-        search(ri, [pixels[..., 0]])
+        train.search([pixels[..., 0]])
     cut = path.read_bytes()[:400]
     with pytest.raises(AlexnetError, match="cut.jpg cannot be used as a query: corrupt"):
-        search(ri, [path.read_bytes(), cut], names=["whole.jpg", "cut.jpg"])
-    assert search(ri, [path.read_bytes()], k=3)["queries"][0]["results"] == expected
+        train.search([path.read_bytes(), cut], names=["whole.jpg", "cut.jpg"])
+    assert train.search([path.read_bytes()], k=3)["queries"][0]["results"] == expected
 
 
 def test_eval_retrieval_writes_every_mode_and_the_baselines(run):
@@ -262,21 +267,19 @@ def test_eval_retrieval_writes_every_mode_and_the_baselines(run):
 
 
 def test_search_checks_the_files_it_returns_and_only_those(run, data):
-    from alexnet.retrieval import open_index, search
-
-    ri = open_index(run)
+    train = collection(run).open()
     query = data / "red" / "1.jpg"
-    returned = {r["path"] for r in search(ri, [query], k=2)["queries"][0]["results"]}
-    others = [p for p in split_files(ri.trained.manifest, "train")[0] if p not in returned]
+    returned = {r["path"] for r in train.search([query], k=2)["queries"][0]["results"]}
+    others = [p for p in split_files(train.trained.manifest, "train")[0] if p not in returned]
     for path, refused in ((others[0], False), (sorted(returned)[0], True)):
         st = os.stat(path)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if rewritten
         try:
             if refused:
                 with pytest.raises(AlexnetError, match="changed since prep"):
-                    search(ri, [query], k=2)
+                    train.search([query], k=2)
             else:
-                search(ri, [query], k=2)
+                train.search([query], k=2)
         finally:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -288,7 +291,7 @@ def test_search_checks_the_files_it_returns_and_only_those(run, data):
         ("not_an_image", "cannot be used as a query: not an image"),
         ("truncated", "cannot be used as a query: corrupt or truncated"),
         ("empty_folder", "holds no images"),
-        ("k_too_large", "-k 13 is larger than the database (12 training images)"),
+        ("k_too_large", "must be from 1 to 12 (the images in the training set of run"),
     ],
 )
 def test_bad_search_input_is_one_clear_error(run, data, tmp_path, case, message):
@@ -315,9 +318,9 @@ def test_bad_search_input_is_one_clear_error(run, data, tmp_path, case, message)
 
 def test_a_run_without_a_checkpoint_is_refused(data, tmp_path):
     run = tmp_path / "untrained"
-    from alexnet.pipeline import dataset
+    from alexnet.pipeline import dataset, manifest
 
-    dataset.save_manifest(dataset.scan(data, val_fraction=1 / 3, workers=1, progress=False), run)
+    manifest.save_manifest(dataset.scan(data, val_fraction=1 / 3, processes=1, progress=False), run)
     from alexnet.pipeline.stats import Stats, save_stats
 
     save_stats(
@@ -346,9 +349,9 @@ def test_a_stale_index_is_refused_by_search_and_rebuilt_by_index(run, data):
         result = invoke("search", data / "red" / "1.jpg", "--run", run)
         assert result.exit_code == 2
         assert "stale or incomplete (built from another checkpoint" in result.output
-        assert "alexnet index --run" in result.output and mtimes(run) == before
+        assert "alexnet index` on" in result.output and mtimes(run) == before
         with pytest.raises(AlexnetError, match="stale"):
-            open_run_index(load_trained(run))
+            collection(run).open()
         with pytest.MonkeyPatch.context() as mp, capture_log() as log:
             mp.setattr(ae, "AutoencoderConfig", QuickConfig)
             result = invoke("index", "--run", run, "--bits", 32)

@@ -25,15 +25,13 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
-from retrieval_fixtures import QuickConfig, make_images, make_run
+from retrieval_fixtures import indexed_run
 
+from alexnet import collection
 from alexnet.cli.main import cli
 from alexnet.cli.search import listen
 from alexnet.cli.web import create_app
-from alexnet.model.inference import load_trained
 from alexnet.pipeline.layout import RunPaths
-from alexnet.retrieval.api import open_index, search
-from alexnet.retrieval.index import build_run_index
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PASSWD = b"root:"  # what /etc/passwd starts with: must never come back
@@ -41,26 +39,23 @@ PASSWD = b"root:"  # what /etc/passwd starts with: must never come back
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    run = make_run(make_images(root / "data"), root / "run")
-    build_run_index(load_trained(run), ae_config=QuickConfig(), progress=False)
-    return run
+    return indexed_run(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
 def ri(run):
-    return open_index(run)
+    return collection(run).open()
 
 
 @pytest.fixture(scope="module")
 def client(run, ri) -> TestClient:
-    return TestClient(create_app(run, index=ri))
+    return TestClient(create_app(run, train=ri))
 
 
 @pytest.fixture(scope="module")
 def files(ri) -> list[str]:
     """The indexed images: files[i] has index id i."""
-    return ri.files[0]
+    return [ri.file(i) for i in range(len(ri))]
 
 
 def upload(client, path, name=None, **form):
@@ -86,7 +81,7 @@ def test_info_gives_the_checkpoint_epochs_top1_error_from_the_metrics(run, ri):
     lines = [{"epoch": 1, "top1_error": 0.5}, {"epoch": 2, "top1_error": 0.25}]
     paths.metrics.write_text("".join(json.dumps(m) + "\n" for m in lines))
     try:
-        assert TestClient(create_app(run, index=ri)).get("/api/info").json()["top1_error"] == 0.5
+        assert TestClient(create_app(run, train=ri)).get("/api/info").json()["top1_error"] == 0.5
     finally:
         paths.metrics.unlink()
 
@@ -96,7 +91,7 @@ def test_an_upload_gets_the_librarys_records_and_finds_itself(client, ri, files,
     assert reply.status_code == 200, reply.text
     out = reply.json()
     name = Path(files[4]).name
-    library = search(ri, [Path(files[4]).read_bytes()], k=5, rerank_top=12, names=[name])
+    library = ri.search([Path(files[4]).read_bytes()], k=5, rerank=12, names=[name])
     assert out.pop("query_ms") > 0 and library.pop("query_ms") > 0  # timings differ
     assert out == json.loads(json.dumps({"run": str(run), **library}))
     first = out["queries"][0]["results"][0]
@@ -120,7 +115,7 @@ def test_thumbnails_are_made_once_and_kept_under_the_run(client, run, ri):
     assert reply.status_code == 200 and reply.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(reply.content)) as im:
         assert im.format == "JPEG" and im.size == (160, 160)
-    kept = RunPaths(run).thumb(ri.trained.manifest["fingerprint"], 3)
+    kept = RunPaths(run).thumb(ri.trained.manifest.fingerprint, 3)
     assert kept.read_bytes() == reply.content
     before = kept.stat().st_mtime_ns
     assert client.get("/api/thumb/3").content == reply.content
@@ -152,7 +147,7 @@ def test_a_bad_upload_is_400_saying_why_and_the_server_keeps_serving(
 
 
 def test_uploads_over_the_limit_are_413_with_or_without_a_length(run, ri, files):
-    small = TestClient(create_app(run, index=ri, max_upload_mb=0.01))  # 10 KiB
+    small = TestClient(create_app(run, train=ri, max_upload_mb=0.01))  # 10 KiB
     big = Path(files[0]).read_bytes() * 4
     assert len(big) > 0.01 * 2**20
     reply = upload(small, big, name="big.jpg")

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.pipeline.dali import Loader, pipe_options, prep_pipeline
+from alexnet.pipeline.dali import pipe_options, prep_pipeline
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.loader import Loader
 from alexnet.pipeline.stats import Accumulator, Stats, compute_stats, load_stats, save_stats
 
 # (width, height, how it is saved): portrait, landscape, square, a small one that is upscaled,

@@ -1,11 +1,12 @@
 """The package's shape: which folder may import which, public names, a light command line.
 
 Each folder owns one stage and depends only on the stages before it:
-pipeline <- model <- retrieval <- cli (DESIGN.md). These rules are read from the source with
-`ast`, so they hold after every change.
+pipeline <- model <- retrieval <- cli (docs/architecture.md). These rules are read from the
+source with `ast`, so they hold after every change.
 """
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,14 +70,15 @@ def test_the_boundary_check_sees_function_level_and_relative_imports(tmp_path):
 
 
 def test_public_names():
+    from alexnet import collection, collections
     from alexnet.model import AlexNet, AlexNetConfig, TrainConfig, fit, load_trained
     from alexnet.pipeline import RunPaths, prepare, scan
-    from alexnet.retrieval import build_run_index, open_index, search
+    from alexnet.retrieval import Collection
 
     assert AlexNet(AlexNetConfig(num_classes=3)).classifier[-1].out_features == 3
     assert TrainConfig().lr == 0.01 and RunPaths("r").best == Path("r/checkpoints/best.pt")
-    assert all(map(callable, (fit, load_trained, prepare, scan, build_run_index, open_index)))
-    assert callable(search)
+    assert all(map(callable, (fit, load_trained, prepare, scan, collection, collections)))
+    assert callable(Collection.search)
     for package in ("model", "pipeline", "retrieval"):
         module = __import__(f"alexnet.{package}", fromlist=["__all__"])
         for name in module.__all__:
@@ -90,3 +92,32 @@ def test_the_command_line_loads_without_torch_dali_or_faiss():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def flags_in_strings(path: Path, root: Path = ROOT) -> list[str]:
+    """The `--flag`s written in `path`'s string literals (messages, docstrings, log lines)."""
+    return [
+        f"{path.relative_to(root)}:{node.lineno}: {flag}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        for flag in FLAG.findall(node.value)
+    ]
+
+
+def test_the_library_names_parameters_not_flags():
+    """Flags belong to the command line: a library message names the parameter as `{name}`
+    and each face writes it its own way (pipeline/errors.py)."""
+    import alexnet
+
+    assert Path(alexnet.__file__).resolve().parent == ROOT / "alexnet", "not this checkout"
+    found = [f for folder in ("alexnet", "pipeline", "model", "retrieval") for f in sources(folder)]
+    assert len(found) > 30
+    assert [hit for path in found for hit in flags_in_strings(path)] == []
+
+
+def test_the_flag_check_finds_a_flag_in_a_message(tmp_path):
+    (tmp_path / "x.py").write_text('raise ValueError(f"pass --force, not {x}-y or a -- b")\n')
+    assert flags_in_strings(tmp_path / "x.py", tmp_path) == ["x.py:1: --force"]

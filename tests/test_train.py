@@ -18,9 +18,11 @@ from alexnet.cli.main import cli
 from alexnet.model import train
 from alexnet.model.checkpoint import load_checkpoint
 from alexnet.model.config import TrainConfig
-from alexnet.model.train import Interrupted, NonFinite, evaluate_checkpoint, fit
+from alexnet.model.evaluate import evaluate_checkpoint
+from alexnet.model.train import Interrupted, NonFinite, fit
 from alexnet.pipeline import dataset
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.manifest import save_manifest
 
 TINY = TrainConfig(epochs=1, batch_size=4, patience=1, num_threads=1)
 
@@ -189,7 +191,7 @@ def test_nan_rate_stops_in_the_first_epoch_without_a_checkpoint(run):
 def test_refuses_to_overwrite_and_to_resume_with_other_settings(run):
     fit(run, TINY, progress=False, final_ten_crop=False)
     before = (run / "checkpoints/last.pt").stat().st_mtime_ns
-    with pytest.raises(AlexnetError, match="--resume"):
+    with pytest.raises(AlexnetError, match="resume"):
         fit(run, TINY, progress=False)
     with pytest.raises(AlexnetError, match="lr 0.01 -> 0.1"):
         fit(run, replace(TINY, epochs=2, lr=0.1), resume=True, progress=False)
@@ -209,8 +211,8 @@ def test_bad_inputs_are_clear_errors(run, tmp_path):
 def test_stale_statistics_are_refused(tiny_data, tmp_path):
     run = prep_run(tiny_data, tmp_path / "run")
     other = make_images(tmp_path / "other", classes=3)
-    manifest = dataset.scan(other, progress=False, workers=1)
-    dataset.save_manifest(manifest, run)  # new manifest, old statistics
+    manifest = dataset.scan(other, progress=False, processes=1)
+    save_manifest(manifest, run)  # new manifest, old statistics
     with pytest.raises(AlexnetError, match="computed for other data"):
         fit(run, TINY, progress=False)
 

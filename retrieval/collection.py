@@ -1,0 +1,395 @@
+"""Collection: everything a run can search, through one type (the vocabulary: retrieval/__init__).
+
+    import alexnet
+    train = alexnet.collection("runs/demo")             # the training set (the manifest's)
+    photos = alexnet.collection("runs/demo", "photos")   # a gallery: RUN/galleries/photos
+    photos.update("~/Pictures")                          # build, or bring up to date
+    result = train.search(["query.jpg", png_bytes], k=10)
+    result["queries"][0]["results"][0]                   # {"rank", "id", "path", "class",
+                                                         #  "class_id", "hamming", "distance"}
+    photos.duplicates()                                  # groups of near-duplicate photos
+    train.evaluate()                                     # eval-retrieval, on the training set
+    train.file(7), train.thumbnail(7), len(train), train.describe()
+
+A collection opens itself on first use (`open`): the network, the autoencoder, its table of
+files (`table`: paths, codes, ids), FAISS index and fc7 features; a stale one is refused
+(store.problem); the training set builds its index on first use. Images are paths, folders
+(the images below them), encoded bytes, PIL images or uint8 HxWx3 arrays; all go through
+the evaluation centre crop of the same DALI graph as the indexed ones.
+"class" is the display name of a result's class, "class_id" its folder name: a training image's
+class, a gallery image's when its folder is named after one of the run's classes (else None).
+
+Opening checks the manifest but not the 1.28 million files behind it (seconds at ImageNet's
+size): a search checks the files it returns, and building an index every file it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from alexnet.model.distributed import setup_world
+from alexnet.model.inference import load_trained, query_crops
+from alexnet.model.metrics import read_metrics
+from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.layout import RunPaths
+from alexnet.pipeline.manifest import verify_files
+
+from . import autoencoder as ae
+from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
+from .duplicates import find_duplicates
+from .evaluate import evaluate_retrieval, write_result
+from .features import load_features, query_features, query_items
+from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
+from .montage import thumbnail
+from .store import (
+    Table,
+    class_of,
+    collection_paths,
+    gallery_names,
+    made_from,
+    problem,
+    read_record,
+    refresh,
+)
+from .update import barrier, update_gallery, update_training_set
+
+log = logging.getLogger(__name__)
+
+Image = str | Path | bytes | np.ndarray  # or a PIL image
+
+
+class Collection:
+    """The training set of a run (name None) or one of its galleries: files, fc7 features,
+    binary codes, a FAISS index and the record of what made them (module docstring)."""
+
+    def __init__(
+        self,
+        run: str | Path,
+        name: str | None = None,
+        *,
+        checkpoint: str | Path | None = None,
+        workers: int | None = None,
+    ):
+        self.run, self.name = RunPaths(run), name
+        self.paths = collection_paths(run, name)  # a bad name is refused here
+        self.checkpoint, self.workers = checkpoint, workers
+        self.trained = None  # set by open()
+
+    def __repr__(self) -> str:
+        return f"Collection({str(self.run)!r}, {self.name!r})"
+
+    def __str__(self) -> str:
+        what = "the training set" if self.name is None else f"gallery {self.name}"
+        return f"{what} of run {self.run}"
+
+    def open(self, *, progress: bool = False, trained=None) -> Collection:
+        """Load what a search needs (once; `trained`: the run already loaded); the training
+        set's index is built first, saying so, when there is none. A stale one is refused."""
+        if self.trained is not None:
+            return self
+        trained = trained or load_trained(
+            self.run.root, self.checkpoint, check_files=False, workers=self.workers
+        )
+        record = read_record(self.paths)
+        if self.name is None and record is None:
+            log.warning(
+                "no index in %s yet: building it now (fc7 features of the training set, "
+                "autoencoder, index); later searches reuse it",
+                self.paths.folder,
+            )
+            verify_files(trained.manifest, trained.manifest.files.positions("train"))
+            record = update_training_set(
+                trained, self.paths, trained.world, "search, building the index", progress=progress
+            )
+        if record is None:
+            names = ", ".join(gallery_names(self.run.root)) or "none"
+            raise AlexnetError(
+                f"run {self.run} has no gallery {self.name!r} (galleries: {names}); make it "
+                f"with `alexnet index --run {self.run} --images DIR --name {self.name}`"
+            )
+        wrong = problem(self.paths, record, made_from(trained, self.name, record.get("bits")))
+        if wrong:
+            raise AlexnetError(
+                f"{self} is stale or incomplete ({wrong}): {refresh(self.run, self.name, record)}"
+            )
+        self.record = record
+        self.autoencoder = ae.model_from_state(ae.load_autoencoder(self.run.index.autoencoder))
+        features = load_features(self.paths)  # a whole file maps fastest (features.py)
+        self.features = features if len(features) == record["rows"] else features[: record["rows"]]
+        if self.name is None:
+            self.table = Table.of_manifest(trained.manifest, "train", np.load(self.paths.codes))
+            self.index = load_index(self.paths.index)
+        else:
+            self.table = Table.load(self.paths.entries(record["generation"]))
+            self.index = build_index(self.table.codes, kind="flat")
+        self.fast = to_device(self.index)  # the GPU copy where there is a GPU
+        self.trained = trained
+        return self
+
+    def __len__(self) -> int:
+        return len(self.open().table)
+
+    @property
+    def kind(self) -> str:
+        return self.open().record["kind"]
+
+    @property
+    def bits(self) -> int:
+        return int(self.open().record["bits"])
+
+    @property
+    def root(self) -> str:
+        """The folder the files lie below: the dataset's, or the gallery's."""
+        self.open()
+        return self.trained.manifest.root if self.name is None else self.record["root"]
+
+    def update(
+        self,
+        folder: str | Path | None = None,
+        *,
+        bits: int | None = None,
+        approx_threshold: int = APPROX_THRESHOLD,
+        batch_size: int = FEATURE_BATCH,
+        min_size: int = MIN_SIZE,
+        max_pixels: int = MAX_PIXELS,
+        progress: bool = True,
+    ) -> dict:
+        """Build the collection, or bring it up to date (retrieval/update.py); returns its
+        record with "path" (a gallery's also with "added", "updated", "removed").
+
+        The training set: `bits` None keeps the autoencoder's width (else retrains at it);
+        above `approx_threshold` images the index is an IVF one. A gallery: the images below
+        `folder` (default: the folder it was made from), with the training set's autoencoder
+        (built first when missing); `min_size`, `max_pixels` as prep's. Under torchrun every
+        process calls this; the extraction is split over them (the others return {})."""
+        world, self.trained = setup_world(), None  # reopened after the update
+        self.__dict__.pop("_crops", None)
+        if self.name is None:
+            if folder is not None:
+                raise AlexnetError(
+                    "the training set's files come from the run's manifest: {folder} is for "
+                    "galleries (give the collection a name)",
+                    param="folder",
+                )
+            trained = load_trained(
+                self.run.root, self.checkpoint, check_files="train", workers=self.workers
+            )
+            record = update_training_set(
+                trained,
+                self.paths,
+                world,
+                "index",
+                bits=bits,
+                approx_threshold=approx_threshold,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            return {**record, "path": str(self.paths.index)} if record else {}
+        folder = folder or (read_record(self.paths) or {}).get("root")
+        if folder is None:
+            raise AlexnetError(
+                f"{self} does not exist yet: pass the {{folder}} of images to index", param="folder"
+            )
+        train = Collection(self.run.root, checkpoint=self.checkpoint, workers=self.workers)
+        if world.main:  # builds the training set's index when missing, once
+            train.open(progress=progress)
+        barrier(world)
+        train.open()
+        record = update_gallery(
+            train.trained,
+            self.paths,
+            world,
+            name=self.name,
+            folder=folder,
+            source=made_from(train.trained, self.name, train.bits),
+            model=train.autoencoder,
+            batch_size=batch_size,
+            min_size=min_size,
+            max_pixels=max_pixels,
+            workers=self.workers,
+            progress=progress,
+        )
+        return {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
+
+    # --- searching -------------------------------------------------------------------------
+
+    def search(
+        self,
+        images: Sequence[Image],
+        *,
+        k: int = K,
+        rerank: int = SEARCH_RERANK,
+        names: Sequence[str] | None = None,
+    ) -> dict:
+        """The k most similar images of the collection to each image, as records.
+
+        Paths name themselves; bytes, arrays and PIL images are named by `names` (default
+        "query N"). `rerank` R > 0 re-orders the R nearest by Hamming distance by float fc7
+        distance. Returns {"query_ms", "k", "rerank", "distance", "bits", "index",
+        "checkpoint", "queries": [{"query", ("class", "class_id": when the query's folder
+        names a class), "results": [{"rank", "id", "path", "class", "class_id", "hamming",
+        "distance"}]}]}. The files returned are checked first (gone or changed: an error).
+        """
+        self.open()
+        items, names = self._queries(images, names, k, rerank)
+        start = time.perf_counter()
+        rows = list(self._answers(items, names, k, rerank))
+        return {
+            "query_ms": 1000 * (time.perf_counter() - start) / max(1, len(items)),
+            "k": k,
+            "rerank": rerank,
+            "distance": "fc7 euclidean" if rerank else "hamming",
+            "bits": self.bits,
+            "index": self.kind,
+            "checkpoint": str(self.trained.checkpoint),
+            "queries": rows,
+        }
+
+    def stream(
+        self,
+        images: Sequence[Image],
+        *,
+        k: int = K,
+        rerank: int = SEARCH_RERANK,
+        names: Sequence[str] | None = None,
+    ) -> Iterator[dict]:
+        """search's per-query records ({"query", ("class", "class_id"), "results"}), yielded
+        as each batch of queries is answered: a folder of 10^5 queries prints as it goes."""
+        self.open()
+        items, names = self._queries(images, names, k, rerank)
+        return self._answers(items, names, k, rerank)
+
+    def _answers(self, items, names, k: int, rerank: int) -> Iterator[dict]:
+        for s in range(0, len(items), QUERY_BATCH):
+            vectors = query_features(self.trained, items[s : s + QUERY_BATCH], crops=self._crops)
+            codes = ae.encode(self.autoencoder, vectors)
+            D, I = self.neighbours(vectors, k, rerank, codes)
+            for q, name in enumerate(names[s : s + QUERY_BATCH]):
+                found = I[q] >= 0  # an approximate index may find fewer than k
+                at = self.table.positions(I[q][found])
+                ham = hamming(codes[q : q + 1], self.table.codes[at])[0]
+                results = [
+                    {"rank": r + 1, "id": int(i), **hit, "hamming": int(h), "distance": float(d)}
+                    for r, (i, hit, h, d) in enumerate(
+                        zip(I[q][found], self._hits(at), ham, D[q][found], strict=True)
+                    )
+                ]
+                yield {"query": name, **class_of(name, self.trained), "results": results}
+
+    def _hits(self, at: np.ndarray) -> list[dict]:
+        """{"path", "class", "class_id"} of the images at positions `at`, after checking that
+        each file is as it was when indexed."""
+        changed = self.table.changed(at)
+        if changed:
+            since, fix = ("prep", "rerun `alexnet prep`")
+            if self.name is not None:
+                since, fix = f"{self} was indexed", refresh(self.run, self.name, self.record)
+            raise AlexnetError(f"{changed} is gone or changed since {since}: {fix}")
+        return self.table.hits(at, self.trained)
+
+    def neighbours(
+        self, vectors: np.ndarray, k: int, rerank_top: int = 0, codes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Float fc7 query vectors (and their codes, when already encoded) -> (D, I): the ids
+        of the k best images and their distances.
+
+        - rerank_top 0: D are Hamming distances between the codes.
+        - rerank_top R > 0: the R nearest by Hamming (at least k) re-ordered by Euclidean fc7
+          distance; D are those Euclidean distances.
+        """
+        self._check_k(k)
+        if codes is None:
+            codes = ae.encode(self.autoencoder, vectors)
+        n = len(self.table)
+        shortlist = k if rerank_top <= 0 else min(max(rerank_top, k), n)
+        D, at = search(self.fast if shortlist <= GPU_MAX_K else self.index, codes, shortlist)
+        I = np.where(at >= 0, self.table.rows[np.maximum(at, 0)], -1)
+        return (D, I) if rerank_top <= 0 else rerank(self.features, vectors, I, k)
+
+    def _queries(self, images, names, k: int, rerank: int) -> tuple[list, list[str]]:
+        """The images as query_features reads them, and their names, once k and rerank are
+        known to be valid (so that nothing is computed for a search that cannot be made)."""
+        self._check_k(k)
+        if rerank < 0:
+            raise AlexnetError(
+                f"{{rerank}}: the re-rank shortlist must be 0 (off) or more, got {rerank}",
+                param="rerank",
+            )
+        return query_items(images, names)
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= len(self):
+            raise AlexnetError(
+                f"{{k}} must be from 1 to {len(self)} (the images in {self}), got {k}", param="k"
+            )
+
+    @cached_property
+    def _crops(self):
+        """The query pipeline, built on the first search and kept for every later one."""
+        return query_crops(self.trained, QUERY_BATCH)
+
+    def file(self, id: int) -> str:
+        """The file of image `id` (an id a search returned; an unknown one: an error)."""
+        return str(self.open().table.paths[self.table.positions([id])[0]])
+
+    def thumbnail(self, id: int) -> bytes:
+        """A small JPEG of image `id` (montage.thumbnail), kept under RUN/thumbs."""
+        source = self.file(id)
+        key = self.trained.manifest.fingerprint  # a new prep: new ids, new thumbnails
+        if self.name is not None:
+            key = f"gallery-{self.name}-{self.record['uid']}"
+        return thumbnail(source, self.run.thumb(key, id))
+
+    def describe(self) -> dict:
+        """What a face shows about the collection: the run, its classes, the number of images,
+        the code length and index kind, the checkpoint, its epoch and that epoch's validation
+        top-1 error (None when RUN/metrics.jsonl has no line for it)."""
+        trained = self.open().trained
+        errors = {m["epoch"]: m.get("top1_error") for m in read_metrics(self.run.root)}
+        return {
+            "run": str(self.run),
+            "collection": self.name,
+            "classes": trained.classes,
+            "count": len(self),
+            "bits": self.bits,
+            "index": self.kind,
+            "checkpoint": str(trained.checkpoint),
+            "epoch": trained.epoch,
+            "top1_error": errors.get(trained.epoch),
+        }
+
+    def duplicates(self, **options) -> dict:
+        """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates)."""
+        return find_duplicates(self.open(), **options)
+
+    def evaluate(self, **options) -> dict:
+        """eval-retrieval, written to RUN/eval_retrieval.json (evaluate_retrieval)."""
+        if self.name is not None:
+            raise AlexnetError(f"{self} has no validation images: evaluate the training set")
+        result = evaluate_retrieval(self.open(), **options)
+        write_result(result, self.run.root)
+        return result
+
+
+def collection(
+    run: str | Path,
+    name: str | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    workers: int | None = None,
+) -> Collection:
+    """RUN's training set (name None) or its gallery NAME (made by its first `update`).
+    `checkpoint` defaults to RUN's best.pt; `workers` sets the DALI threads."""
+    return Collection(run, name, checkpoint=checkpoint, workers=workers)
+
+
+def collections(run: str | Path) -> list[Collection]:
+    """RUN's collections: the training set, then each gallery with a record, by name."""
+    return [collection(run)] + [collection(run, name) for name in gallery_names(run)]

@@ -1,0 +1,369 @@
+"""Making a collection, or bringing it up to date: files -> fc7 rows -> codes -> record.
+
+Both kinds take the same steps, each rank of a torchrun its share of the extraction (rank 0
+plans and commits; one process is the usual case):
+1. plan (rank 0): which files need fc7 rows, and which rows they go to;
+2. extract (every rank): `features.extract_rows`, the one extractor, into those rows;
+3. commit (rank 0): codes, then the record (store.py), written last.
+
+The training set (`update_training_set`): its files are the manifest's training split. Each
+step is skipped when its output is current: the features (features.json's count), the
+autoencoder (trained on the features; its source and width), the codes and index (the
+record). The index kind follows `approx_threshold` (retrieval/index.py).
+
+A gallery (`update_gallery`): its files are the images below a folder (the prep scan's walker,
+pipeline.dataset.images_below), encoded with the training set's autoencoder. Incremental: a
+file already indexed with the same bytes and mtime keeps its row and code, a new or changed
+file gets the next free row (the feature file grows in place), a deleted one leaves the
+table. Unlisted rows are not reclaimed (8 KiB each): a gallery whose files change often is
+compacted by deleting RUN/galleries/NAME and indexing the folder again. Its FAISS index is a
+flat one, built from the table's codes when the gallery is opened (milliseconds at 10^6
+images), so a deleted file is gone from it exactly, with nothing to patch.
+
+Kill safety of a gallery update: new rows are written past the rows the record lists; then
+features.json; then files.G+1.npz; then the record naming G+1 (the commit); then the old
+table is removed. A kill at any point leaves the previous record, table and rows intact, so
+the previous gallery still opens; the next update overwrites what the killed one left. The
+writer holds RUN/.lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from alexnet.model.distributed import World
+from alexnet.model.inference import TrainedRun
+from alexnet.pipeline.cache import open_cache
+from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.files import atomic_write, check_space, make_folder, write_json
+from alexnet.pipeline.layout import IndexPaths
+from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import split_files
+from alexnet.pipeline.walk import images_below
+
+from . import autoencoder as ae
+from .defaults import APPROX_THRESHOLD, FEATURE_BATCH
+from .features import (
+    ROW_BYTES,
+    complete_rows,
+    extract_rows,
+    grow_features,
+    load_features,
+    mark_complete,
+    source_identity,
+)
+from .index import auto_kind, build_index, index_kind, measure_recall, save_index
+from .store import VERSION, Table, identities, problem, read_record
+
+log = logging.getLogger(__name__)
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+def _share(plan: dict | None, world: World) -> dict:
+    """Rank 0's plan (or its error), on every rank."""
+    if world.size > 1:
+        box = [plan]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    if "error" in plan:
+        raise AlexnetError(plan["error"])
+    return plan
+
+
+def _extract(trained, paths, plan, world, *, batch_size, patches=None, progress) -> None:
+    """Step 2: every rank writes its share of the plan's new rows; then they meet."""
+    files = [p for p, _, _ in plan["new"]]
+    extract_rows(
+        trained,
+        files,
+        paths.features,
+        plan["first_row"],
+        world,
+        batch_size=batch_size,
+        patches=patches,
+        progress=progress and world.main,
+    )
+    barrier(world)
+
+
+def _planned(world: World, plan) -> dict:
+    """Run `plan()` on rank 0 and share what it returns (or the error it raised)."""
+    result = None
+    if world.main:
+        try:
+            result = plan()
+        except AlexnetError as e:
+            result = {"error": str(e)}
+    return _share(result, world)
+
+
+# --- the training set --------------------------------------------------------------------
+
+
+def update_training_set(
+    trained: TrainedRun,
+    paths: IndexPaths,
+    world: World,
+    command: str,
+    *,
+    bits: int | None = None,
+    approx_threshold: int = APPROX_THRESHOLD,
+    batch_size: int = FEATURE_BATCH,
+    progress: bool = True,
+) -> dict:
+    """Features, autoencoder, codes and index of the training set, each step skipped when
+    current, under the run's lock (held for `command`). `bits` None keeps a current
+    autoencoder of any width (else trains the default). Returns the record (rank 0; the other
+    ranks {})."""
+    wrong = problem(paths, read_record(paths), source_identity(trained))
+    if wrong not in (None, "missing"):
+        log.warning("rebuilding the index: %s", wrong)
+    lock = RunLock(trained.paths.root, command) if world.main else contextlib.nullcontext()
+    with lock:
+        return _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress)
+
+
+def training_features(
+    trained: TrainedRun, paths: IndexPaths, world: World, *, batch_size: int, progress: bool
+) -> None:
+    """Step 1 and 2 for the training set: fc7 of every training file, in manifest order,
+    unless the features are current; from the prep cache's patches where prep kept them."""
+    source = source_identity(trained)
+    files, _ = split_files(trained.manifest, "train")
+
+    def plan() -> dict:
+        if complete_rows(paths, source) == len(files):
+            log.info("fc7 features are current: %s", paths.features)
+            return {"new": [], "first_row": 0}
+        check_space(paths.folder, len(files) * ROW_BYTES, "the fc7 features")
+        make_folder(paths.folder)
+        paths.features_meta.unlink(missing_ok=True)  # from here on, no row counts as complete
+        paths.features.unlink(missing_ok=True)
+        grow_features(paths.features, len(files))
+        return {"new": [(f, 0, 0) for f in files], "first_row": 0}
+
+    planned = _planned(world, plan)
+    if not planned["new"]:
+        return
+    cache = open_cache(trained.paths.root, trained.manifest)  # decoded patches, if kept
+    positions = trained.manifest.files.positions("train")
+    patches = None if cache is None else (cache, positions)
+    _extract(trained, paths, planned, world, batch_size=batch_size, patches=patches,
+             progress=progress)  # fmt: skip
+    if world.main:
+        mark_complete(paths, source, len(files))
+        log.info("fc7 features of %d training images: %s", len(files), paths.features)
+
+
+def _training_set(trained, paths, world, bits, approx_threshold, batch_size, progress) -> dict:
+    training_features(trained, paths, world, batch_size=batch_size, progress=progress)
+    if not world.main:
+        return {}
+    source = source_identity(trained)
+    features = load_features(paths)
+    model, state, retrained = _autoencoder(paths, source, features, bits, progress)
+    record = read_record(paths)
+    if not retrained and problem(paths, record, source) is None:
+        if record["kind"] == auto_kind(record["count"], approx_threshold):
+            log.info("index is current: %s", paths.index)
+            return record
+    codes = ae.encode(model, features)
+    _save_array(paths.codes, codes)
+    start = time.perf_counter()
+    index = build_index(codes, approx_threshold=approx_threshold)
+    kind = index_kind(index)
+    save_index(index, paths.index)
+    record = {
+        "version": VERSION,
+        "source": source,
+        "kind": kind,
+        "count": int(index.ntotal),
+        "rows": len(codes),
+        "bits": int(codes.shape[1] * 8),
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "recall_at_10": 1.0 if kind == "flat" else measure_recall(index, codes),
+        "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
+        "files": identities(paths.autoencoder, paths.codes, paths.index),
+    }
+    write_json(paths.meta, record)
+    return record
+
+
+def _save_array(path: Path, array: np.ndarray) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a name
+            np.save(f, array)
+
+    return atomic_write(path, write)
+
+
+def _autoencoder(paths: IndexPaths, source: dict, features, bits: int | None, progress: bool):
+    """(model, saved state, whether it was trained now): the saved autoencoder when it was
+    trained on these features with `bits` (None: any width), else one trained now."""
+    if paths.autoencoder.is_file():
+        try:
+            state = ae.load_autoencoder(paths.autoencoder)
+            model = ae.model_from_state(state)
+            if state.get("source") == source and bits in (None, state["config"]["bits"]):
+                log.info("autoencoder is current: %s", paths.autoencoder)
+                return model, state, False
+        except AlexnetError:
+            pass
+    config = ae.AutoencoderConfig(bits=bits or ae.AutoencoderConfig.bits)
+    model = ae.train_autoencoder(features, config, progress=progress)
+    state = ae.autoencoder_state(model, source=source, report=ae.report(model, features))
+    ae.save_autoencoder(state, paths.autoencoder)
+    r = state["report"]
+    log.info(
+        "autoencoder (%d bits): reconstruction MSE %.4f (standardised; 1.0 = the mean); "
+        "bits on: min %.2f, max %.2f of images; %d bits constant",
+        config.bits,
+        r["reconstruction_mse"],
+        min(r["bit_balance"]),
+        max(r["bit_balance"]),
+        r["bits_always_on_or_off"],
+    )
+    return model, state, True
+
+
+# --- a gallery -----------------------------------------------------------------------------
+
+
+def update_gallery(
+    trained: TrainedRun,
+    paths: IndexPaths,
+    world: World,
+    *,
+    name: str,
+    folder: str | Path,
+    source: dict,
+    model: ae.Autoencoder,
+    batch_size: int,
+    min_size: int,
+    max_pixels: int,
+    workers: int | None,
+    progress: bool = True,
+) -> dict:
+    """Index every usable image below `folder` as gallery NAME, or bring it up to date (module
+    docstring). `source` is what the gallery is made from (Collection's), `model` the training
+    set's autoencoder. Returns the record with "added", "updated", "removed" (rank 0)."""
+    run = trained.paths.root
+    lock = RunLock(run, f"index --name {name}") if world.main else contextlib.nullcontext()
+    with lock:
+
+        def plan() -> dict:
+            p = _plan(paths, source, Path(folder), name, min_size, max_pixels, workers, progress)
+            check_space(paths.folder, len(p["new"]) * ROW_BYTES, "the fc7 features")
+            make_folder(paths.folder)
+            if p["new"]:
+                grow_features(paths.features, p["first_row"] + len(p["new"]))
+            return p
+
+        planned = _planned(world, plan)
+        _extract(trained, paths, planned, world, batch_size=batch_size, progress=progress)
+        if not world.main:
+            return {}
+        if planned["unchanged"]:  # nothing to write: the gallery stays as it is
+            return {**read_record(paths), "last_update": {"added": 0, "updated": 0, "removed": 0}}
+        mark_complete(paths, source_identity(trained), planned["first_row"] + len(planned["new"]))
+        return _commit(paths, planned, source, model)
+
+
+def _plan(paths, source, folder, name, min_size, max_pixels, workers, progress) -> dict:
+    """What an update does: the files to extract and the rows they go to, the entries kept."""
+    record = read_record(paths)
+    wrong = problem(paths, record, source)
+    if wrong not in (None, "missing"):
+        log.warning("gallery %s is rebuilt from scratch: %s", name, wrong)
+    if wrong is None:
+        table = Table.load(paths.entries(record["generation"]))
+        generation, rows, uid = record["generation"], record["rows"], record["uid"]
+    else:
+        paths.meta.unlink(missing_ok=True)  # from here on, nothing old is taken as complete
+        paths.features_meta.unlink(missing_ok=True)
+        paths.features.unlink(missing_ok=True)
+        generation = (record or {}).get("generation", 0)  # its table goes at the commit
+        table, rows, uid = Table.empty(source["bits"]), 0, secrets.token_hex(4)
+    known = table.known()
+    usable, skipped = images_below(
+        folder,
+        min_size=min_size,
+        max_pixels=max_pixels,
+        known=known,
+        workers=workers,
+        progress=progress,
+    )
+    if not usable and not len(table):
+        listed = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+        raise AlexnetError(
+            f"no usable images in {folder}"
+            + (f" ({len(skipped)} skipped: {listed})" if skipped else "")
+        )
+    now = {p: (s, t) for p, s, t in usable}
+    keep = np.array([known.get(str(p)) == now.get(str(p)) for p in table.paths], bool)
+    new = [(p, s, t) for p, s, t in usable if known.get(p) != (s, t)]
+    return {
+        "root": str(folder.resolve()),
+        "generation": generation,
+        "uid": uid,
+        "first_row": rows,
+        "keep": keep,
+        "new": new,
+        "skipped": skipped,
+        "unchanged": wrong is None and not new and keep.all() and skipped == record["skipped"],
+        "added": sum(p not in known for p, _, _ in new),
+        "updated": sum(p in known for p, _, _ in new),
+        "removed": int((~keep).sum()) - sum(p in known for p, _, _ in new),
+    }
+
+
+def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) -> dict:
+    """Encode the new rows, write the next table, then the record that names it."""
+    old = (
+        Table.load(paths.entries(plan["generation"]))
+        if plan["keep"].size
+        else Table.empty(source["bits"])
+    )
+    first, new, keep = plan["first_row"], plan["new"], plan["keep"]
+    rows = np.arange(first, first + len(new), dtype=np.int64)
+    codes = ae.encode(model, load_features(paths)[first : first + len(new)])
+    names = np.concatenate([old.paths[keep].astype(str), np.array([p for p, _, _ in new], str)])
+    order = np.argsort(names, kind="stable")
+    table = Table(
+        names[order],
+        np.concatenate([old.sizes[keep], np.array([s for _, s, _ in new], np.int64)])[order],
+        np.concatenate([old.mtimes[keep], np.array([t for _, _, t in new], np.int64)])[order],
+        np.concatenate([old.rows[keep], rows])[order],
+        np.concatenate([old.codes[keep], codes])[order],
+    )
+    generation = plan["generation"] + 1
+    table.save(paths.entries(generation))
+    record = {
+        "version": VERSION,
+        "source": source,
+        "kind": "flat",
+        "count": len(table),
+        "rows": first + len(new),
+        "bits": source["bits"],
+        "files": identities(paths.entries(generation)),
+        "root": plan["root"],
+        "uid": plan["uid"],
+        "generation": generation,
+        "last_update": {k: plan[k] for k in ("added", "updated", "removed")},
+        "skipped": plan["skipped"],
+    }
+    write_json(paths.meta, record)  # the commit
+    if plan["generation"] != generation:
+        paths.entries(plan["generation"]).unlink(missing_ok=True)
+    return record
