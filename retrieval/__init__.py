@@ -28,6 +28,7 @@ autoencoder  4096 -> 256 -> B bits, trained on the features (and labels); packed
 codes        the code methods behind one interface: autoencoder (default), itq, pca-sign, lsh
 index        FAISS binary indexes, numpy in and out: build, search, re-rank, recall, save/load
 duplicates   near-duplicate groups: codes shortlist, fc7 confirms
+milvus       a collection's codes in a Milvus server (or Milvus Lite), searched as faiss is
 baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
 evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, baselines, float fc7, pixels
 montage      a PNG contact sheet of search results
