@@ -145,3 +145,15 @@ def config_options(config_class):
         return f
 
     return decorate
+
+
+milvus_option = click.option(
+    "--milvus",
+    "milvus",
+    envvar="ALEXNET_MILVUS",
+    default=None,
+    metavar="URI",
+    help="Serve the codes from Milvus (http://host:19530, or a local .db file for Milvus Lite; "
+    "$ALEXNET_MILVUS): index stores them there, the others search there. Needs "
+    "pip install 'alexnet[milvus]'.",
+)

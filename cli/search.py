@@ -14,7 +14,14 @@ from pathlib import Path
 
 import click
 
-from alexnet.cli.options import NON_NEGATIVE, POSITIVE, progress, run_option, workers_option
+from alexnet.cli.options import (
+    NON_NEGATIVE,
+    POSITIVE,
+    milvus_option,
+    progress,
+    run_option,
+    workers_option,
+)
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
 
@@ -76,9 +83,12 @@ def check_bits(ctx, param, bits: int) -> int:
     "add new and changed files and drop deleted ones.",
 )
 @click.option("--name", default=None, help="The gallery's name (default: the folder's name).")
+@milvus_option
 @workers_option
 @click.pass_context
-def index_command(ctx, run, bits, codes, approx_threshold, batch_size, images, name, workers):
+def index_command(
+    ctx, run, bits, codes, approx_threshold, batch_size, images, name, milvus, workers
+):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
 
     Each step is skipped when its output is current; a stale index is rebuilt. With
@@ -93,7 +103,7 @@ def index_command(ctx, run, bits, codes, approx_threshold, batch_size, images, n
         )
     if images is not None:
         name = name or images.resolve().name
-        g = collection(run, name, workers=workers).update(
+        g = collection(run, name, workers=workers, milvus=milvus).update(
             images, batch_size=batch_size, progress=progress(ctx)
         )
         if g:  # the other torchrun processes return nothing to print
@@ -106,7 +116,7 @@ def index_command(ctx, run, bits, codes, approx_threshold, batch_size, images, n
             )
         return
 
-    meta = collection(run, workers=workers).update(
+    meta = collection(run, workers=workers, milvus=milvus).update(
         bits=bits,
         codes=codes,
         approx_threshold=approx_threshold,
@@ -163,9 +173,12 @@ def print_index(meta: dict) -> None:
 @click.option(
     "--absolute", is_flag=True, help="Print absolute paths (default: relative to the dataset)."
 )
+@milvus_option
 @workers_option
 @click.pass_context
-def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, workers):
+def search(
+    ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, milvus, workers
+):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
     from alexnet.pipeline.imagecheck import usable_images
     from alexnet.pipeline.walk import image_files
@@ -176,7 +189,7 @@ def search(ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolu
     files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    c = collection(run, gallery, workers=workers).open(progress=progress(ctx))
+    c = collection(run, gallery, workers=workers, milvus=milvus).open(progress=progress(ctx))
     if jsonl:
         for start in range(0, len(files), JSONL_CHUNK):
             usable, skipped = usable_images(files[start : start + JSONL_CHUNK])
@@ -289,8 +302,9 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     multiple=True,
     help="Also offer this gallery (alexnet index --images) on the page; repeat for more.",
 )
+@milvus_option
 @click.pass_context
-def serve(ctx, run, host, port, max_upload_mb, galleries):
+def serve(ctx, run, host, port, max_upload_mb, galleries, milvus):
     """A search page and a JSON API for RUN in the browser (API documented at /docs).
 
     The run's index is opened once (and built first when missing); Ctrl-C stops the server.
@@ -300,7 +314,13 @@ def serve(ctx, run, host, port, max_upload_mb, galleries):
     from alexnet.cli.web import create_app
 
     sock = listen(host, port)  # before the index loads: a taken port fails at once
-    app = create_app(run, galleries=galleries, max_upload_mb=max_upload_mb, progress=progress(ctx))
+    app = create_app(
+        run,
+        galleries=galleries,
+        max_upload_mb=max_upload_mb,
+        progress=progress(ctx),
+        milvus=milvus,
+    )
     port = sock.getsockname()[1]
     click.echo(f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -334,14 +354,15 @@ def serve(ctx, run, host, port, max_upload_mb, galleries):
     show_default=True,
     help="Also catch mirrored copies (checks close pairs with the mirrored crop).",
 )
+@milvus_option
 @workers_option
 @click.pass_context
-def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, workers):
+def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, milvus, workers):
     """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
     writes RUN/galleries/NAME/duplicates.json and a contact sheet per group."""
     from alexnet.retrieval.collection import collection
 
-    c = collection(run, gallery, workers=workers)
+    c = collection(run, gallery, workers=workers, milvus=milvus)
     report = c.duplicates(
         max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors, progress=progress(ctx)
     )

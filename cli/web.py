@@ -50,15 +50,17 @@ def create_app(
     galleries: Sequence[str] = (),
     max_upload_mb: float = MAX_UPLOAD_MB,
     progress: bool = False,
+    milvus: str | None = None,
 ) -> FastAPI:
     """The app for RUN: `train` is RUN's training set, opened (a Collection), or None to open
-    it here; `galleries` names galleries of RUN (alexnet index --images) to open beside it."""
+    it here; `galleries` names galleries of RUN (alexnet index --images) to open beside it;
+    `milvus`, a Milvus URI that serves the codes (retrieval/remote.py)."""
     from alexnet.pipeline.errors import AlexnetError
     from alexnet.retrieval.collection import collection as open_collection
 
-    train = train or open_collection(run).open(progress=progress)
+    train = train or open_collection(run, milvus=milvus).open(progress=progress)
     collections = {"": train}  # "" is the training set
-    collections |= {name: open_collection(run, name).open() for name in galleries}
+    collections |= {name: open_collection(run, name, milvus=milvus).open() for name in galleries}
     info = {
         **train.describe(),
         "galleries": sorted(name for name in collections if name),

@@ -11,16 +11,13 @@
     train.evaluate()                                     # eval-retrieval, on the training set
     train.file(7), train.thumbnail(7), len(train), train.describe()
 
-A collection opens itself on first use (`open`): the network, the autoencoder, its table of
-files (`table`: paths, codes, ids), FAISS index and fc7 features; a stale one is refused
-(store.problem); the training set builds its index on first use. Images are paths, folders
-(the images below them), encoded bytes, PIL images or uint8 HxWx3 arrays; all go through
-the evaluation centre crop of the same DALI graph as the indexed ones.
-"class" is the display name of a result's class, "class_id" its folder name: a training image's
-class, a gallery image's when its folder is named after one of the run's classes (else None).
-
-Opening checks the manifest but not the 1.28 million files behind it (seconds at ImageNet's
-size): a search checks the files it returns, and building an index every file it reads.
+A collection opens itself on first use (`open`): the network, the code encoder, its table
+of files (`table`: paths, codes, ids), FAISS index (or Milvus: `milvus=URI`, remote.py) and
+fc7 features; a stale one is refused (store.problem). Images are paths, folders, encoded
+bytes, PIL images or uint8 HxWx3 arrays, all through the evaluation centre crop. "class" is
+a result's display name, "class_id" its folder name (a gallery image's: None unless its
+folder is named after a class). Opening checks the manifest, not the files behind it: a
+search checks the files it returns, and building an index every file it reads.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import numpy as np
 
 from alexnet.model.distributed import setup_world
 from alexnet.model.inference import load_trained, query_crops
-from alexnet.model.metrics import read_metrics
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
@@ -47,8 +43,10 @@ from .duplicates import find_duplicates
 from .evaluate import evaluate_retrieval, write_result
 from .features import load_features, query_features, query_items
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
+from .milvus import milvus_uri
 from .montage import thumbnail
 from .reference_index import index_from_photos
+from .remote import describe, remote_codes, sync
 from .store import (
     Table,
     class_of,
@@ -77,10 +75,12 @@ class Collection:
         *,
         checkpoint: str | Path | None = None,
         workers: int | None = None,
+        milvus: str | None = None,
     ):
         self.run, self.name = RunPaths(run), name
         self.paths = collection_paths(run, name)  # a bad name is refused here
         self.checkpoint, self.workers = checkpoint, workers
+        self.milvus, self.remote = milvus_uri(milvus), None  # codes served by Milvus (remote.py)
         self.trained = None  # set by open()
 
     def __repr__(self) -> str:
@@ -132,6 +132,7 @@ class Collection:
             self.index = build_index(self.table.codes, kind="flat")
         self.fast = to_device(self.index)  # the GPU copy where there is a GPU
         self.trained = trained
+        self.remote = remote_codes(self, self.milvus) if self.milvus else None
         return self
 
     def __len__(self) -> int:
@@ -195,7 +196,7 @@ class Collection:
                 batch_size=batch_size,
                 progress=progress,
             )
-            return {**record, "path": str(self.paths.index)} if record else {}
+            return self._synced({**record, "path": str(self.paths.index)} if record else {})
         folder = folder or (read_record(self.paths) or {}).get("root")
         if folder is None:
             raise AlexnetError(
@@ -220,7 +221,11 @@ class Collection:
             max_pixels=max_pixels,
             progress=progress,
         )
-        return {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
+        out = {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
+        return self._synced(out)
+
+    def _synced(self, record: dict) -> dict:  # and what the update changed in Milvus
+        return {**record, **sync(self.open(), self.remote)} if record and self.milvus else record
 
     # --- searching -------------------------------------------------------------------------
 
@@ -313,8 +318,11 @@ class Collection:
             codes = self.autoencoder.encode(vectors)
         n = len(self.table)
         shortlist = k if rerank_top <= 0 else min(max(rerank_top, k), n)
-        D, at = search(self.fast if shortlist <= GPU_MAX_K else self.index, codes, shortlist)
-        I = np.where(at >= 0, self.table.rows[np.maximum(at, 0)], -1)
+        if self.remote is not None:  # Milvus answers with ids
+            D, I = self.remote.search(codes, shortlist)
+        else:
+            D, at = search(self.fast if shortlist <= GPU_MAX_K else self.index, codes, shortlist)
+            I = np.where(at >= 0, self.table.rows[np.maximum(at, 0)], -1)
         return (D, I) if rerank_top <= 0 else rerank(self.features, vectors, I, k)
 
     def _queries(self, images, names, k: int, rerank: int) -> tuple[list, list[str]]:
@@ -346,32 +354,21 @@ class Collection:
     def thumbnail(self, id: int) -> bytes:
         """A small JPEG of image `id` (montage.thumbnail), kept under RUN/thumbs."""
         source = self.file(id)
-        key = self.trained.manifest.fingerprint  # a new prep: new ids, new thumbnails
-        if self.name is not None:
-            key = f"gallery-{self.name}-{self.record['uid']}"
+        gallery = self.name is not None  # a new prep (or gallery): new ids, new thumbnails
+        key = (
+            f"gallery-{self.name}-{self.record['uid']}"
+            if gallery
+            else self.trained.manifest.fingerprint
+        )
         return thumbnail(source, self.run.thumb(key, id))
 
     def describe(self) -> dict:
-        """What a face shows about the collection: the run, its classes, the number of images,
-        the code length and index kind, the checkpoint, its epoch and that epoch's validation
-        top-1 error (None when RUN/metrics.jsonl has no line for it)."""
-        trained = self.open().trained
-        errors = {m["epoch"]: m.get("top1_error") for m in read_metrics(self.run.root)}
-        return {
-            "run": str(self.run),
-            "collection": self.name,
-            "classes": trained.classes,
-            "count": len(self),
-            "bits": self.bits,
-            "index": self.kind,
-            "checkpoint": str(trained.checkpoint),
-            "epoch": trained.epoch,
-            "top1_error": errors.get(trained.epoch),
-        }
+        """What a face shows about the collection (remote.describe)."""
+        return describe(self.open())
 
     def duplicates(self, **options) -> dict:
         """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates)."""
-        return find_duplicates(self.open(), **options)
+        return find_duplicates(self.open(), remote=self.remote, **options)
 
     def evaluate(self, **options) -> dict:
         """eval-retrieval, written to RUN/eval_retrieval.json (evaluate_retrieval)."""
@@ -382,16 +379,10 @@ class Collection:
         return result
 
 
-def collection(
-    run: str | Path,
-    name: str | None = None,
-    *,
-    checkpoint: str | Path | None = None,
-    workers: int | None = None,
-) -> Collection:
-    """RUN's training set (name None) or its gallery NAME (made by its first `update`).
-    `checkpoint` defaults to RUN's best.pt; `workers` sets the DALI threads."""
-    return Collection(run, name, checkpoint=checkpoint, workers=workers)
+def collection(run: str | Path, name: str | None = None, **options) -> Collection:
+    """RUN's training set (name None) or its gallery NAME (made by its first `update`);
+    `options`: checkpoint (default RUN's best.pt), workers (DALI threads), milvus (a URI)."""
+    return Collection(run, name, **options)
 
 
 def collections(run: str | Path) -> list[Collection]:

@@ -54,17 +54,21 @@ def default_distance(bits: int) -> int:
     return max(1, bits // 16)
 
 
-def candidate_pairs(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pairs(
+    codes: np.ndarray, max_distance: int, range_search=None
+) -> tuple[np.ndarray, np.ndarray]:
     """(pairs (P, 2) int64 with i < j, their Hamming distances int32) of all codes within
-    `max_distance` bits of each other."""
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(np.ascontiguousarray(codes))
+    `max_distance` bits of each other. `range_search(queries, radius) -> (lims, D, I)` (I:
+    positions in `codes`) defaults to a FAISS flat index of the codes; a collection served by
+    Milvus passes its own."""
+    if range_search is None:
+        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        index.add(np.ascontiguousarray(codes))
+        range_search = index.range_search
     pairs, dists = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.int32)]
     for s in range(0, len(codes), BLOCK):
         # range_search keeps distances strictly below the radius
-        lims, D, I = index.range_search(
-            np.ascontiguousarray(codes[s : s + BLOCK]), max_distance + 1
-        )
+        lims, D, I = range_search(np.ascontiguousarray(codes[s : s + BLOCK]), max_distance + 1)
         rows = s + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
         later = I > rows
         pairs.append(np.stack([rows[later], I[later]], 1).astype(np.int64))
@@ -109,16 +113,25 @@ def find_duplicates(
     mirrors: bool = True,
     sheets: bool = True,
     progress: bool = True,
+    remote=None,
 ) -> dict:
     """Groups of near-duplicate images in collection `c` (an open Collection; module
     docstring), written to FOLDER/duplicates.json with a contact sheet per group; returns
-    that report: {"gallery" (the collection's name), "images", "bits", "max_distance",
-    "max_fc7", "mirrors", "candidates", "groups": [{"images": [path], "ids", "pairs":
-    [{"a", "b", "hamming", "fc7", "mirrored"}], "sheet"}]}."""
+    that report (the codes shortlisted by Milvus's range search when `remote`, the
+    collection's MilvusCodes, serves them): {"gallery" (the collection's name), "images",
+    "bits", "max_distance", "max_fc7", "mirrors", "candidates", "groups": [{"images": [path],
+    "ids", "pairs": [{"a", "b", "hamming", "fc7", "mirrored"}], "sheet"}]}."""
     table, paths = c.table, c.paths
     bits = table.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
-    pairs, hams = candidate_pairs(table.codes, max_distance)
+    search = None
+    if remote is not None:  # Milvus answers with ids: positions in the table, as FAISS's
+
+        def search(queries, radius):
+            lims, D, ids = remote.range_search(queries, radius)
+            return lims, D, table.positions(ids)
+
+    pairs, hams = candidate_pairs(table.codes, max_distance, search)
     feats = c.features
     rel = np.concatenate(
         [np.zeros(0, np.float32)]

@@ -1,0 +1,80 @@
+"""A collection whose codes Milvus serves (`--milvus`): the same answers as the local FAISS
+index, through the CLI, on Milvus Lite started by the test (a .db file under tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from retrieval_fixtures import indexed_run
+
+from alexnet.cli.main import cli
+from alexnet.cli.web import create_app
+
+pytest.importorskip("pymilvus", reason="needs the milvus extra: pip install '.[milvus]'")
+
+
+def invoke(*args, code: int = 0):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return indexed_run(tmp_path_factory.mktemp("remote"))
+
+
+def answers(output: str) -> list[list[tuple[str, int]]]:
+    """Each query's results as (path, hamming), sorted so that ties compare equal."""
+    return [
+        sorted((r["path"], r["hamming"]) for r in q["results"])
+        for q in json.loads(output)["queries"]
+    ]
+
+
+def test_index_search_and_serve_through_milvus_answer_as_the_local_index(run, tmp_path):
+    db = tmp_path / "codes.db"
+    out = invoke("index", "--run", run, "--milvus", db).output
+    assert "written:" in out
+    queries = sorted(str(p) for p in (run.parent / "data").rglob("*.jpg"))[:4]
+    k = 6  # the whole training set (2 x 3): ties cannot change which images come back
+    local = invoke("search", *queries, "--run", run, "-k", k, "--json").stdout
+    remote = invoke("search", *queries, "--run", run, "-k", k, "--json", "--milvus", db).stdout
+    assert answers(remote) == answers(local)
+    hamming = [[r["hamming"] for r in q["results"]] for q in json.loads(remote)["queries"]]
+    assert all(h == sorted(h) for h in hamming) and all(h[0] == 0 for h in hamming[:1])
+
+    again = invoke("index", "--run", run, "--milvus", db, "-q").output
+    assert "error" not in again
+    app = TestClient(create_app(run, milvus=str(db)))
+    info = app.get("/api/info").json()
+    assert info["index"].startswith("milvus ")
+    with open(queries[0], "rb") as f:
+        page = app.post("/api/search", files={"image": ("q.jpg", f, "image/jpeg")}, data={"k": k})
+    assert page.status_code == 200, page.text
+    got = sorted((r["path"], r["hamming"]) for r in page.json()["queries"][0]["results"])
+    assert got == answers(local)[0]
+
+
+def test_a_gallery_update_and_duplicates_through_milvus(run, tmp_path):
+    db = tmp_path / "codes.db"
+    photos = tmp_path / "photos"
+    shutil.copytree(run.parent / "data" / "red", photos / "red")
+    invoke("index", "--run", run, "--images", photos, "--name", "p", "--milvus", db)
+    (photos / "red" / "0.jpg").unlink()
+    out = invoke("index", "--run", run, "--images", photos, "--name", "p", "--milvus", db).output
+    assert "1 removed" in out
+    local = invoke("duplicates", "--run", run, "--gallery", "p").output
+    remote = invoke("duplicates", "--run", run, "--gallery", "p", "--milvus", db).output
+    assert local.splitlines()[-1].split("written")[0] == remote.splitlines()[-1].split("written")[0]
+
+
+def test_milvus_collections_of_another_network_or_an_unreachable_server_are_refused(run, tmp_path):
+    bad = invoke("search", run.parent / "data" / "red" / "0.jpg", "--run", run,
+                 "--milvus", "http://127.0.0.1:9", code=2)  # fmt: skip
+    assert bad.output.startswith("error: ") and len(bad.output.strip().splitlines()) == 1
