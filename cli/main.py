@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from alexnet.cli import weights
+from alexnet.cli import verify, weights
 from alexnet.cli.options import (
     POSITIVE,
     PROBABILITY,
@@ -433,6 +433,7 @@ def print_curve(run: Path) -> None:
 
 register(cli)
 weights.register(cli)
+verify.register(cli)
 
 
 def main() -> None:

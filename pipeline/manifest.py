@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -181,11 +182,11 @@ def load_manifest(run: str | Path, *, check_files: bool | str = True) -> Manifes
         with np.load(paths.manifest_files) as z:
             arrays = {k: z[k] for k in ("paths", "labels", "splits", "sizes", "mtimes")}
         intact = _digest(doc["classes"], arrays) == doc["fingerprint"]
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
         intact = False
     if not intact:
         raise AlexnetError(
-            f"{paths.manifest} (or {paths.manifest_files.name}) was edited: {REMAKE}"
+            f"{paths.manifest} (or {paths.manifest_files.name}) was edited or damaged: {REMAKE}"
         )
     known = {f.name for f in fields(Manifest)}
     manifest = Manifest(

@@ -6,8 +6,9 @@ RUN/galleries/NAME for a gallery) holds:
 - codes.json, the record: written last, so a folder without a current record is incomplete.
   It names what the collection was made from ("source": manifest fingerprint, checkpoint file
   identity; for a gallery also the training set's autoencoder file identity and code length),
-  the identity of every other file it depends on ("files"), and the feature rows in use
-  ("rows");
+  the identity of every other file it depends on ("files": size, time and an xxh3 checksum,
+  verified whenever the collection is opened), the feature file's identity ("features":
+  checked by `alexnet verify`, which reads it whole) and the feature rows in use ("rows");
 - the training set: autoencoder.pt, codes.u8.npy (codes in manifest order), codes.faissindex;
 - a gallery: files.G.npz, the table of update G (Table).
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write, file_identity, read_json
+from alexnet.pipeline.files import atomic_write, file_identity, identity_problem, read_json
 from alexnet.pipeline.layout import IndexPaths, RunPaths
 
 from .features import complete_rows, source_identity
@@ -108,9 +109,9 @@ def problem(paths: IndexPaths, record: dict | None, source: dict) -> str | None:
         if made.get(key) != source.get(key):
             return f"{what} ({(made.get(key) or {}).get('file')})" if key == "checkpoint" else what
     for name, identity in record["files"].items():
-        path = paths.folder / name
-        if not path.is_file() or file_identity(path) != identity:
-            return f"{name} is missing or was rewritten after the index"
+        wrong = identity_problem(paths.folder / name, identity)  # content too: small files
+        if wrong:
+            return wrong
     features = {k: source[k] for k in ("manifest", "checkpoint")}
     if complete_rows(paths, features) < record["rows"]:
         return "the fc7 features are missing or incomplete"
@@ -118,8 +119,9 @@ def problem(paths: IndexPaths, record: dict | None, source: dict) -> str | None:
 
 
 def identities(*files: Path) -> dict:
-    """{file name: identity} of the files a record depends on, as they are now."""
-    return {f.name: file_identity(f) for f in files}
+    """{file name: identity, content checksum included} of the files a record depends on, as
+    they are now."""
+    return {f.name: file_identity(f, digest=True) for f in files}
 
 
 class ManifestPaths(Sequence):

@@ -42,7 +42,14 @@ from alexnet.model.distributed import World
 from alexnet.model.inference import TrainedRun
 from alexnet.pipeline.cache import open_cache
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import atomic_write, check_space, make_folder, write_json
+from alexnet.pipeline.files import (
+    atomic_write,
+    check_space,
+    file_identity,
+    identity_problem,
+    make_folder,
+    write_json,
+)
 from alexnet.pipeline.layout import IndexPaths
 from alexnet.pipeline.lock import RunLock
 from alexnet.pipeline.manifest import split_files
@@ -212,6 +219,7 @@ def _training_set(
         "code_method": model.method,
         "code_settings": C.settings(model),
         "files": identities(paths.autoencoder, paths.codes, paths.index),
+        "features": file_identity(paths.features, digest=True),
     }
     write_json(paths.meta, record)
     return record
@@ -229,7 +237,12 @@ def _encoder(paths: IndexPaths, source: dict, features, labels, bits, method, pr
     """(encoder, saved state, whether it was fitted now): the saved code encoder when it was
     made from these features with `bits` (None: any width) and `method` (None: any; the code
     methods of retrieval/codes.py), else one fitted now on `features` and their `labels`."""
-    if paths.autoencoder.is_file():
+    recorded = ((read_record(paths) or {}).get("files") or {}).get(paths.autoencoder.name)
+    if recorded and identity_problem(paths.autoencoder, recorded, content=True):
+        log.warning(
+            "%s is not the file the index recorded: fitting the codes again", paths.autoencoder
+        )
+    elif paths.autoencoder.is_file():
         try:
             state = ae.load_autoencoder(paths.autoencoder)
             model = C.encoder_from_state(state)
@@ -365,6 +378,7 @@ def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) 
         "rows": first + len(new),
         "bits": source["bits"],
         "files": identities(paths.entries(generation)),
+        "features": file_identity(paths.features, digest=True),
         "root": plan["root"],
         "uid": plan["uid"],
         "generation": generation,
