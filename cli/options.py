@@ -157,3 +157,12 @@ milvus_option = click.option(
     "$ALEXNET_MILVUS): index stores them there, the others search there. Needs "
     "pip install 'alexnet[milvus]'.",
 )
+
+
+csv_option = click.option(
+    "--csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Also write the results as CSV, one row each (for spreadsheets and scripts).",
+)

@@ -17,6 +17,7 @@ import click
 from alexnet.cli.options import (
     NON_NEGATIVE,
     POSITIVE,
+    csv_option,
     milvus_option,
     progress,
     run_option,
@@ -104,7 +105,11 @@ def index_command(
     if images is not None:
         name = name or images.resolve().name
         g = collection(run, name, workers=workers, milvus=milvus).update(
-            images, batch_size=batch_size, progress=progress(ctx)
+            images,
+            bits=bits if given(ctx, "bits") else None,  # the training set's: refused here
+            codes=codes if given(ctx, "codes") else None,
+            batch_size=batch_size,
+            progress=progress(ctx),
         )
         if g:  # the other torchrun processes return nothing to print
             for s in g["skipped"]:
@@ -125,6 +130,11 @@ def index_command(
     )
     if meta:  # the other torchrun processes have nothing to say
         print_index(meta)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the option was typed, not left at its default."""
+    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
 
 def print_index(meta: dict) -> None:
@@ -173,19 +183,20 @@ def print_index(meta: dict) -> None:
 @click.option(
     "--absolute", is_flag=True, help="Print absolute paths (default: relative to the dataset)."
 )
+@csv_option
 @milvus_option
 @workers_option
 @click.pass_context
 def search(
-    ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, milvus, workers
+    ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, csv, milvus, workers
 ):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
     from alexnet.pipeline.imagecheck import usable_images
     from alexnet.pipeline.walk import image_files
     from alexnet.retrieval.collection import collection
 
-    if jsonl and (as_json or montage):
-        raise click.BadParameter("use it without --json and --montage", param_hint="--jsonl")
+    if jsonl and (as_json or montage or csv):
+        raise click.BadParameter("use it without --json, --montage and --csv", param_hint="--jsonl")
     files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
     for path, why in skipped:
         click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
@@ -208,6 +219,10 @@ def search(
 
         unit = "fc7" if rerank else "bits"
         click.echo(f"montage: {make_montage(result['queries'], montage, unit=unit)}", err=as_json)
+    if csv:
+        from alexnet.retrieval.tables import SEARCH_COLUMNS, search_rows, write_csv
+
+        click.echo(f"csv: {write_csv(csv, search_rows(result), SEARCH_COLUMNS)}", err=as_json)
 
 
 def search_table(result: dict, root: str | None) -> str:
@@ -354,10 +369,11 @@ def serve(ctx, run, host, port, max_upload_mb, galleries, milvus):
     show_default=True,
     help="Also catch mirrored copies (checks close pairs with the mirrored crop).",
 )
+@csv_option
 @milvus_option
 @workers_option
 @click.pass_context
-def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, milvus, workers):
+def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, csv, milvus, workers):
     """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
     writes RUN/galleries/NAME/duplicates.json and a contact sheet per group."""
     from alexnet.retrieval.collection import collection
@@ -376,6 +392,10 @@ def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, milvus, worker
         f"({sum(len(g['images']) for g in groups)} images; fc7 <= {report['max_fc7']:g}); "
         f"written: {c.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
     )
+    if csv:
+        from alexnet.retrieval.tables import PAIR_COLUMNS, pair_rows, write_csv
+
+        click.echo(f"csv: {write_csv(csv, pair_rows(report), PAIR_COLUMNS)}")
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -107,12 +107,19 @@ def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[Mani
 
 
 def check_classes(saved: dict, manifest: Manifest, path: Path, run: RunPaths) -> None:
+    """Refuse a checkpoint trained on other classes, or on other data (the fingerprint of the
+    manifest it was trained with: the data was prepared again since)."""
     if saved.get("num_classes") != len(manifest.classes) or (
         saved.get("classes") != manifest.classes
     ):
         raise AlexnetError(
             f"{path} was trained on other classes than {run.manifest}: "
             "pass a checkpoint of this run"
+        )
+    if saved.get("fingerprint") != manifest.fingerprint:
+        raise AlexnetError(
+            f"{path} was trained on other data than {run.manifest} lists (it was prepared "
+            "again since): train this run again, or pass a checkpoint trained on this data"
         )
 
 

@@ -7,6 +7,7 @@ instead of crashing a pipeline hours later."""
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import warnings
 from collections.abc import Sequence
@@ -83,7 +84,10 @@ def inspect_all(
     from tqdm import tqdm
 
     processes = processes or min(8, os.cpu_count() or 1)
-    with ProcessPoolExecutor(processes, initializer=_own_pixel_limit) as pool:
+    # Workers from a fork server, not forked from this process: a fork of a process whose
+    # torch or DALI threads hold a lock can wait on it for ever.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_own_pixel_limit) as pool:
         sizes, pixels = [min_size] * len(paths), [max_pixels] * len(paths)
         return list(
             tqdm(

@@ -197,6 +197,11 @@ class Collection:
                 progress=progress,
             )
             return self._synced({**record, "path": str(self.paths.index)} if record else {})
+        if bits is not None or codes is not None:  # one encoder for the run's collections
+            raise AlexnetError(
+                f"{{bits}} and {{codes}} are the training set's: {self} uses its codes",
+                param="bits" if bits is not None else "codes",
+            )
         folder = folder or (read_record(self.paths) or {}).get("root")
         if folder is None:
             raise AlexnetError(

@@ -1,0 +1,52 @@
+"""Search results and duplicate pairs as flat rows, for spreadsheets and scripts (`--csv`).
+
+One row per result: query, rank, result, class, class_id, hamming, distance; one row per
+duplicate pair: group, a, b, hamming, fc7, mirrored. The same records the JSON output holds,
+flattened; written atomically with Python's csv module (UTF-8, any file name's script).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from alexnet.pipeline.files import atomic_write
+
+SEARCH_COLUMNS = ("query", "rank", "result", "class", "class_id", "hamming", "distance")
+PAIR_COLUMNS = ("group", "a", "b", "hamming", "fc7", "mirrored")
+
+
+def search_rows(result: dict) -> list[dict]:
+    """A Collection.search result -> one row per (query, result)."""
+    return [
+        {
+            "query": q["query"],
+            "rank": r["rank"],
+            "result": r["path"],
+            "class": r["class"],
+            "class_id": r["class_id"],
+            "hamming": r["hamming"],
+            "distance": r["distance"],
+        }
+        for q in result["queries"]
+        for r in q["results"]
+    ]
+
+
+def pair_rows(report: dict) -> list[dict]:
+    """A find_duplicates report -> one row per confirmed pair."""
+    return [
+        {"group": g, **{k: p[k] for k in PAIR_COLUMNS[1:]}}
+        for g, group in enumerate(report["groups"])
+        for p in group["pairs"]
+    ]
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            out = csv.DictWriter(f, fieldnames=columns)
+            out.writeheader()
+            out.writerows(rows)
+
+    return atomic_write(path, write)
