@@ -215,10 +215,7 @@ def find_duplicates(
         if sheets:
             for n, group in enumerate(groups):
                 group["sheet"] = str(contact_sheet(c, group, n))
-            n = len(groups)
-            while paths.duplicate_sheet(n).is_file():  # a previous report's extra sheets
-                paths.duplicate_sheet(n).unlink()
-                n += 1
+            remove_sheets(paths.duplicate_sheet, len(groups))
         write_json(paths.duplicates, report)
     return report
 
@@ -298,24 +295,37 @@ def find_in(
     name = other.name or "training-set"
     with RunLock(c.run.root, f"duplicates of gallery {c.name} in {name}"):
         if sheets:
-            for n, s in enumerate(range(0, len(found), SHEET_PAIRS)):
-                rows = [
-                    {
-                        "query": p["image"],
-                        "class": None,
-                        "results": [
-                            {"path": p["original"], "class": "mirrored" if p["mirrored"] else "",
-                             "distance": p["fc7"]}
-                        ],
-                    }
-                    for p in found[s : s + SHEET_PAIRS]
-                ]  # fmt: skip
-                report["sheets"].append(
-                    str(make_montage(rows, c.paths.against_sheet(name, n), unit="fc7"))
-                )
-            n = len(report["sheets"])
-            while c.paths.against_sheet(name, n).is_file():  # a previous report's extra sheets
-                c.paths.against_sheet(name, n).unlink()
-                n += 1
+            report["sheets"] = pair_sheets(c, name, found)
         write_json(c.paths.against(name), report)
     return report
+
+
+def pair_sheets(c, name: str, found: list[dict]) -> list[str]:
+    """Contact sheets of find_in's pairs, SHEET_PAIRS rows each: the image, then the one of
+    collection NAME it was found in, with their fc7 distance."""
+    sheets = []
+    for n, s in enumerate(range(0, len(found), SHEET_PAIRS)):
+        rows = [
+            {
+                "query": p["image"],
+                "class": None,
+                "results": [
+                    {
+                        "path": p["original"],
+                        "class": "mirrored" if p["mirrored"] else "",
+                        "distance": p["fc7"],
+                    }
+                ],
+            }
+            for p in found[s : s + SHEET_PAIRS]
+        ]
+        sheets.append(str(make_montage(rows, c.paths.against_sheet(name, n), unit="fc7")))
+    remove_sheets(lambda n: c.paths.against_sheet(name, n), len(sheets))
+    return sheets
+
+
+def remove_sheets(sheet, n: int) -> None:
+    """Remove a previous report's sheets `sheet(n)`, `sheet(n + 1)`, ... beyond this one's n."""
+    while sheet(n).is_file():
+        sheet(n).unlink()
+        n += 1
