@@ -43,6 +43,10 @@ class IndexPaths:
     def features_meta(self) -> Path:  # features.json, features.G.json
         return self.folder / self.feature_file.replace(".f16.npy", ".json")
 
+    def feature_files(self) -> list[Path]:
+        """Every feature file and sidecar in the folder, live or left by a killed compaction."""
+        return [*self.folder.glob("features*.f16.npy"), *self.folder.glob("features*.json")]
+
     def compacted(self, generation: int) -> IndexPaths:
         """These paths with the feature file a compaction to `generation` writes."""
         return IndexPaths(self.folder, f"features.{generation}.f16.npy")

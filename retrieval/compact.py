@@ -65,10 +65,7 @@ def compact_gallery(run, paths: IndexPaths, name: str) -> dict:
         }
         record = commit(paths, record, new, generation, compacted)
         paths.entries(generation - 1).unlink(missing_ok=True)
-        for leftover in (
-            *paths.folder.glob("features*.f16.npy"),
-            *paths.folder.glob("features*.json"),
-        ):
+        for leftover in paths.feature_files():
             if leftover not in (new.features, new.features_meta):  # the old file, a killed run's
                 leftover.unlink(missing_ok=True)
     log.info("gallery %s compacted: %d rows -> %d", name, compacted["rows_before"], len(table))

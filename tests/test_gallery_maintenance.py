@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -21,6 +22,8 @@ from alexnet import collection
 from alexnet.cli.main import cli
 from alexnet.pipeline.layout import RunPaths
 from alexnet.retrieval import compact as K
+from alexnet.retrieval.duplicates import close_codes
+from alexnet.retrieval.index import hamming
 
 
 def invoke(*args, code: int = 0):
@@ -80,6 +83,21 @@ def test_photos_of_a_new_folder_are_found_in_an_old_gallery(run, real_jpegs, tmp
 
     out = invoke("duplicates", "--run", run, "--gallery", "new", "--against", "new", code=2)
     assert "--against" in out.output
+
+
+def test_close_codes_match_a_popcount_scan():
+    rng = np.random.default_rng(1)
+    codes, queries = (
+        rng.integers(0, 256, (200, 2), np.uint8),
+        rng.integers(0, 256, (50, 2), np.uint8),
+    )
+    queries[::5] = codes[:10] ^ np.uint8(4)  # some 1 bit from a code
+    for d in (0, 1, 5):
+        pairs, dists = close_codes(queries, codes, d)
+        H = hamming(queries, codes)
+        i, j = np.nonzero(H <= d)
+        assert pairs.tolist() == np.stack([i, j], 1).tolist()
+        assert dists.tolist() == H[i, j].tolist()
 
 
 def search(run: Path, name: str, query: str) -> list[tuple]:
