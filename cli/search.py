@@ -84,11 +84,17 @@ def check_bits(ctx, param, bits: int) -> int:
     "add new and changed files and drop deleted ones.",
 )
 @click.option("--name", default=None, help="The gallery's name (default: the folder's name).")
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="After the update, rewrite the gallery's feature file with only the rows of its "
+    "current files (done anyway when more than half are dead); image ids change.",
+)
 @milvus_option
 @workers_option
 @click.pass_context
 def index_command(
-    ctx, run, bits, codes, approx_threshold, batch_size, images, name, milvus, workers
+    ctx, run, bits, codes, approx_threshold, batch_size, images, name, compact, milvus, workers
 ):
     """Build RUN's retrieval index: fc7 features, autoencoder, binary codes, FAISS index.
 
@@ -110,6 +116,7 @@ def index_command(
             codes=codes if given(ctx, "codes") else None,
             batch_size=batch_size,
             progress=progress(ctx),
+            compact=compact,
         )
         if g:  # the other torchrun processes return nothing to print
             for s in g["skipped"]:
@@ -119,6 +126,8 @@ def index_command(
                 f"updated, {g['removed']} removed, {len(g['skipped'])} skipped); {g['bits']}-bit "
                 f"codes; written: {g['path']}"
             )
+        if g.get("compacted"):
+            print_compacted(g["compacted"], compact)
         return
 
     meta = collection(run, workers=workers, milvus=milvus).update(
@@ -135,6 +144,14 @@ def index_command(
 def given(ctx: click.Context, name: str) -> bool:
     """Whether the option was typed, not left at its default."""
     return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+
+def print_compacted(c: dict, asked: bool) -> None:
+    why = "" if asked else " (more than half of its rows were dead)"
+    click.echo(
+        f"compacted{why}: {c['rows_before']} feature rows -> {c['rows_after']}, "
+        f"{c['bytes_freed'] / 2**20:.2f} MiB freed; image ids were renumbered"
+    )
 
 
 def print_index(meta: dict) -> None:
@@ -350,6 +367,11 @@ def serve(ctx, run, host, port, max_upload_mb, galleries, milvus):
 @run_option
 @click.option("--gallery", required=True, help="The gallery to look in (alexnet index --images).")
 @click.option(
+    "--against",
+    default=None,
+    help="Instead: list the photos of --gallery that already exist in this other gallery.",
+)
+@click.option(
     "--max-distance",
     type=NON_NEGATIVE,
     default=None,
@@ -373,15 +395,28 @@ def serve(ctx, run, host, port, max_upload_mb, galleries, milvus):
 @milvus_option
 @workers_option
 @click.pass_context
-def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, csv, milvus, workers):
+def duplicates(ctx, run, gallery, against, max_distance, max_fc7, mirrors, csv, milvus, workers):
     """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
-    writes RUN/galleries/NAME/duplicates.json and a contact sheet per group."""
+    writes RUN/galleries/NAME/duplicates.json and a contact sheet per group. With --against
+    OLD, the photos of the gallery found in gallery OLD: RUN/galleries/NAME/against-OLD.json."""
     from alexnet.retrieval.collection import collection
 
     c = collection(run, gallery, workers=workers, milvus=milvus)
-    report = c.duplicates(
-        max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors, progress=progress(ctx)
-    )
+    options = dict(max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors)
+    if against is not None:
+        old = collection(run, against, workers=workers)
+        report = c.duplicates(against=old, **options, progress=progress(ctx))
+        print_found(report, c, old)
+    else:
+        report = c.duplicates(**options, progress=progress(ctx))
+        print_groups(report, c)
+    if csv:
+        from alexnet.retrieval.tables import PAIR_COLUMNS, pair_rows, write_csv
+
+        click.echo(f"csv: {write_csv(csv, pair_rows(report), PAIR_COLUMNS)}")
+
+
+def print_groups(report: dict, c) -> None:
     groups = report["groups"]
     for n, group in enumerate(groups):
         names = ", ".join(os.path.relpath(p, c.root) for p in group["images"])
@@ -392,10 +427,23 @@ def duplicates(ctx, run, gallery, max_distance, max_fc7, mirrors, csv, milvus, w
         f"({sum(len(g['images']) for g in groups)} images; fc7 <= {report['max_fc7']:g}); "
         f"written: {c.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
     )
-    if csv:
-        from alexnet.retrieval.tables import PAIR_COLUMNS, pair_rows, write_csv
 
-        click.echo(f"csv: {write_csv(csv, pair_rows(report), PAIR_COLUMNS)}")
+
+def print_found(report: dict, c, old) -> None:
+    for p in report["pairs"]:
+        click.echo(
+            f"{os.path.relpath(p['image'], c.root)} -> {os.path.relpath(p['original'], old.root)}"
+            f"  hamming {p['hamming']}  fc7 {p['fc7']:.3f}"
+            + ("  mirrored" if p["mirrored"] else "")
+        )
+    images = len({p["image"] for p in report["pairs"]})
+    click.echo(
+        f"{images} of {report['images']} images of {report['gallery']} found in "
+        f"{report['against']} ({report['against_images']} images; {report['candidates']} pairs "
+        f"within {report['max_distance']} bits, fc7 <= {report['max_fc7']:g}); written: "
+        f"{c.paths.against(report['against'])}"
+        + (f" and {len(report['sheets'])} contact sheets" if report["sheets"] else "")
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:

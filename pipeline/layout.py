@@ -10,7 +10,8 @@
     RUN/eval.json, eval_retrieval.json, search.png
     RUN/index/...                  the training set's retrieval index (IndexPaths)
     RUN/galleries/NAME/...         other photo collections, each an IndexPaths of its own
-                                   (+ files.G.npz per update, duplicates.json, duplicates/)
+                                   (+ files.G.npz per update, duplicates.json, duplicates/,
+                                   against-OTHER.json, against-OTHER/)
     RUN/thumbs/FINGERPRINT/ID.jpg  thumbnails of indexed images, made by `alexnet serve`
 
 Every module asks `RunPaths(run)` for a path; none spells one itself.
@@ -32,14 +33,23 @@ class IndexPaths:
     """One searchable collection: fc7 features, autoencoder, packed codes and FAISS index."""
 
     folder: Path
+    feature_file: str = "features.f16.npy"  # a compacted gallery's: features.G.f16.npy
 
     @property
     def features(self) -> Path:
-        return self.folder / "features.f16.npy"
+        return self.folder / self.feature_file
 
     @property
-    def features_meta(self) -> Path:
-        return self.folder / "features.json"
+    def features_meta(self) -> Path:  # features.json, features.G.json
+        return self.folder / self.feature_file.replace(".f16.npy", ".json")
+
+    def feature_files(self) -> list[Path]:
+        """Every feature file and sidecar in the folder, live or left by a killed compaction."""
+        return [*self.folder.glob("features*.f16.npy"), *self.folder.glob("features*.json")]
+
+    def compacted(self, generation: int) -> IndexPaths:
+        """These paths with the feature file a compaction to `generation` writes."""
+        return IndexPaths(self.folder, f"features.{generation}.f16.npy")
 
     @property
     def autoencoder(self) -> Path:
@@ -67,6 +77,13 @@ class IndexPaths:
 
     def duplicate_sheet(self, group: int) -> Path:
         return self.folder / "duplicates" / f"{group}.png"
+
+    def against(self, other: str) -> Path:
+        """The report of this gallery's photos found in gallery `other`."""
+        return self.folder / f"against-{other}.json"
+
+    def against_sheet(self, other: str, n: int) -> Path:
+        return self.folder / f"against-{other}" / f"{n}.png"
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,14 @@ The vocabulary, once:
 - search       query images in, result records out (`Collection.search`; `stream` yields the
                same records one query at a time); `index.search` is its FAISS step, numpy in
                and out.
-- duplicates   groups of near-duplicate images in a collection (`Collection.duplicates`).
+- duplicates   groups of near-duplicate images in a collection (`Collection.duplicates`),
+               or the images of one collection already in another (`against=`).
 - evaluate     eval-retrieval: the validation images against the training set
                (`Collection.evaluate`).
-- id           an image's row in its collection's feature file: stable across updates.
+- id           an image's row in its collection's feature file: stable across updates,
+               renumbered when a gallery is compacted.
+- compact      rewrite a gallery's feature file with only the rows its files use
+               (`Collection.update(folder, compact=True)`; also when over half are dead).
 - stale        a collection whose record no longer matches what it was made from (the data,
                the checkpoint, the autoencoder) or whose files were rewritten (store.problem).
 
@@ -27,7 +31,8 @@ features     fc7: the one extractor (files -> rows of a memory-mapped float16 fi
 autoencoder  4096 -> 256 -> B bits, trained on the features (and labels); packed uint8 codes
 codes        the code methods behind one interface: autoencoder (default), itq, pca-sign, lsh
 index        FAISS binary indexes, numpy in and out: build, search, re-rank, recall, save/load
-duplicates   near-duplicate groups: codes shortlist, fc7 confirms
+duplicates   near-duplicate groups: codes shortlist, fc7 confirms (in one, or one in another)
+compact      a gallery's feature file and table rewritten with their live rows, kill-safe
 milvus       a collection's codes in a Milvus server (or Milvus Lite), searched as faiss is
 baselines    ITQ, PCA-sign and LSH binary codes of fc7 (the autoencoder's baselines)
 evaluate     eval-retrieval: precision@k and mAP of codes, re-rank, baselines, float fc7, pixels

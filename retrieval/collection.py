@@ -8,6 +8,7 @@
     result["queries"][0]["results"][0]                   # {"rank", "id", "path", "class",
                                                          #  "class_id", "hamming", "distance"}
     photos.duplicates()                                  # groups of near-duplicate photos
+    photos.duplicates(against=train)                     # photos already in another collection
     train.evaluate()                                     # eval-retrieval, on the training set
     train.file(7), train.thumbnail(7), len(train), train.describe()
 
@@ -38,8 +39,9 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import verify_files
 
 from .codes import load_encoder
+from .compact import compact_gallery, needs_compaction
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
-from .duplicates import find_duplicates
+from .duplicates import find_duplicates, find_in
 from .evaluate import evaluate_retrieval, write_result
 from .features import load_features, query_features, query_items
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
@@ -52,6 +54,7 @@ from .store import (
     class_of,
     collection_paths,
     gallery_names,
+    live_paths,
     made_from,
     problem,
     read_record,
@@ -122,7 +125,7 @@ class Collection:
             )
         self.record = record
         self.autoencoder = load_encoder(self.run.index.autoencoder)
-        features = load_features(self.paths)  # a whole file maps fastest (features.py)
+        features = load_features(live_paths(self.paths, record))  # a whole file maps fastest
         self.features = features if len(features) == record["rows"] else features[: record["rows"]]
         if self.name is None:
             self.table = Table.of_manifest(trained.manifest, "train", np.load(self.paths.codes))
@@ -163,9 +166,10 @@ class Collection:
         min_size: int = MIN_SIZE,
         max_pixels: int = MAX_PIXELS,
         progress: bool = True,
+        compact: bool = False,
     ) -> dict:
-        """Build the collection, or bring it up to date (retrieval/update.py); returns its
-        record with "path" (a gallery's also with "added", "updated", "removed").
+        """Build the collection, or bring it up to date (update.py; `compact`: compact.py);
+        returns its record with "path" (a gallery's also "added", "updated", "removed").
 
         The training set: `bits` None keeps the codes' width (else refits at it), `codes`
         None their method (else one of retrieval/codes.py's: autoencoder, itq, pca-sign, lsh);
@@ -227,6 +231,8 @@ class Collection:
             progress=progress,
         )
         out = {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
+        if record and (compact or needs_compaction(record)):  # adds "compacted"
+            out |= compact_gallery(self.run.root, self.paths, self.name)
         return self._synced(out)
 
     def _synced(self, record: dict) -> dict:  # and what the update changed in Milvus
@@ -371,8 +377,11 @@ class Collection:
         """What a face shows about the collection (remote.describe)."""
         return describe(self.open())
 
-    def duplicates(self, **options) -> dict:
-        """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates)."""
+    def duplicates(self, *, against: Collection | None = None, **options) -> dict:
+        """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates); with
+        `against` (another collection of the run): this one's images found in it (find_in)."""
+        if against is not None:
+            return find_in(self.open(), against.open(trained=self.trained), **options)
         return find_duplicates(self.open(), remote=self.remote, **options)
 
     def evaluate(self, **options) -> dict:

@@ -3,11 +3,12 @@
 A collection's folder (pipeline.layout's IndexPaths: RUN/index for the training set,
 RUN/galleries/NAME for a gallery) holds:
 - features.f16.npy + features.json: fc7 rows and the count of complete ones (features.py);
+  a compacted gallery's are features.G.f16.npy + features.G.json, named by its record;
 - codes.json, the record: written last, so a folder without a current record is incomplete.
   It names what the collection was made from ("source": manifest fingerprint, checkpoint file
   identity; for a gallery also the training set's autoencoder file identity and code length),
   the identity of every other file it depends on ("files": size, time and an xxh3 checksum,
-  verified whenever the collection is opened), the feature file's identity ("features":
+  verified whenever the collection is opened), the feature file's identity ("features_identity":
   checked by `alexnet verify`, which reads it whole) and the feature rows in use ("rows");
 - the training set: autoencoder.pt, codes.u8.npy (codes in manifest order), codes.faissindex;
 - a gallery: files.G.npz, the table of update G (Table).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -113,9 +114,15 @@ def problem(paths: IndexPaths, record: dict | None, source: dict) -> str | None:
         if wrong:
             return wrong
     features = {k: source[k] for k in ("manifest", "checkpoint")}
-    if complete_rows(paths, features) < record["rows"]:
+    if complete_rows(live_paths(paths, record), features) < record["rows"]:
         return "the fc7 features are missing or incomplete"
     return None
+
+
+def live_paths(paths: IndexPaths, record: dict | None) -> IndexPaths:
+    """`paths` with the feature file `record` names (a compacted gallery's, compact.py)."""
+    name = (record or {}).get("features")
+    return replace(paths, feature_file=name) if name else paths
 
 
 def identities(*files: Path) -> dict:

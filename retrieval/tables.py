@@ -34,7 +34,14 @@ def search_rows(result: dict) -> list[dict]:
 
 
 def pair_rows(report: dict) -> list[dict]:
-    """A find_duplicates report -> one row per confirmed pair."""
+    """A duplicates report -> one row per confirmed pair (`against` a gallery: a is the
+    image, b the original found in the other gallery, and no group)."""
+    if "groups" not in report:
+        keys = {"a": "image", "b": "original", "hamming": "hamming", "fc7": "fc7"}
+        return [
+            {"group": "", **{k: p[v] for k, v in keys.items()}, "mirrored": p["mirrored"]}
+            for p in report["pairs"]
+        ]
     return [
         {"group": g, **{k: p[k] for k in PAIR_COLUMNS[1:]}}
         for g, group in enumerate(report["groups"])

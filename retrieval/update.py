@@ -15,8 +15,8 @@ A gallery (`update_gallery`): its files are the images below a folder (the prep 
 pipeline.dataset.images_below), encoded with the training set's autoencoder. Incremental: a
 file already indexed with the same bytes and mtime keeps its row and code, a new or changed
 file gets the next free row (the feature file grows in place), a deleted one leaves the
-table. Unlisted rows are not reclaimed (8 KiB each): a gallery whose files change often is
-compacted by deleting RUN/galleries/NAME and indexing the folder again. Its FAISS index is a
+table. Unlisted rows stay in the file (8 KiB each) until the gallery is compacted
+(compact.py: on request, or when more than half the rows are unlisted). Its FAISS index is a
 flat one, built from the table's codes when the gallery is opened (milliseconds at 10^6
 images), so a deleted file is gone from it exactly, with nothing to patch.
 
@@ -33,6 +33,7 @@ import contextlib
 import logging
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ from .features import (
     source_identity,
 )
 from .index import auto_kind, build_index, index_kind, measure_recall, save_index
-from .store import VERSION, Table, identities, problem, read_record
+from .store import VERSION, Table, identities, live_paths, problem, read_record
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _training_set(
         "code_method": model.method,
         "code_settings": C.settings(model),
         "files": identities(paths.autoencoder, paths.codes, paths.index),
-        "features": file_identity(paths.features, digest=True),
+        "features_identity": file_identity(paths.features, digest=True),
     }
     write_json(paths.meta, record)
     return record
@@ -285,14 +286,16 @@ def update_gallery(
     with lock:
 
         def plan() -> dict:
-            p = _plan(paths, source, Path(folder), name, min_size, max_pixels, progress)
+            live = live_paths(paths, read_record(paths))  # the feature file a record names
+            p = _plan(live, source, Path(folder), name, min_size, max_pixels, progress)
             check_space(paths.folder, len(p["new"]) * ROW_BYTES, "the fc7 features")
             make_folder(paths.folder)
             if p["new"]:
-                grow_features(paths.features, p["first_row"] + len(p["new"]))
-            return p
+                grow_features(live.features, p["first_row"] + len(p["new"]))
+            return {**p, "features": live.feature_file}
 
         planned = _planned(world, plan)
+        paths = replace(paths, feature_file=planned["features"])
         _extract(trained, paths, planned, world, batch_size=batch_size, progress=progress)
         if not world.main:
             return {}
@@ -378,10 +381,11 @@ def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) 
         "rows": first + len(new),
         "bits": source["bits"],
         "files": identities(paths.entries(generation)),
-        "features": file_identity(paths.features, digest=True),
+        "features_identity": file_identity(paths.features, digest=True),
         "root": plan["root"],
         "uid": plan["uid"],
         "generation": generation,
+        "features": paths.feature_file,
         "last_update": {k: plan[k] for k in ("added", "updated", "removed")},
         "skipped": plan["skipped"],
     }

@@ -23,7 +23,15 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import load_manifest
 from alexnet.pipeline.stats import load_stats
 
-from .store import collection_paths, gallery_names, made_from, problem, read_record, refresh
+from .store import (
+    collection_paths,
+    gallery_names,
+    live_paths,
+    made_from,
+    problem,
+    read_record,
+    refresh,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +98,7 @@ def _collection(run: RunPaths, name: str | None, trained) -> list[dict]:
     wrong = problem(paths, record, made_from(trained, name, record.get("bits")))
     if wrong:
         return [{"file": str(paths.meta), "problem": wrong, "fix": fix}]
-    recorded = record.get("features")
+    paths, recorded = live_paths(paths, record), record.get("features_identity")
     wrong = recorded and identity_problem(paths.features, recorded, content=True)
     if wrong:  # the record is kept, so the feature file must go for the rows to be extracted
         fix = f"delete {paths.features} and {paths.features_meta}, then {fix}"
