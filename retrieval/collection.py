@@ -86,7 +86,7 @@ class Collection:
         self.milvus, self.remote = milvus_uri(milvus), None  # codes served by Milvus (remote.py)
         self.trained = None  # set by open()
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # noqa: D105
         return f"Collection({str(self.run)!r}, {self.name!r})"
 
     def __str__(self) -> str:
@@ -168,17 +168,13 @@ class Collection:
         progress: bool = True,
         compact: bool = False,
     ) -> dict:
-        """Build the collection, or bring it up to date (update.py; `compact`: compact.py);
-        returns its record with "path" (a gallery's also "added", "updated", "removed").
-
-        The training set: `bits` None keeps the codes' width (else refits at it), `codes`
-        None their method (else one of retrieval/codes.py's: autoencoder, itq, pca-sign, lsh);
-        above `approx_threshold` images the index is an IVF one. A gallery: the images below
-        `folder` (default: the folder it was made from), with the training set's autoencoder
-        (built first when missing); `min_size`, `max_pixels` as prep's. Under torchrun every
-        process calls this; the extraction is split over them (the others return {})."""
-        world, self.trained = setup_world(), None  # reopened after the update
-        self.__dict__.pop("_crops", None)
+        """Build the collection, or bring it up to date (update.py); returns its record with
+        "path" (a gallery's also "added", "updated", "removed"). The training set: `bits` and
+        `codes` (codes.py's methods) None keep the codes' width and method; IVF index above
+        `approx_threshold` images. A gallery: the images below `folder` (default: its own),
+        coded with the training set's encoder; `min_size`, `max_pixels` as prep's; `compact`
+        (compact.py). Under torchrun every process calls this (the others return {})."""
+        world, self.trained, _ = setup_world(), None, self.__dict__.pop("_crops", None)
         if self.name is None:
             if folder is not None:
                 raise AlexnetError(
