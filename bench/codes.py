@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from alexnet.model.inference import load_trained
-from alexnet.pipeline.dataset import split_files
+from alexnet.pipeline.manifest import split_files
 from alexnet.retrieval import codes as C
 from alexnet.retrieval.evaluate import evaluate_modes, pixel_vectors
 from alexnet.retrieval.features import load_features, query_features
