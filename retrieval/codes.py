@@ -140,7 +140,7 @@ def encoder_from_state(state: dict):
         return ProjectionEncoder(_method(method), projection, state["config"]["seed"])
     except (KeyError, AttributeError) as e:
         raise AlexnetError(
-            f"the {method} codes' file is incomplete ({e}): rebuild with `alexnet index --run RUN`"
+            f"the {method} codes' file is incomplete ({e}): rebuild the index (`alexnet index`)"
         ) from e
 
 

@@ -307,6 +307,8 @@ def query_items(
     arrays) as what query_features reads, paths or bytes, and their names (paths name
     themselves; the others `names`, default "query N"). Bytes that do not decode are refused:
     they come from outside (uploads), so PIL says what is wrong before DALI meets them."""
+    if isinstance(images, (str, Path, bytes, bytearray)) or not isinstance(images, Sequence):
+        images = [images]  # one image (a PIL image or an array is no Sequence)
     items = []
     for image in images:
         if isinstance(image, (str, Path)) and Path(image).is_dir():

@@ -1,4 +1,4 @@
-"""Search results and duplicate pairs as flat rows, for spreadsheets and scripts (`--csv`).
+"""Search results and duplicate pairs as flat rows, for spreadsheets and scripts (CSV).
 
 One row per result: query, rank, result, class, class_id, hamming, distance; one row per
 duplicate pair: group, a, b, hamming, fc7, mirrored. The same records the JSON output holds,

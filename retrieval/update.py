@@ -157,7 +157,7 @@ def training_features(
     files, _ = split_files(trained.manifest, "train")
 
     def plan() -> dict:
-        if complete_rows(paths, source) == len(files):
+        if paths.features.is_file() and complete_rows(paths, source) == len(files):
             log.info("fc7 features are current: %s", paths.features)
             return {"new": [], "first_row": 0}
         check_space(paths.folder, len(files) * ROW_BYTES, "the fc7 features")
@@ -165,6 +165,8 @@ def training_features(
         paths.features_meta.unlink(missing_ok=True)  # from here on, no row counts as complete
         paths.features.unlink(missing_ok=True)
         grow_features(paths.features, len(files))
+        if not files:  # a run without training images (imported weights): an empty file
+            mark_complete(paths, source, 0)
         return {"new": [(f, 0, 0) for f in files], "first_row": 0}
 
     planned = _planned(world, plan)

@@ -114,7 +114,7 @@ def test_mean_and_labels_become_the_runs_statistics_and_classes(tmp_path, caffem
     words.write_text("".join(f"{w} name {i}, other\n" for i, w in enumerate(WNIDS)))
     import_weights(caffemodel, tmp_path / "run", mean=tmp_path / "mean.binaryproto", labels=words)
     trained = load_trained(tmp_path / "run", check_files=False)
-    stats = load_stats(tmp_path / "run", trained.manifest["fingerprint"])
+    stats = load_stats(tmp_path / "run", trained.manifest.fingerprint)
     assert trained.config.mean == "image" and stats.mean_image.shape == (256, 256, 3)
     np.testing.assert_allclose(stats.mean_image[..., 0], 30 + grad[0], atol=1e-5)  # R
     np.testing.assert_allclose(stats.mean_image[..., 2], 10 + grad[0], atol=1e-5)  # B
