@@ -115,3 +115,16 @@ def make_class_tree(tmp_path: Path) -> Path:
         for i in range(n):
             img(data / name / f"{i:02d}.png", seed=ord(name) * 100 + i)
     return data
+
+
+def corrupt_in_place(path, offset: int | None = None) -> None:
+    """Flip one byte (by default near the end, past any header), keeping the size and the
+    modification time: a bad disk, a partial copy, an in-place rsync."""
+    st = os.stat(path)
+    offset = st.st_size - 5 if offset is None else offset
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

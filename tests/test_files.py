@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import os
 
+from fixtures import corrupt_in_place
+
 from alexnet.pipeline.files import content_digest, file_identity, identity_problem
-
-
-def corrupt_in_place(path, offset: int = 0) -> None:
-    """Flip one byte, keeping the size and the modification time (a bad disk, rsync --inplace)."""
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_same_size_same_time_corruption_is_caught_by_the_digest(tmp_path):

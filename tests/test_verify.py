@@ -9,21 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fixtures import corrupt_in_place
 from retrieval_fixtures import indexed_run
 
 from alexnet.cli.main import cli
-
-
-def corrupt_in_place(path: Path, offset: int | None = None) -> None:
-    """Flip one byte (by default past any header), keeping the size and modification time."""
-    st = os.stat(path)
-    offset = st.st_size - 5 if offset is None else offset
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def invoke(*args):
