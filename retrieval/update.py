@@ -197,8 +197,10 @@ def _training_set(
         )
     labels = None if train_on is not None else np.array(split_files(trained.manifest, "train")[1])
     train_on = features if train_on is None else train_on
-    model, state, retrained = _encoder(paths, source, train_on, labels, bits, method, progress)
     record = read_record(paths)
+    model, state, retrained = _encoder(
+        paths, source, record, train_on, labels, bits, method, progress
+    )
     if not retrained and problem(paths, record, source) is None:
         if record["kind"] == auto_kind(record["count"], approx_threshold):
             log.info("index is current: %s", paths.index)
@@ -236,11 +238,12 @@ def _save_array(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def _encoder(paths: IndexPaths, source: dict, features, labels, bits, method, progress: bool):
-    """(encoder, saved state, whether it was fitted now): the saved code encoder when it was
-    made from these features with `bits` (None: any width) and `method` (None: any; the code
-    methods of retrieval/codes.py), else one fitted now on `features` and their `labels`."""
-    recorded = ((read_record(paths) or {}).get("files") or {}).get(paths.autoencoder.name)
+def _encoder(paths: IndexPaths, source: dict, record, features, labels, bits, method, progress):
+    """(encoder, saved state, whether it was fitted now): the saved code encoder when it is
+    the file the collection's `record` names, made from these features with `bits` (None: any
+    width) and `method` (None: any; the code methods of retrieval/codes.py), else one fitted
+    now on `features` and their `labels`."""
+    recorded = ((record or {}).get("files") or {}).get(paths.autoencoder.name)
     if recorded and identity_problem(paths.autoencoder, recorded, content=True):
         log.warning(
             "%s is not the file the index recorded: fitting the codes again", paths.autoencoder
