@@ -122,7 +122,7 @@ def problem(paths: IndexPaths, record: dict | None, source: dict) -> str | None:
 def live_paths(paths: IndexPaths, record: dict | None) -> IndexPaths:
     """`paths` with the feature file `record` names (a compacted gallery's, compact.py)."""
     name = (record or {}).get("features")
-    return replace(paths, feature_file=name) if isinstance(name, str) else paths
+    return replace(paths, feature_file=name) if name else paths
 
 
 def identities(*files: Path) -> dict:
