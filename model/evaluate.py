@@ -7,6 +7,7 @@ average of the ten crops' softmax outputs (4 corners and the centre, and their m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -26,19 +27,22 @@ from .loaders import eval_loader
 def evaluate(
     model, loader: Loader, world: World, *, progress: bool = False, per_class: bool = False
 ) -> dict:
-    """Top-1 and top-5 error and the cross-entropy loss over every image of the split, counted
-    once across ranks. A 10-crop loader yields N x 10 x 3 x 224 x 224; the 10 softmax outputs
-    are averaged. With `per_class`, also "per_class": images, top-1 and top-5 hits by label."""
+    """Top-1 and top-5 error and the cross-entropy loss (with its standard error, "loss_se")
+    over every image of the split, counted once across ranks. A 10-crop loader yields
+    N x 10 x 3 x 224 x 224; the 10 softmax outputs are averaged. With `per_class`, also
+    "per_class": images, top-1 and top-5 hits by label."""
     from tqdm import tqdm
 
     model.eval()
-    top1 = top5 = count = loss = 0.0
+    top1 = top5 = count = loss = loss_sq = 0.0
     by_class = None  # (3, classes): images, top-1 hits, top-5 hits
     for x, y in tqdm(
         loader, desc="eval", unit="batch", leave=False, disable=not (progress and world.main)
     ):
         probs = crop_probabilities(model, x, world.device)
-        loss += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").item()
+        losses = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="none")
+        loss += losses.sum().item()
+        loss_sq += losses.square().sum().item()
         best5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
         hit1, hit5 = best5[:, 0] == y, (best5 == y[:, None]).any(1)
         top1 += hit1.sum().item()
@@ -48,11 +52,14 @@ def evaluate(
             n = probs.shape[1]
             counts = torch.stack([t.bincount(minlength=n) for t in (y, y[hit1], y[hit5])]).cpu()
             by_class = counts if by_class is None else by_class + counts
-    top1, top5, count, loss = all_sum([top1, top5, count, loss], world)
+    top1, top5, count, loss, loss_sq = all_sum([top1, top5, count, loss, loss_sq], world)
+    mean = loss / count
+    variance = max(loss_sq / count - mean**2, 0.0) * count / max(count - 1, 1)
     result = {
         "top1_error": 1 - top1 / count,
         "top5_error": 1 - top5 / count,
-        "loss": loss / count,
+        "loss": mean,
+        "loss_se": math.sqrt(variance / count),  # the standard error of the mean loss
         "images": int(count),
     }
     if per_class:

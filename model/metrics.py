@@ -31,7 +31,8 @@ def write_metrics(run: str | Path, history: list[dict]) -> None:
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Training loss and validation top-1/top-5 error against epochs, as a PNG."""
+    """Training and validation loss (with its standard error) and validation top-1/top-5
+    error against epochs, the rate drops marked, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +41,19 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     epochs = [m["epoch"] for m in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [m["loss"] for m in history], "o-")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax1.plot(epochs, [m["loss"] for m in history], "o-", label="training")
+    val = [m["val_loss"] for m in history]
+    ax1.plot(epochs, val, "s-", label="validation")
+    if all("val_loss_se" in m for m in history):  # +-1 standard error, the plateau rule's unit
+        se = [m["val_loss_se"] for m in history]
+        low, high = ([v + sign * e for v, e in zip(val, se, strict=True)] for sign in (-1, 1))
+        ax1.fill_between(epochs, low, high, alpha=0.25, color="C1")
+    for m, after in zip(history, history[1:], strict=False):
+        if after["lr"] < m["lr"]:
+            for ax in (ax1, ax2):
+                ax.axvline(m["epoch"] + 0.5, color="gray", linestyle="--", linewidth=1)
+    ax1.set(xlabel="epoch (dashed: rate / 10)", ylabel="cross-entropy loss", title="loss")
+    ax1.legend()
     ax2.plot(epochs, [100 * m["top1_error"] for m in history], "o-", label="top-1")
     ax2.plot(epochs, [100 * m["top5_error"] for m in history], "s-", label="top-5")
     ax2.set(xlabel="epoch", ylabel="validation error (%)", title="error", ylim=(0, 100))
@@ -57,7 +69,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
 def epoch_line(m: dict, eta_seconds: float | None, dropped: str | None = None) -> str:
     """One epoch's summary as the trainer logs it, with the whole run's remaining time."""
     line = (
-        f"epoch {m['epoch']}  loss {m['loss']:.4f}  val loss {m['val_loss']:.4f}  "
+        f"epoch {m['epoch']}  loss {m['loss']:.4f}  "
+        f"val loss {m['val_loss']:.4f} ±{m['val_loss_se']:.3f}  "
         f"top-1 {100 * m['top1_error']:.2f}%  top-5 {100 * m['top5_error']:.2f}%  "
         f"lr {m['lr']:.3g}  {m['images_per_s']:.0f} img/s  wait {100 * m['data_wait']:.0f}%"
     )

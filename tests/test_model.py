@@ -131,3 +131,14 @@ def test_a_network_built_around_saved_weights_is_that_network(tmp_path):
     assert not any(p.is_meta for p in AlexNet(AlexNetConfig(num_classes=5)).parameters())
     with pytest.raises(RuntimeError, match="size mismatch"):
         build_network(TrainConfig(), 5, torch.device("cpu"), weights)  # two columns: other shapes
+
+
+def test_ten_crop_averages_probabilities_not_logits():
+    """Section 4.1: the softmax outputs of the crops are averaged. One confident crop and two
+    mild ones disagree: averaged logits would follow the confident crop, probabilities the two."""
+    from alexnet.model.inference import crop_probabilities
+
+    logits = torch.tensor([[[10.0, 0.0], [0.0, 2.0], [0.0, 2.0]]])  # 1 image, 3 crops
+    probs = crop_probabilities(torch.nn.Flatten(), logits[..., None, None], torch.device("cpu"))
+    assert probs.argmax(1).item() == 1 and logits.mean(1).argmax(1).item() == 0
+    torch.testing.assert_close(probs, logits.softmax(-1).mean(1))
