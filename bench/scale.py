@@ -293,7 +293,8 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     from alexnet.model.config import TrainConfig
     from alexnet.model.inference import load_trained
     from alexnet.model.init import resolve
-    from alexnet.model.optim import PlateauSchedule, optimizer_for
+    from alexnet.model.optim import optimizer_for
+    from alexnet.model.plateau import plateau_schedule
     from alexnet.pipeline.layout import RunPaths
     from alexnet.pipeline.stats import compute_stats, save_stats
     from alexnet.retrieval import autoencoder as ae
@@ -308,7 +309,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # creates the momentum buffers a training checkpoint carries
-    schedule = PlateauSchedule(config.patience).state_dict()
+    schedule = plateau_schedule(config).state_dict()
     state = checkpoint_state(
         model, config, manifest, optimizer=optimizer, schedule=schedule, epoch=1
     )

@@ -119,15 +119,22 @@ FLAGS = {
 
 def config_options(config_class):
     """Click options made from a config dataclass's fields (model/config.py's `setting`): one
-    per field, with its flags, check, default and help; on/off settings as --x/--no-x."""
+    per field, with its flags, check, default and help (where `{field}` names the field's
+    flag); on/off settings as --x/--no-x."""
     from dataclasses import MISSING, fields
+
+    def flags_of(name: str) -> tuple[str, ...]:
+        return FLAGS.get(name, ("--" + name.replace("_", "-"),))
+
+    names = {fld.name: flags_of(fld.name)[-1] for fld in fields(config_class)}
 
     def decorate(f):
         for fld in reversed(fields(config_class)):
             meta = fld.metadata
             default = None if fld.default is MISSING else fld.default
-            flags = FLAGS.get(fld.name, ("--" + fld.name.replace("_", "-"),))
-            extra = {"show_default": default is not None, "help": meta["help"]}
+            flags = flags_of(fld.name)
+            help = meta["help"].format_map(names)  # "{patience}" is the flag of `patience`
+            extra = {"show_default": default is not None, "help": help}
             if meta["kind"] == "switch":
                 on = [fl for fl in flags if fl.startswith("--")][-1]
                 option = click.option(f"{on}/--no-{on[2:]}", fld.name, default=default, **extra)

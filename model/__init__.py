@@ -1,7 +1,8 @@
 """The AlexNet network, the paper's optimiser and schedule, and the trainer.
 
 alexnet      the network (section 3): AlexNet, AlexNetConfig, the paper's LRN
-optim        the paper's SGD rule and the plateau schedule (section 5)
+optim        the paper's SGD rule, parameter groups, rate scaling and warm-up (section 5)
+plateau      when the rate drops 10x: the noise-aware rule and the paper's
 config       TrainConfig: every training setting (light: no torch)
 train        train_one_epoch, fit (with resume): the training loop
 evaluate     evaluate (top-1/top-5, ten-crop), evaluate_checkpoint (`alexnet eval`)
@@ -19,7 +20,8 @@ _EXPORTS = {
     "AlexNet": "alexnet",
     "AlexNetConfig": "alexnet",
     "PaperSGD": "optim",
-    "PlateauSchedule": "optim",
+    "NoisePlateau": "plateau",
+    "PaperPlateau": "plateau",
     "TrainConfig": "config",
     "TrainedRun": "inference",
     "evaluate": "evaluate",

@@ -1,9 +1,10 @@
 """The training settings: one frozen dataclass, stored in every checkpoint as a plain dict.
 
 Defaults are the paper's (section 5). Each field says, beside its default, what it is (the
-help `alexnet train` shows) and what values it takes (`kind`: a name the command line maps to
-its own check): `alexnet train`'s options are made from this table (cli/options.py names the
-few flags that are not the field's name), so a new setting is one line here. The module
+help `alexnet train` shows; `{field}` in it names that field's flag) and what values it takes
+(`kind`: a name the command line maps to its own check): `alexnet train`'s options are made
+from this table (cli/options.py names the few flags that are not the field's name), so a new
+setting is one line here. The module
 imports nothing heavy, so the command line can show these defaults without loading torch.
 """
 
@@ -70,20 +71,35 @@ class TrainConfig:
         "channel std.",
         choices=("pixels", "unit"),
     )
+    plateau_rule: str = setting(
+        "noise",
+        "When the rate drops 10x. noise: the best validation metric of the last {patience} "
+        "epochs is not better than the best before them by more than {plateau_margin} standard "
+        "errors (robust on small validation sets). paper: the metric has not beaten its best "
+        "for {patience} epochs in a row (the paper's rule, with {plateau_on} error).",
+        choices=("noise", "paper"),
+    )
     plateau_on: str = setting(
         "loss",
-        "Validation metric whose plateau drops the rate 10x (the paper: error).",
+        "Validation metric the plateau rule watches (the paper: error).",
         choices=("loss", "error"),
+    )
+    plateau_margin: float = setting(
+        1.0,
+        "The noise rule's margin, in standard errors of the watched metric (from its "
+        "per-image values: about 0.05 nats of loss on 400 images, 0.005 on 50,000).",
+        "amount",
     )
     min_delta: float = setting(
         0.0,
-        "How much the watched metric must improve to count (loss in nats, error as a fraction).",
+        "How much more the watched metric must improve to count (loss in nats, error as a "
+        "fraction).",
         "amount",
     )
-    patience: int = setting(
-        2,
-        "Epochs without improvement before the rate drops 10x (never before a first "
-        "improvement at the current rate).",
+    patience: int | None = setting(
+        None,
+        "Epochs the plateau rule waits (default: the rule's; noise 4, paper 2). Neither drops "
+        "the rate before a first improvement at the current rate.",
         "count",
     )
     max_drops: int = setting(3, "Most times the rate drops 10x.", "count0")
@@ -152,6 +168,7 @@ RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpo
 def config_from_dict(d: dict) -> TrainConfig:
     """The config a checkpoint stored; keys this version does not know are ignored."""
     names = {f.name for f in fields(TrainConfig)}
+    d = {"plateau_rule": "paper", **d}  # the only rule before the setting existed
     return TrainConfig(**{k: v for k, v in d.items() if k in names})
 
 

@@ -7,7 +7,7 @@ The learning rate sits inside the velocity, so a rate change scales only new ste
 SGD multiplies the whole velocity by the current rate. Both are offered (`paper`, `torch`).
 
 The rate itself: `lr` is the paper's rate for batches of 128, scaled linearly to the global
-batch, ramped up over the warm-up steps, and divided by 10 on each plateau drop.
+batch, ramped up over the warm-up steps, and divided by 10 on each plateau drop (plateau.py).
 """
 
 from __future__ import annotations
@@ -101,55 +101,3 @@ def scaled_lr(lr: float, global_batch: int, reference_batch: int = 128) -> float
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Linear warm-up over the first `warmup_steps` steps (1/W, 2/W, ..., 1), then 1."""
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-
-
-class PlateauSchedule:
-    """Divide the learning rate by `factor` when the validation metric (error or loss) has not
-    improved by more than `min_delta` for `patience` epochs, at most `max_drops` times ("reduced
-    three times prior to termination").
-
-    The paper judged "stopped improving" over many epochs of 50,000 validation images; on a
-    small set a network can sit at chance for epochs before it starts to learn. So the rate is
-    never dropped before the metric has improved at least once at the current rate: the first
-    epoch only sets the reference.
-    """
-
-    def __init__(
-        self, patience: int = 2, factor: float = 10.0, max_drops: int = 3, min_delta: float = 0.0
-    ):
-        self.patience, self.factor, self.max_drops = patience, factor, max_drops
-        self.min_delta = min_delta
-        self.best = float("inf")
-        self.bad_epochs = 0
-        self.drops = 0
-        self.improved = False  # at the current rate
-
-    @property
-    def scale(self) -> float:
-        """What the drops so far multiply the rate by."""
-        return self.factor**-self.drops
-
-    def step(self, metric: float) -> bool:
-        """Record one epoch's validation metric; return True when the rate was dropped."""
-        if metric < self.best - self.min_delta:
-            self.improved = self.improved or self.best < float("inf")
-            self.best, self.bad_epochs = metric, 0
-            return False
-        self.bad_epochs += 1
-        if not self.improved or self.bad_epochs < self.patience or self.drops >= self.max_drops:
-            return False
-        self.drops += 1
-        self.bad_epochs, self.improved = 0, False
-        return True
-
-    def state_dict(self) -> dict:
-        return {
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "drops": self.drops,
-            "improved": self.improved,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad_epochs, self.drops = state["best"], state["bad_epochs"], state["drops"]
-        self.improved = state["improved"]

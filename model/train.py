@@ -1,14 +1,15 @@
 """Training (paper, section 5): `train_one_epoch`, and `fit`, the whole run.
 
 Batches of 128 from the DALI train pipeline, the paper's SGD rule, the learning rate divided
-by 10 when validation top-1 error stops improving, top-1/top-5 error on centre crops every
-epoch and the 10-crop average at the end. Everything a run writes lives under RUN/; with
-torchrun, every rank reads its own shard and rank 0 alone writes.
+by 10 when the validation metric stops improving (plateau.py), top-1/top-5 error on centre
+crops every epoch and the 10-crop average at the end. Everything a run writes lives under
+RUN/; with torchrun, every rank reads its own shard and rank 0 alone writes.
 
 The pieces live beside this file: config.py (the settings), evaluate.py (top-1/top-5),
 distributed.py (devices, ranks, the stop flag), loaders.py (which images each rank reads),
-checkpoint.py (what is saved, resuming), stops.py (NaN and Ctrl-C), metrics.py
-(metrics.jsonl and curves.png), inference.py (a trained run loaded for use).
+plateau.py (when the rate drops), checkpoint.py (what is saved, resuming), stops.py (NaN and
+Ctrl-C), metrics.py (metrics.jsonl and curves.png), inference.py (a trained run loaded for
+use).
 """
 
 from __future__ import annotations
@@ -47,13 +48,8 @@ from .inference import load_run_data
 from .init import resolve
 from .loaders import eval_loader, train_loader, unreadable_training_file
 from .metrics import TensorBoard, epoch_line, read_metrics, write_metrics
-from .optim import (
-    PlateauSchedule,
-    optimizer_for,
-    scaled_lr,
-    set_rate,
-    warmup_factor,
-)
+from .optim import optimizer_for, scaled_lr, set_rate, warmup_factor
+from .plateau import plateau_schedule, watched
 from .stops import Interrupted, NonFinite
 
 log = logging.getLogger(__name__)
@@ -173,9 +169,7 @@ def _fit(
     model = build_network(config, len(manifest.classes), world.device)
     freeze(model, config.train_layers, say=world.main)
     optimizer = optimizer_for(model, config, fresh_layers(model, config))
-    schedule = PlateauSchedule(
-        config.patience, max_drops=config.max_drops, min_delta=config.min_delta
-    )
+    schedule = plateau_schedule(config)
     saved = {}
     if resume:
         saved = restore(resume, model, optimizer, schedule, config, manifest, world)
@@ -262,20 +256,20 @@ def _fit(
             val = evaluate(model, loader, world, progress=progress)
             if not math.isfinite(val["loss"]):  # weights gone bad in the epoch's last step
                 raise NonFinite(result["batches"] - 1).at(epoch, 0, paths.last if epoch else None)
-            watched = val["top1_error"] if config.plateau_on == "error" else val["loss"]
             improved = val["top1_error"] < min((m["top1_error"] for m in history), default=2.0)
-            dropped = schedule.step(watched)
             epoch += 1
             metrics = {
                 "epoch": epoch,
                 "loss": loss_sum / max(images, 1),
                 **{k: val[k] for k in ("top1_error", "top5_error", "images")},
                 "val_loss": val["loss"],
+                "val_loss_se": val["loss_se"],
                 "lr": lr,
                 "batch": global_batch,
                 "images_per_s": result["images_per_s"],
                 "data_wait": result["data_wait"],
             }
+            dropped = schedule.step(*watched(config.plateau_on, metrics))
             history.append(metrics)
             if world.main:
                 state = checkpoint(epoch, history=history)

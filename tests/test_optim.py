@@ -1,11 +1,10 @@
-"""The paper's update rule against a hand computation, and the plateau schedule."""
+"""The paper's update rule against a hand computation, rate scaling and warm-up."""
 
 import pytest
 import torch
 
 from alexnet.model.optim import (
     PaperSGD,
-    PlateauSchedule,
     make_optimizer,
     param_groups,
     scaled_lr,
@@ -44,27 +43,6 @@ def test_paper_and_torch_forms_differ_only_after_a_rate_change():
     assert run("paper", [0.1, 0.1, 0.01]) != pytest.approx(run("torch", [0.1, 0.1, 0.01]))
     with pytest.raises(ValueError):
         make_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 0.9)
-
-
-def test_plateau_schedule_waits_for_a_first_improvement_and_drops_at_most_three_times():
-    schedule = PlateauSchedule(patience=2, max_drops=3)
-    at_chance = [2.303, 2.303, 2.304, 2.303, 2.305, 2.303]
-    assert [schedule.step(m) for m in at_chance] == [False] * 6  # no drop at chance
-    assert schedule.scale == 1
-    learning = [2.2, 2.1, 2.1, 2.1]  # improves twice, then a real plateau of two epochs
-    assert [schedule.step(m) for m in learning] == [False, False, False, True]
-    assert schedule.scale == pytest.approx(0.1)
-    assert [schedule.step(2.1) for _ in range(5)] == [False] * 5  # must improve at the new rate
-    drops = [schedule.step(m) for m in [2.0, 2.0, 2.0, 1.9, 1.9, 1.9, 1.8, 1.8, 1.8]]
-    assert sum(drops) == 2 and schedule.drops == 3 and schedule.scale == pytest.approx(1e-3)
-    restored = PlateauSchedule()
-    restored.load_state_dict(schedule.state_dict())
-    assert restored.state_dict() == schedule.state_dict()
-
-
-def test_min_delta_ignores_small_improvements():
-    schedule = PlateauSchedule(patience=1, min_delta=0.05)
-    assert [schedule.step(m) for m in [1.0, 0.9, 0.88, 0.87]] == [False, False, True, False]
 
 
 def test_the_rate_scales_with_the_global_batch():
