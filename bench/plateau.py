@@ -200,14 +200,18 @@ def main() -> None:
 
 def report(results: dict) -> None:
     names = list(next(iter(results.values())))
+
+    def drops(r: dict) -> str:
+        pairs = zip(r["dropped_after"], r["loss_gain_se"], strict=True)
+        return ", ".join(f"{epoch} ({gain:.1f})" for epoch, gain in pairs)
+
     print(f"{'split':>5} {'rule':>10} {'final':>7} {'best':>7} {'10-crop':>8}  drops after epoch")
     print(f"{'':>43}(the loss's gain over the 4 epochs before, in standard errors)")
     for seed, by_rule in results.items():
         for name, r in by_rule.items():
             print(
                 f"{seed:>5} {name:>10} {100 * r['final_top1']:6.2f}% {100 * r['best_top1']:6.2f}% "
-                f"{100 * r['ten_crop_top1']:7.2f}%  "
-                + ", ".join(f"{e} ({g:.1f})" for e, g in zip(r["dropped_after"], r["loss_gain_se"]))
+                f"{100 * r['ten_crop_top1']:7.2f}%  {drops(r)}"
             )
     if len(results) > 1:
         for name in names:
