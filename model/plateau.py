@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import math
 
-RULES = ("noise", "paper")
-
 
 def watched(plateau_on: str, metrics: dict) -> tuple[float, float]:
     """The validation metric a plateau rule watches, from an epoch's metrics, and its standard
