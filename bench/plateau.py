@@ -54,10 +54,9 @@ RULES = {
 PREP_FILES = {"manifest.json", "manifest.files.npz", "stats.json", "stats.npz", "cache"}
 
 
-def rule_settings(overrides: dict) -> dict:
-    """A rule's whole settings: today's defaults with `overrides`."""
-    defaults = TrainConfig()
-    return {**{f: getattr(defaults, f) for f in RULE_FIELDS}, **overrides}
+def rule_of(config: TrainConfig) -> dict:
+    """The plateau settings of `config`."""
+    return {f: getattr(config, f) for f in RULE_FIELDS}
 
 
 def parse_rule(text: str) -> tuple[str, dict]:
@@ -114,7 +113,7 @@ def fork(trunk: Path, run: Path, rule: dict) -> None:
         return
     history = read_metrics(trunk)
     trunk_config = config_from_dict(load_checkpoint(RunPaths(trunk).last)["config"])
-    epoch, schedule = replay(history, {f: getattr(trunk_config, f) for f in RULE_FIELDS}, rule)
+    epoch, schedule = replay(history, rule_of(trunk_config), rule)
     state = load_checkpoint(RunPaths(trunk).epoch_checkpoint(epoch))
     config = replace(config_from_dict(state["config"]), keep_every=0, **rule)
     state.update(config=asdict(config), schedule=schedule, history=history[:epoch])
@@ -175,7 +174,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    rules = {name: rule_settings(s) for name, s in {**RULES, **dict(args.rule)}.items()}
+    defaults = rule_of(TrainConfig())
+    rules = {name: {**defaults, **s} for name, s in {**RULES, **dict(args.rule)}.items()}
     photos = pooled_photos(args.data, args.out)
     results = {}
     for seed in args.seeds:
