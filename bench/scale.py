@@ -14,7 +14,7 @@ wall time is the CPU time over the cores in use)
                 re-encoded at 500x375 (ImageNet's typical size; ~40 KB each), on the same
                 with noise added ("grainy": ~110 KB, ImageNet's average file size), and on
                 the synthetic files
-  scan          dataset.scan of the whole tree: the walk, the validation in worker processes,
+  scan          dataset.scan of the whole tree: the walk, the validation in threads,
                 the manifest's columns
   statistics    the DALI prep pipeline and float64 sums (stats.compute_stats), images per
                 CPU-second on the two 500x375 sets and on --stats-images synthetic files

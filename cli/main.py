@@ -119,7 +119,7 @@ def cli(ctx, quiet):
     default=P.MAX_PIXELS,
     show_default=True,
     help="Images with more pixels (width x height) than this are skipped (default: PIL's "
-    "decompression-bomb limit).",
+    "decompression-bomb limit; PIL itself refuses twice that).",
 )
 @click.option(
     "--val-labels",

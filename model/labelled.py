@@ -20,7 +20,7 @@ def labelled_folder(
 ) -> Manifest:
     """A manifest of DATA's images as a validation split labelled with the run's classes:
     every image of class folders, or of DATA/val when DATA has train/ and val/."""
-    found = scan(data, val_fraction=0.0, processes=workers, progress=progress)
+    found = scan(data, val_fraction=0.0, threads=workers, progress=progress)
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in found.classes if c not in index]
     if unknown:

@@ -5,7 +5,7 @@ Layouts: DATA/<class>/<image> (split into train/val by a seeded `val_fraction`),
 DATA/train/<class>/<image> with DATA/val/<class>/<image> or a flat DATA/val/<image> whose
 labels come from a labels file (ILSVRC-2012's, found by itself: pipeline/imagenet.py). Images
 may sit in nested folders below their class folder; the folders are listed by pipeline/walk.py
-and each file is checked once by pipeline/imagecheck.py (in worker processes). The statistics
+and each file is checked once by pipeline/imagecheck.py (in threads). The statistics
 pass reads each training file once more; nothing else reads them in prep.
 """
 
@@ -63,7 +63,7 @@ def scan(
     max_pixels: int = MAX_PIXELS,
     val_labels: str | Path | None = None,
     class_names: str | Path | None = None,
-    processes: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
 ) -> Manifest:
     """Build the manifest of `data`: classes and their display names, usable files with
@@ -75,7 +75,7 @@ def scan(
     classes, candidates = _candidates(walk, splits, notes)
     kept = set(walk.images([path for path, _, _ in candidates]))
     images = [c for c in candidates if c[0] in kept]
-    results = inspect_all([p for p, _, _ in images], min_size, max_pixels, processes, progress)
+    results = inspect_all([p for p, _, _ in images], min_size, max_pixels, threads, progress)
     for (path, _, _), (reason, _, _) in zip(images, results, strict=True):
         if reason:
             walk.skip(path, reason)

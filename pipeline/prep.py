@@ -28,7 +28,7 @@ def prepare(
     val_labels: str | Path | None = None,
     class_names: str | Path | None = None,
     batch_size: int = PREP_BATCH,
-    processes: int | None = None,
+    threads: int | None = None,
     workers: int | None = None,
     force: bool = False,
     cache: bool = False,
@@ -39,7 +39,7 @@ def prepare(
     With `cache`, the same pass also writes every image's decoded 256x256 patch to RUN/cache
     (pipeline/cache.py: 196,608 bytes an image, checked against the free disk first).
 
-    `processes` check the images (default: up to 8), `workers` are the statistics pass's DALI
+    `threads` check the images (default: up to 8), `workers` are the statistics pass's DALI
     threads (default: all cores). `val_labels` and `class_names` name a labels file and a
     names file (pipeline/imagenet.py); without them ImageNet's own files are found by
     themselves. A run that already holds
@@ -55,7 +55,7 @@ def prepare(
             max_pixels=max_pixels,
             val_labels=val_labels,
             class_names=class_names,
-            processes=processes,
+            threads=threads,
             progress=progress,
         )
         if not force:

@@ -113,7 +113,7 @@ def images_below(
     min_size: int = MIN_SIZE,
     max_pixels: int = MAX_PIXELS,
     known: dict[str, tuple[int, int]] | None = None,
-    processes: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
 ) -> tuple[list[tuple[str, int, int]], list[dict]]:
     """The usable images below `folder`, at any depth and with any names, walked as prep
@@ -141,7 +141,7 @@ def images_below(
             usable.append((path, st.st_size, st.st_mtime_ns))
         else:
             check.append(path)
-    results = inspect_all(check, min_size, max_pixels, processes, progress) if check else []
+    results = inspect_all(check, min_size, max_pixels, threads, progress) if check else []
     for path, (reason, size, mtime) in zip(check, results, strict=True):
         if reason:
             walk.skip(path, reason)

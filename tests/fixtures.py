@@ -52,7 +52,7 @@ def make_images(
 
 
 def prep_run(data: Path, run: Path) -> Path:
-    prepare(data, run, processes=1, progress=False)
+    prepare(data, run, threads=1, progress=False)
     return run
 
 
@@ -97,7 +97,7 @@ def img(path: Path, size=(24, 20), colour=(200, 60, 30), mode="RGB", seed=None, 
 
 
 def run_scan(data: Path, **kw) -> Manifest:
-    return scan(data, processes=2, progress=False, **kw)
+    return scan(data, threads=2, progress=False, **kw)
 
 
 def by_path(manifest: Manifest) -> dict[str, dict]:

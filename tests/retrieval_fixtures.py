@@ -36,7 +36,7 @@ class QuickConfig(AutoencoderConfig):
 
 def make_run(data: Path, run: Path, *, seed: int = 0) -> Path:
     """prep (manifest + statistics) and an untrained checkpoint as best.pt and last.pt."""
-    prepare(data, run, val_fraction=1 / 3, processes=1, batch_size=8, workers=1, progress=False)
+    prepare(data, run, val_fraction=1 / 3, threads=1, batch_size=8, workers=1, progress=False)
     save_untrained_checkpoint(run, load_manifest(run), seed=seed)
     return run
 

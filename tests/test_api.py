@@ -30,7 +30,7 @@ def assert_same_weights(a, b) -> None:
 
 def test_fit_and_alexnet_train_write_the_same_checkpoints_fresh_and_resumed(tmp_path):
     data = make_images(tmp_path / "data", train=4, val=2)
-    script = alexnet.prepare(data, tmp_path / "script", processes=1, progress=False)
+    script = alexnet.prepare(data, tmp_path / "script", threads=1, progress=False)
     assert isinstance(script, RunPaths) and script.manifest.is_file()
     command = prep_run(data, tmp_path / "command")
 

@@ -38,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("cached")
-    prepare(data, run, cache=True, processes=1, progress=False)
+    prepare(data, run, cache=True, threads=1, progress=False)
     return run
 
 
@@ -106,7 +106,7 @@ def test_evaluation_batches_are_bit_exact_and_shards_the_same(run, ten_crop, spl
 
 def test_training_with_the_cache_learns_the_same_weights(data, run, tmp_path, caplog):
     plain = tmp_path / "plain"
-    prepare(data, plain, processes=1, progress=False)
+    prepare(data, plain, threads=1, progress=False)
     assert not RunPaths(plain).cache_patches.exists()  # off by default
     with caplog.at_level(logging.INFO, logger="alexnet"):
         fit(run, CONFIG, progress=False, final_ten_crop=False)
@@ -157,7 +157,7 @@ def test_a_stale_or_partial_cache_is_ignored_with_one_warning(run, tmp_path, cap
 
 
 def test_no_cache_is_no_warning(data, tmp_path, caplog):
-    prepare(data, tmp_path / "run", processes=1, progress=False)
+    prepare(data, tmp_path / "run", threads=1, progress=False)
     with caplog.at_level(logging.INFO, logger="alexnet"):
         assert open_cache(tmp_path / "run", load_manifest(tmp_path / "run")) is None
     assert not caplog.records
@@ -191,7 +191,7 @@ def test_fc7_features_are_the_same_from_the_cache(data, tmp_path, caplog):
 
     features = {}
     for name, cache in (("cached", True), ("plain", False)):
-        prepare(data, tmp_path / name, cache=cache, processes=1, progress=False)
+        prepare(data, tmp_path / name, cache=cache, threads=1, progress=False)
         save_untrained_checkpoint(tmp_path / name, load_manifest(tmp_path / name))
         trained = load_trained(tmp_path / name, check_files=False)
         paths = IndexPaths(tmp_path / name / "index")

@@ -88,15 +88,15 @@ def test_a_second_writer_is_refused_while_readers_go_on(run, tiny_data):
 
 def test_prep_keeps_a_trained_run_of_other_data_unless_forced(run, tiny_data, tmp_path):
     fit(run, TINY, progress=False, final_ten_crop=False)
-    prepare(tiny_data, run, processes=1, progress=False)  # the same data: harmless, allowed
+    prepare(tiny_data, run, threads=1, progress=False)  # the same data: harmless, allowed
     other = make_images(tmp_path / "other", classes=3)
     with pytest.raises(AlexnetError, match="checkpoints/last.pt made from other data"):
-        prepare(other, run, processes=1, progress=False)
+        prepare(other, run, threads=1, progress=False)
     assert (
         load_checkpoint(RunPaths(run).last)["fingerprint"]
         == json.loads(RunPaths(run).manifest.read_text())["fingerprint"]
     )
-    prepared = prepare(other, run, processes=1, force=True, progress=False)
+    prepared = prepare(other, run, threads=1, force=True, progress=False)
     assert len(load_manifest(prepared).classes) == 3
 
 

@@ -70,7 +70,7 @@ def write_devkit(folder: Path) -> Path:
 
 
 def run_scan(data: Path, **kw) -> dict:
-    return scan(data, processes=2, progress=False, **kw)
+    return scan(data, threads=2, progress=False, **kw)
 
 
 def labels_by_name(m: dict) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """README.md's Python section runs as printed: prepare -> fit -> load -> predict/features ->
-collection(run).update() -> search, in a fresh folder."""
+collection(run).update() -> search, in a fresh folder, saved as a file and run as a script
+(without an `if __name__ == "__main__":` guard, as it is printed)."""
 
 import os
 import re
@@ -27,8 +28,9 @@ def test_the_readme_script_runs_as_printed(tmp_path):
     assert "alexnet.collection(run)" in script and ".search(" in script
     # The checkout's package first, whatever else the interpreter's path holds.
     env = {**os.environ, "PYTHONPATH": str(README.parent)}
+    (tmp_path / "example.py").write_text(script, encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "example.py"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

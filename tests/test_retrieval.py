@@ -323,7 +323,7 @@ def test_a_run_without_a_checkpoint_is_refused(data, tmp_path):
     run = tmp_path / "untrained"
     from alexnet.pipeline import dataset, manifest
 
-    manifest.save_manifest(dataset.scan(data, val_fraction=1 / 3, processes=1, progress=False), run)
+    manifest.save_manifest(dataset.scan(data, val_fraction=1 / 3, threads=1, progress=False), run)
     from alexnet.pipeline.stats import Stats, save_stats
 
     save_stats(

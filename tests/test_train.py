@@ -212,7 +212,7 @@ def test_bad_inputs_are_clear_errors(run, tmp_path):
 def test_stale_statistics_are_refused(tiny_data, tmp_path):
     run = prep_run(tiny_data, tmp_path / "run")
     other = make_images(tmp_path / "other", classes=3)
-    manifest = dataset.scan(other, progress=False, processes=1)
+    manifest = dataset.scan(other, progress=False, threads=1)
     save_manifest(manifest, run)  # new manifest, old statistics
     with pytest.raises(AlexnetError, match="computed for other data"):
         fit(run, TINY, progress=False)
