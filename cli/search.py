@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -341,26 +342,24 @@ def serve(ctx, run, host, port, max_upload_mb, galleries, milvus):
 
     The run's index is opened once (and built first when missing); Ctrl-C stops the server.
     """
-    import uvicorn
-
-    from alexnet.cli.web import create_app
+    from alexnet.cli.web import create_app, serve_until_stopped
 
     sock = listen(host, port)  # before the index loads: a taken port fails at once
-    app = create_app(
-        run,
-        galleries=galleries,
-        max_upload_mb=max_upload_mb,
-        progress=progress(ctx),
-        milvus=milvus,
-    )
-    port = sock.getsockname()[1]
-    click.echo(f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn stops the server first, then passes the Ctrl-C on
-        click.echo("stopped")
-        ctx.exit(130)  # as every command does on Ctrl-C
+        app = create_app(
+            run,
+            galleries=galleries,
+            max_upload_mb=max_upload_mb,
+            progress=progress(ctx),
+            milvus=milvus,
+        )
+        port = sock.getsockname()[1]
+        announce = f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops"
+        stopped_by = serve_until_stopped(app, sock, lambda: click.echo(announce))
+    except KeyboardInterrupt:  # while the index was still loading
+        stopped_by = signal.SIGINT
+    click.echo("stopped")
+    ctx.exit(128 + stopped_by if stopped_by else 0)  # 130: Ctrl-C, as every command; 143: TERM
 
 
 @click.command()

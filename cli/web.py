@@ -21,11 +21,14 @@ not thread-safe, so one lock serialises searches; thumbnails need no lock.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
+import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -184,3 +187,36 @@ def page(body: bytes, media_type: str):
         return Response(body, media_type=media_type)
 
     return get
+
+
+def serve_until_stopped(app: FastAPI, sock, announce: Callable[[], None]) -> int:
+    """Serves `app` on the listening `sock` until SIGINT or SIGTERM; returns that signal's
+    number. The handlers are in place before `announce` runs, so a signal sent once the address
+    is out stops the server one way, whenever it comes (before the loop starts, or during a
+    request). uvicorn's own handlers are not used: they go in later, and newer releases raise
+    the signal again after shutdown, which turned a clean stop into a KeyboardInterrupt."""
+    server = QuietServer(uvicorn.Config(app, log_level="warning"))
+    received: list[int] = []
+
+    def stop(sig, frame) -> None:
+        received.append(sig)
+        server.force_exit = server.should_exit  # a second Ctrl-C stops without waiting
+        server.should_exit = True
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        announce()
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else 0
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server with signal handling left to serve_until_stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
