@@ -18,9 +18,20 @@ from alexnet.cli.options import run_option
 )
 @click.pass_context
 def verify(ctx, run, galleries, all_galleries, files):
-    """Check RUN's manifest, statistics, checkpoints, index (codes, FAISS index, autoencoder
-    and the whole fc7 feature file, against the checksums taken when they were written) and
-    galleries. Prints one line per problem with what repairs it; exits 1 when any."""
+    """Check RUN's files against what was recorded when they were written, reading each whole:
+
+    \b
+    - manifest: its file table against the fingerprint stored with it;
+    - stats.npz: readable, and made from this manifest;
+    - checkpoints/best.pt and last.pt: every tensor's bytes (weights and optimizer state) and
+      every stored value against the xxh3-128 checksums written inside the file (a checkpoint
+      older than checksums is only read);
+    - the training set's index (and with --gallery/--all, galleries): codes, FAISS index and
+      autoencoder against the size, modification time and xxh3-128 checksum recorded when
+      written, and the whole fc7 feature file against its xxh3-128 checksum;
+    - with --files: every image the manifest lists, its size and modification time.
+
+    Prints one line per problem with what repairs it; exits 1 when any, 0 when none."""
     from alexnet.pipeline.errors import AlexnetError
     from alexnet.retrieval.verify import verify_run
 

@@ -1,17 +1,26 @@
 """Checkpoints: one dict {model, optimizer, schedule, epoch, step, config, classes,
-fingerprint, rng, version}, and the network rebuilt from one.
+fingerprint, rng, checksum, version}, and the network rebuilt from one.
 
 Written to a temporary file and moved into place, loaded with `weights_only=True`; the config
 is a plain dict so a checkpoint can be checked against the current settings before use.
+
+Each checkpoint carries xxh3-128 checksums of its own contents (`checksum`: every tensor's
+bytes, dtype, shape and place, and every plain value), taken when it is written: "weights"
+covers all but the optimizer's state, "optimizer" that state. Every load checks "weights"
+before the weights are used (a resumption and `alexnet verify` check both), so bytes changed
+in place (a bad disk, a broken copy) are an error naming the file and its repair, never a
+silent answer. Checkpoints written before checksums existed load with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
+import xxhash
 
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write, check_space, make_folder
@@ -77,14 +86,99 @@ def checkpoint_state(
     }
 
 
+def digest(tree) -> str:
+    """xxh3-128 of a checkpoint's part: each tensor's place, dtype, shape and bytes, each plain
+    value's place and repr, in the dict's order (which saving and loading keep)."""
+    h = xxhash.xxh3_128()
+
+    def walk(node, place: str) -> None:
+        if isinstance(node, torch.Tensor):
+            t = node.detach().cpu().contiguous()
+            h.update(f"{place}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{place}/{k!r}")
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{place}/{i}")
+        else:
+            h.update(f"{place}={type(node).__name__}:{node!r};".encode())
+
+    walk(tree, "")
+    return h.hexdigest()
+
+
+PARTS = ("weights", "optimizer")  # what `checksum` covers; loads for inference check the first
+
+
+def checksums(state: dict, parts: Iterable[str] = PARTS) -> dict[str, str]:
+    """The checksums of `state`'s parts: "optimizer" is its optimizer state, "weights" all the
+    rest (the network, its settings and classes, the schedule and RNG)."""
+    skip = {"checksum", "version"}
+    split = {
+        "weights": {k: v for k, v in state.items() if k not in skip | {"optimizer"}},
+        "optimizer": state.get("optimizer", {}),
+    }
+    return {part: digest(split[part]) for part in parts}
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    return save_state(path, state)
+    """Write a checkpoint with its checksums (see the module's docstring)."""
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    return save_state(path, {**state, "checksum": checksums(state)})
 
 
 KEYS = ("model", "optimizer", "schedule", "epoch", "step", "config", "classes", "fingerprint")
+_UNCHECKED: set[Path] = set()  # checkpoints without checksums already warned about
 
 
-def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
+def repair(path: Path, state: dict) -> str:
+    """What remakes a damaged checkpoint: the import it came from, the run's other checkpoint,
+    or training."""
+    if "imported" in state:
+        return "import the weights again (`alexnet import-weights ... --force`)"
+    other = path.with_name("last.pt")
+    if path.name != "last.pt" and other.is_file():
+        return f"use {other} instead, resume from it (`alexnet train --resume`), or train again"
+    return "resume from an epoch_N.pt kept beside it, or train again (`alexnet train`)"
+
+
+class Corrupted(AlexnetError):
+    """A checkpoint whose contents no longer match its checksums: `problem` and `fix`."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; to repair: {fix}")
+        self.problem, self.fix = problem, fix
+
+
+def check_checksums(path: Path, state: dict, parts: Iterable[str] = ("weights",)) -> None:
+    """Refuse a checkpoint whose `parts` no longer match the checksums written with it (one
+    Corrupted error); warn once about one written before checkpoints carried checksums."""
+    recorded = state.get("checksum")
+    if not isinstance(recorded, dict):
+        if path.resolve() not in _UNCHECKED:
+            _UNCHECKED.add(path.resolve())
+            log.warning(
+                "%s was written before checkpoints carried checksums: it is used unchecked "
+                "(saving it again, e.g. by training on, adds them)",
+                path,
+            )
+        return
+    parts = [p for p in parts if p in recorded]
+    wrong = [p for p, h in checksums(state, parts).items() if h != recorded[p]]
+    if wrong:
+        raise Corrupted(
+            f"{path} is corrupted: its {' and '.join(wrong)} no longer match the checksum "
+            "written with them",
+            repair(path, state),
+        )
+
+
+def load_checkpoint(path: str | Path, *, mmap: bool = False, whole: bool = False) -> dict:
+    """A checkpoint, its weights checked against their checksum (with `whole`, the optimizer's
+    state too: what resuming uses) before anything uses them. The one way every command and
+    `load()` read a checkpoint."""
     fix = "train first (`alexnet train`, or alexnet.fit)"
     state = load_state(path, "checkpoint", fix, mmap=mmap)
     missing = [k for k in KEYS if k not in state]
@@ -92,6 +186,7 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
         raise AlexnetError(
             f"{path} lacks {', '.join(missing)}: it was not written by `alexnet train`; {fix}"
         )
+    check_checksums(Path(path), state, PARTS if whole else ("weights",))
     return state
 
 
@@ -187,7 +282,7 @@ def training_config(
 def restore(source: Path, model, optimizer, schedule, config, manifest, world) -> dict:
     """Load a checkpoint to resume from into the model, optimizer and schedule (refusing one
     of other settings or other data), and the torch RNG; returns the checkpoint's dict."""
-    saved = load_checkpoint(source)
+    saved = load_checkpoint(source, whole=True)
     check_resumable(saved, config, manifest, source)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])

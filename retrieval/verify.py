@@ -3,7 +3,8 @@
 Opening a collection already checks its small files (codes, index, autoencoder, a gallery's
 table) against the size, time and xxh3 checksum its record took when it wrote them
 (store.problem). This reads everything else too: the manifest (its fingerprint), the
-statistics, the checkpoints, each collection's feature file (the checksum of its whole
+statistics, the checkpoints (every tensor and value against the checksums written inside
+them), each collection's feature file (the checksum of its whole
 content) and, with `files`, every image the manifest lists (its size and time). Each
 problem comes back as {"file", "problem", "fix"}; none is repaired here.
 """
@@ -15,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from alexnet.model.checkpoint import load_checkpoint
+from alexnet.model.checkpoint import Corrupted, load_checkpoint
 from alexnet.model.inference import load_trained
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import identity_problem
@@ -57,7 +58,9 @@ def verify_run(
     for checkpoint in (paths.best, paths.last):
         if checkpoint.is_file():
             try:
-                load_checkpoint(checkpoint, mmap=True)
+                load_checkpoint(checkpoint, mmap=True, whole=True)
+            except Corrupted as e:
+                found.append({"file": str(checkpoint), "problem": e.problem, "fix": e.fix})
             except AlexnetError as e:
                 fix = "train again, or resume from the other checkpoint"
                 found.append({"file": str(checkpoint), "problem": str(e), "fix": fix})

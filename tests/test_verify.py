@@ -76,3 +76,65 @@ def test_a_changed_image_is_reported_with_files(clean, run, tmp_path):
     finally:
         image.write_bytes(saved)
         os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def flip_bytes_in_place(path: Path, start: int, stop: int, every: int = 1 << 20) -> None:
+    """Invert 4 bytes every `every` bytes between `start` and `stop`, keeping the size and the
+    modification time (a bad disk or a broken copy)."""
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        for offset in range(start, min(stop, st.st_size - 4), every):
+            f.seek(offset)
+            chunk = f.read(4)
+            f.seek(offset)
+            f.write(bytes(b ^ 0xFF for b in chunk))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_corrupted_checkpoint_is_refused_everywhere_and_named_by_verify(clean, run):
+    import alexnet
+    from alexnet.pipeline.errors import AlexnetError
+
+    best = run / "checkpoints" / "best.pt"
+    flip_bytes_in_place(best, 20 << 20, 200 << 20)
+    image = sorted((clean.parent / "data").rglob("*.jpg"))[0]
+    for command in ("predict", "search"):
+        result = invoke(command, image, "--run", run)
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+        assert str(best) in lines[0] and "corrupted" in lines[0] and "last.pt" in lines[0]
+    with pytest.raises(AlexnetError, match="best.pt is corrupted") as caught:
+        alexnet.load(run)
+    assert len(str(caught.value).splitlines()) == 1
+    found = invoke("verify", "--run", run)
+    assert found.exit_code == 1, found.output
+    assert "best.pt" in found.output and "last.pt is corrupted" not in found.output
+    assert (
+        invoke(
+            "predict", image, "--run", run, "--checkpoint", run / "checkpoints" / "last.pt"
+        ).exit_code
+        == 0
+    )
+
+
+def test_a_checkpoint_without_checksums_loads_with_one_warning(run, caplog):
+    import torch
+
+    from alexnet.model import checkpoint as ckpt
+
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["checksum"]
+    torch.save(state, last)  # as checkpoints were written before they carried checksums
+    with caplog.at_level("WARNING", logger="alexnet"):
+        for _ in range(2):
+            assert ckpt.load_checkpoint(last, whole=True)["epoch"] == state["epoch"]
+    warned = [r for r in caplog.records if "before checkpoints carried checksums" in r.message]
+    assert len(warned) == 1 and str(last) in warned[0].message
+    assert invoke("verify", "--run", run).exit_code == 0
+
+
+def test_verify_help_says_how_checkpoints_are_checked():
+    text = " ".join(invoke("verify", "--help").output.split())
+    assert "xxh3-128 checksums written inside the file" in text and "best.pt" in text
