@@ -236,13 +236,16 @@ def import_weights(
     """Make RUN a run of the network in `file` (.caffemodel or .onnx): RUN/checkpoints/best.pt,
     RUN/stats.npz (the `mean`: a .binaryproto or .npy mean image, default ImageNet's channel
     mean) and a manifest of its classes (`labels`: synset_words.txt). Everything is read and
-    checked before anything is written; a RUN that is already a run is refused unless `force`.
+    checked before anything is written, and the manifest written last: an interrupted import
+    leaves no run, which the next import replaces. A RUN that is already a run is refused
+    unless `force`.
     Returns {"run", "checkpoint", "classes", "settings", "format"}."""
     import torch
 
     from alexnet.pipeline.lock import RunLock
     from alexnet.pipeline.manifest import save_manifest
     from alexnet.pipeline.stats import Stats, save_stats
+    from alexnet.pipeline.testpoints import reached
 
     from .alexnet import AlexNet, AlexNetConfig
     from .checkpoint import save_checkpoint
@@ -299,13 +302,15 @@ def import_weights(
         "rng": {},
         "imported": imported,
     }
+    reached("import checked")
     with RunLock(run, "import-weights"):
-        paths.checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in (paths.last, paths.best):
+        # The manifest goes first and comes back last: until then RUN is no run, so an
+        # interrupted import is imported again without `force`.
+        for stale in (paths.manifest, paths.last, paths.best):
             stale.unlink(missing_ok=True)
-        save_manifest(manifest, run)
         save_stats(stats, run)
         save_checkpoint(paths.best, checkpoint)
+        save_manifest(manifest, run)
     log.info("imported %s (%s) into %s", file, ref.source.get("format"), paths.best)
     return {
         "run": str(paths.root),

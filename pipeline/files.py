@@ -18,6 +18,7 @@ from typing import Any
 import xxhash
 
 from .errors import AlexnetError
+from .testpoints import reached
 
 
 def _umask() -> int:
@@ -52,6 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)
+        reached(f"write {path.name}")
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)

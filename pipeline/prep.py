@@ -1,7 +1,8 @@
 """`alexnet prep` as one function: scan and validate DATA, write the manifest, compute and
 write the training-set statistics (paper, section 2: the mean activity; section 4.1: the RGB
 covariance and its eigen decomposition for the PCA colour augmentation), and on request keep
-the decoded patches (the patch cache)."""
+the decoded patches (the patch cache). The manifest is written last, so that an interrupted
+prep leaves the run it was (when the data is the same) or no run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .errors import AlexnetError
 from .layout import RunPaths
 from .lock import RunLock
 from .manifest import Manifest, load_manifest, save_manifest, split_files
+from .testpoints import reached
 
 
 def prepare(
@@ -47,6 +49,7 @@ def prepare(
     statistics would be replaced, and it could neither be resumed nor searched again.
     """
     with RunLock(run, "prep"):
+        reached("prep started")
         manifest = dataset.scan(
             data,
             val_fraction=val_fraction,
@@ -58,11 +61,13 @@ def prepare(
             threads=threads,
             progress=progress,
         )
+        reached("prep scanned")
         if not force:
             check_replaceable(RunPaths(run), manifest)
         if cache:  # before anything is written: the statistics pass is the long part
             check_cache_space(len(manifest.files), run)
-        save_manifest(manifest, run)
+        if not same_data(RunPaths(run), manifest):  # no run until the new manifest is written
+            RunPaths(run).manifest.unlink(missing_ok=True)
         decoding = dict(
             batch_size=batch_size,
             device=default_device(),
@@ -75,18 +80,27 @@ def prepare(
             files, _ = split_files(manifest, "train")
             result = stats.compute_stats(files, manifest.fingerprint, **decoding)
         stats.save_stats(result, run)
+        # The manifest last: until it is written the folder is the run it was (the same data)
+        # or no run, so an interrupted prep leaves nothing the next one must be forced over.
+        save_manifest(manifest, run)
     return RunPaths(run)
+
+
+def same_data(paths: RunPaths, manifest: Manifest) -> bool:
+    """Whether RUN's current manifest lists the same data as `manifest` (False without one)."""
+    if not paths.manifest.is_file():
+        return False
+    try:
+        return load_manifest(paths.root, check_files=False).fingerprint == manifest.fingerprint
+    except AlexnetError:  # damaged, or another version's: made from other data as far as we know
+        return False
 
 
 def check_replaceable(paths: RunPaths, manifest: Manifest) -> None:
     made = [p for p in (paths.last, paths.best, paths.index.meta) if p.exists()]
     if not made or not paths.manifest.is_file():
         return
-    try:
-        same = load_manifest(paths.root, check_files=False).fingerprint == manifest.fingerprint
-    except AlexnetError:  # damaged, or another version's: made from other data as far as we know
-        same = False
-    if not same:
+    if not same_data(paths, manifest):
         raise AlexnetError(
             f"{paths.root} already holds {made[0].relative_to(paths.root)} made from other "
             "data: prep would replace its manifest and statistics, and the run could not be "

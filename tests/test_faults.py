@@ -34,6 +34,7 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.lock import RunLock
 from alexnet.pipeline.manifest import load_manifest
 from alexnet.pipeline.prep import prepare
+from alexnet.pipeline.stats import load_stats
 
 TINY = TrainConfig(epochs=1, batch_size=4, patience=1, num_threads=1)
 
@@ -127,6 +128,56 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_partial_file(tmp_path):
     removed = remove_stale_temps(tmp_path / "run")
     assert sorted(removed) == sorted(leftovers)
     assert not list(target.parent.glob("*.tmp"))
+
+
+KILL_POINTS = {
+    "import-weights": [
+        "import checked",
+        "write stats.npz",
+        "write best.pt",
+        "write manifest.files.npz",
+        "write manifest.json",
+    ],
+    "prep": [
+        "prep started",
+        "prep scanned",
+        "write stats.npz",
+        "write manifest.files.npz",
+        "write manifest.json",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def caffemodel(tmp_path_factory) -> Path:
+    from caffe_files import random_weights, write_caffemodel
+
+    return write_caffemodel(tmp_path_factory.mktemp("net") / "bvlc.caffemodel", random_weights(4))
+
+
+@pytest.mark.parametrize(
+    "command, point", [(c, p) for c, points in KILL_POINTS.items() for p in points]
+)
+def test_a_kill_at_any_point_never_blocks_the_next_run(command, point, tmp_path, request):
+    """kill -9 at a named point (pipeline/testpoints.py), then the same command again: it
+    works without --force, and the run is whole."""
+    run = tmp_path / "run"
+    if command == "prep":
+        args = ["prep", str(request.getfixturevalue("tiny_data")), "--run", str(run), "-j", "1"]
+    else:
+        args = ["import-weights", str(request.getfixturevalue("caffemodel")), "--run", str(run)]
+    alexnet = [str(Path(sys.executable).with_name("alexnet")), "--quiet", *args]
+    killed = subprocess.run(
+        alexnet, env={**os.environ, "ALEXNET_TEST_KILL": point}, capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = subprocess.run(alexnet, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert not list(run.rglob("*.tmp"))  # the killed process's temporary files are gone
+    manifest = load_manifest(run, check_files=False)
+    load_stats(run, manifest.fingerprint)
+    if command == "import-weights":
+        assert load_checkpoint(RunPaths(run).best, whole=True)["classes"] == manifest.classes
 
 
 def test_only_dead_processes_temporary_files_are_removed(tmp_path):
