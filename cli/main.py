@@ -63,11 +63,32 @@ class Group(click.Group):
             return super().invoke(ctx)
         except AlexnetError as e:
             command = self.get_command(ctx, ctx.invoked_subcommand or "")
-            click.secho(f"error: {e.render(self.flag_namer(ctx, command))}", fg="red", err=True)
+            line = e.render(self.flag_namer(ctx, command))
+            if e.exit_code == 130:  # the trainer's own Ctrl-C: it says what it saved
+                click.echo(line, err=True)
+            else:
+                click.secho(f"error: {line}", fg="red", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler
-            click.echo("interrupted", err=True)
+            click.echo(interrupted(ctx.invoked_subcommand), err=True)
             ctx.exit(130)
+
+
+# What Ctrl-C leaves, by command. Every file is written whole or not at all (a temporary file
+# moved into place; an interrupted write removes its own), so what was written stays.
+KEPT = {
+    "prep": "the run is as it was, or no run (the manifest is written last)",
+    "import-weights": "no run was made (the manifest is written last)",
+    "train": "the checkpoints saved so far",
+    "demo": "what the demo made so far: run it again to continue",
+    "index": "the index as it was; fc7 rows extracted so far",
+}
+
+
+def interrupted(command: str | None) -> str:
+    """The one line every command prints on Ctrl-C (and then exits 130)."""
+    kept = KEPT.get(command or "", "the files written so far")
+    return f"interrupted: kept {kept}; partial files removed"
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -439,8 +460,8 @@ verify.register(cli)
 def main() -> None:
     try:
         cli()
-    except KeyboardInterrupt:  # before a command could install its own handler
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt:  # before a command started, or after it ended
+        click.echo(interrupted(None), err=True)
         raise SystemExit(130) from None
 
 

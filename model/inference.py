@@ -18,6 +18,7 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.loader import QueryCrops
 from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.stats import Stats, load_stats
+from alexnet.pipeline.testpoints import reached
 
 from .checkpoint import build_network, load_checkpoint
 from .config import TrainConfig, config_from_dict
@@ -148,6 +149,7 @@ def load_trained(
         config = replace(config, num_threads=workers)
     model = build_network(config, len(manifest.classes), world.device, saved["model"])
     model.eval()
+    reached("run loaded")
     return TrainedRun(paths, model, config, manifest, stats, path, saved["epoch"], world)
 
 

@@ -29,8 +29,16 @@ class NonFinite(AlexnetError):
 class Interrupted(AlexnetError):
     exit_code = 130  # what a shell reports for Ctrl-C
 
-    def __init__(self, path: Path, epoch: int, step: int):
-        super().__init__(
-            f"stopped in epoch {epoch + 1} after batch {step}; saved {path}. "
-            "Continue with the same settings plus {resume}"
-        )
+    def __init__(self, path: Path | None, epoch: int, step: int, *, finished: bool = False):
+        if finished:  # the signal came after the last batch: the run is complete
+            super().__init__(f"interrupted: after the last epoch; kept {path}")
+        elif path is None:
+            super().__init__(
+                f"interrupted: stopped in epoch {epoch + 1} before its first batch; no "
+                "checkpoint kept (none was made yet)"
+            )
+        else:
+            super().__init__(
+                f"interrupted: stopped in epoch {epoch + 1} after batch {step}; kept {path}. "
+                "Continue with the same settings plus {resume}"
+            )

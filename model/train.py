@@ -30,6 +30,7 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.loader import Loader, ReadError, check_batch_size
 from alexnet.pipeline.lock import RunLock
 from alexnet.pipeline.manifest import split_files
+from alexnet.pipeline.testpoints import reached
 
 from .checkpoint import (
     build_network,
@@ -220,6 +221,7 @@ def _fit(
     board, seconds = TensorBoard(run, config.tensorboard and world.main), []
     with StopFlag() as stop, contextlib.closing(board):
         while epoch < config.epochs:
+            reached(f"train epoch {epoch + 1}")
             started = time.perf_counter()
             first = epoch * steps_per_epoch + skip  # global step of this pass's first batch
             try:
@@ -247,7 +249,7 @@ def _fit(
             if result["stopped"]:
                 step = skip + result["batches"]
                 save_partway(step, result["loss_sum"], result["images"])
-                raise Interrupted(paths.last, epoch, step)
+                raise Interrupted(paths.last if paths.last.exists() else None, epoch, step)
             loss_sum = partial["loss_sum"] + result["loss_sum"]
             images = partial["images"] + result["images"]
             skip, partial = 0, {"loss_sum": 0.0, "images": 0}
@@ -283,6 +285,8 @@ def _fit(
                 seconds.append(time.perf_counter() - started)
                 eta = sum(seconds) / len(seconds) * (config.epochs - epoch)
                 log.info(epoch_line(metrics, eta, config.plateau_on if dropped else None))
+        if stop.agreed(world):  # Ctrl-C after the last batch still ends as Ctrl-C does
+            raise Interrupted(paths.last, epoch, 0, finished=True)
     if final_ten_crop:
         loader = eval_loader(manifest, stats, config, world, ten_crop=True, cache=cache)
         ten = evaluate(model, loader, world)

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -298,31 +297,57 @@ def test_one_bad_file_in_a_query_folder_is_skipped_and_reported(tmp_path):
     assert "does not exist" in skipped[0][1] and "not an image" in skipped[1][1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("command", ["prep", "train"])
-def test_ctrl_c_exits_130_everywhere(command, tmp_path):
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
-    run = tmp_path / "run"
-    if command == "train":
-        prep_run(make_images(tmp_path / "data", train=40), run)
-        args, busy = ["train", "--run", str(run), "--batch-size", "2", "--threads", "1"], "epoch 1/"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """A prepped run with an untrained checkpoint, no index (retrieval_fixtures.make_run)."""
+    from retrieval_fixtures import CLASSES, make_run
+
+    root = tmp_path_factory.mktemp("quick")
+    return make_run(make_images(root / "data", train=6, val=None, names=CLASSES), root / "run")
+
+
+# Each long command, the point it is stopped at (pipeline/testpoints.py) and what its one line
+# says is kept: the SIGINT is sent once the command says it waits there, so it always lands in
+# the middle of the work, however loaded the machine.
+CTRL_C = {
+    "prep": ("prep scanned", "the run is as it was"),
+    "import-weights": ("import checked", "no run was made"),
+    "train": ("train epoch 1", "stopped in epoch 1 after batch 1; kept"),
+    "demo": ("prep scanned", "what the demo made so far"),
+    "eval": ("run loaded", "kept"),
+    "index": ("run loaded", "kept the index as it was"),
+    "search": ("run loaded", "kept"),
+}
+
+
+@pytest.mark.parametrize("command", list(CTRL_C))
+def test_ctrl_c_exits_130_everywhere(command, tmp_path, request):
+    point, kept = CTRL_C[command]
+    data, run = request.getfixturevalue("tiny_data"), tmp_path / "run"
+    if command == "prep":
+        args = ["prep", data, "--run", run, "-j", "1"]
+    elif command == "import-weights":
+        args = ["import-weights", request.getfixturevalue("caffemodel"), "--run", run]
+    elif command == "train":
+        args = ["train", "--run", prep_run(data, run), "--batch-size", "4", "--threads", "1"]
+    elif command == "demo":
+        args = ["demo", "--data", data, "--run", run, "--epochs", "1"]
     else:
-        args, busy = ["prep", str(data), "--run", str(run), "-j", "1"], "prep statistics"
+        quick = request.getfixturevalue("quick_run")
+        found = [quick.parent / "data"] if command == "search" else []
+        args = [command, *found, "--run", quick]
     alexnet = str(Path(sys.executable).with_name("alexnet"))
-    proc = subprocess.Popen([alexnet, *args], stderr=subprocess.PIPE)
-    err = bytearray()
-
-    def read() -> None:
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
-            err.extend(chunk)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    deadline = time.time() + 120
-    while busy.encode() not in err and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)  # the work has started: Ctrl-C now lands in the middle of it
+    env = {**os.environ, "ALEXNET_TEST_PAUSE": point}
+    proc = subprocess.Popen([alexnet, *map(str, args)], stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:  # until the command waits at its point
+        lines.append(line)
+        if line.strip() == f"paused at {point}":
+            break
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    reader.join()
-    assert proc.returncode == 130, err.decode()[-2000:]
-    assert b"Traceback" not in err
+    rest = proc.stderr.read()
+    proc.wait()
+    assert proc.returncode == 130, "".join(lines) + rest
+    said = rest.strip().splitlines()
+    assert said and said[-1].startswith("interrupted: ") and kept in said[-1], rest
+    assert "Traceback" not in rest
