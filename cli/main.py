@@ -32,8 +32,9 @@ from alexnet.pipeline.errors import AlexnetError
 
 
 class Group(click.Group):
-    """Turns AlexnetError into one line on stderr and exit code 2, and Ctrl-C into exit code
-    130 (as the shell reports it), without a traceback. Every command it holds also takes
+    """Turns AlexnetError (and a path argument that does not exist) into one line on stderr
+    and exit code 2, and Ctrl-C into exit code 130 (as the shell reports it), without a
+    traceback. Every command it holds also takes
     -q/--quiet."""
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
@@ -72,6 +73,11 @@ class Group(click.Group):
         except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler
             click.echo(interrupted(ctx.invoked_subcommand), err=True)
             ctx.exit(130)
+        except click.BadParameter as e:  # a path that is not there: one line, as our errors
+            if not isinstance(getattr(e.param, "type", None), click.Path):
+                raise
+            click.secho(f"error: {e.format_message()}", fg="red", err=True)
+            ctx.exit(2)
 
 
 # What Ctrl-C leaves, by command. Every file is written whole or not at all (a temporary file
@@ -109,7 +115,7 @@ def cli(ctx, quiet):
 
 
 @cli.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--run",
     "run",
@@ -278,7 +284,7 @@ def print_training(run: Path, metrics: dict) -> None:
 @run_option
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Default: RUN/checkpoints/best.pt.",
 )
@@ -342,7 +348,7 @@ def eval_(ctx, run, checkpoint, ten_crop, data, workers):
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Default: RUN/checkpoints/best.pt.",
 )

@@ -78,7 +78,7 @@ def check_bits(ctx, param, bits: int) -> int:
 )
 @click.option(
     "--images",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Index this folder of photos (any depth, any names) as a gallery instead of the "
     "training set, with the training set's autoencoder (and its code length); run again to "

@@ -77,7 +77,7 @@ def import_weights_command(file, run, mean, labels, force):
 )
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Default: RUN/checkpoints/best.pt.",
 )

@@ -284,6 +284,56 @@ def test_bad_options_are_one_line_before_any_work(args, tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+# Path parameters that name something a command makes, not reads.
+OUTPUTS = {
+    ("export-onnx", "out"),
+    ("search", "montage"),
+    ("search", "csv"),
+    ("duplicates", "csv"),
+    ("demo", "run"),
+    ("prep", "run"),
+    ("import-weights", "run"),
+}
+
+
+def path_cases():
+    import click
+
+    for name, command in sorted(cli.commands.items()):
+        for param in command.params:
+            if isinstance(param.type, click.Path) and (name, param.name) not in OUTPUTS:
+                yield name, param.name
+
+
+@pytest.mark.parametrize("command, name", list(path_cases()))
+def test_every_missing_path_is_one_line(command, name, quick_run, tmp_path):
+    """Each command's input path that does not exist: one line naming it, exit 2."""
+    import click
+
+    missing = tmp_path / "missing-input"
+    params = {p.name: p for p in cli.commands[command].params}
+    tested = params[name]
+    args = [command] + (
+        [missing] if isinstance(tested, click.Argument) else [tested.opts[0], missing]
+    )
+    image = sorted((quick_run.parent / "data").rglob("*.jpg"))[0]
+    given = {"file": image, "images": image, "data": quick_run.parent / "data", "gallery": "g"}
+    given |= {
+        "out": tmp_path / "out.onnx",
+        "run": tmp_path / "new" if command == "import-weights" else quick_run,
+    }
+    for other in params.values():
+        if other is tested or not (other.required or other.name == "run"):
+            continue
+        value = given[other.name]
+        args += [value] if isinstance(other, click.Argument) else [other.opts[0], value]
+    result = invoke(*args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert str(missing) in lines[0]
+
+
 def test_one_bad_file_in_a_query_folder_is_skipped_and_reported(tmp_path):
     from retrieval_fixtures import CLASSES
 
