@@ -1,6 +1,6 @@
 """AlexNet read from a Caffe NetParameter (model/caffe.py reads the format): the layers that
 matter at inference in the file's order, each learned layer's weight and bias checked against
-AlexNet's shapes, and the model settings their parameters imply (model/reference.py)."""
+AlexNet's shapes, and the model settings their parameters imply (model/reference_spec.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from alexnet.pipeline.errors import AlexnetError
 
 from .caffe import CaffeModel, Layer, Malformed, blob_size, read_blob
 from .init import LAYERS
-from .reference import (
+from .reference_spec import (
     GROUPS,
     PADS,
     SHAPES,

@@ -137,10 +137,10 @@ def repair(path: Path, state: dict) -> str:
     """What remakes a damaged checkpoint: the import it came from, the run's other checkpoint,
     or training."""
     if "imported" in state:
-        return "import the weights again (`alexnet import-weights ... --force`)"
+        return "import the weights again (`alexnet import-weights` with {force})"
     other = path.with_name("last.pt")
     if path.name != "last.pt" and other.is_file():
-        return f"use {other} instead, resume from it (`alexnet train --resume`), or train again"
+        return f"use {other} instead, resume from it ({{resume}}), or train again"
     return "resume from an epoch_N.pt kept beside it, or train again (`alexnet train`)"
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from alexnet.pipeline.errors import AlexnetError
 
 from .init import LAYERS
-from .reference import (
+from .reference_spec import (
     GROUPS,
     PADS,
     SHAPES,

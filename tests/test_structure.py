@@ -121,3 +121,36 @@ def test_the_library_names_parameters_not_flags():
 def test_the_flag_check_finds_a_flag_in_a_message(tmp_path):
     (tmp_path / "x.py").write_text('raise ValueError(f"pass --force, not {x}-y or a -- b")\n')
     assert flags_in_strings(tmp_path / "x.py", tmp_path) == ["x.py:1: --force"]
+
+
+def import_cycles(package: str) -> list[list[str]]:
+    """The import circles among `package`'s modules (function-level imports count: a circle
+    hidden in a function is still a circle)."""
+    modules = {p.stem: p for p in sources(package) if p.stem != "__init__"}
+    prefix = f"alexnet.{package}."
+    graph = {
+        name: sorted(
+            {m[len(prefix) :].split(".")[0] for m in imports(path) if m.startswith(prefix)}
+            & set(modules) - {name}
+        )
+        for name, path in modules.items()
+    }
+    cycles, state = [], {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for nxt in graph[name]:
+            if state.get(nxt) == "open":
+                cycles.append(trail[trail.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    return cycles
+
+
+def test_model_has_no_import_circle():
+    assert import_cycles("model") == []
