@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.model.checkpoint import build_network
-from alexnet.model.config import TrainConfig
+from alexnet.model.config import TrainConfig, with_settings
 from alexnet.model.distributed import World
 from alexnet.model.inference import load_run_data
 from alexnet.model.init import resolve
@@ -67,7 +67,8 @@ class Probe:
 
 def run(manifest, stats, preset: str, batch: int, images: int, points: list[int], seed: int):
     config = resolve(
-        TrainConfig(
+        with_settings(
+            TrainConfig(),
             init=preset,
             input_scale=SCALES[preset],
             batch_size=batch,

@@ -26,7 +26,6 @@ from alexnet.cli.options import (
 )
 from alexnet.cli.search import print_index, register, search_table
 from alexnet.demo import DEMO_RUN
-from alexnet.model.config import TrainConfig
 from alexnet.pipeline import defaults as P
 from alexnet.pipeline.errors import AlexnetError
 
@@ -235,7 +234,7 @@ def print_prep(run: Path, cache: bool = False) -> None:
 
 @cli.command()
 @run_option
-@config_options(TrainConfig)
+@config_options()
 @click.option(
     "--resume",
     is_flag=False,

@@ -117,21 +117,21 @@ FLAGS = {
 }
 
 
-def config_options(config_class):
-    """Click options made from a config dataclass's fields (model/config.py's `setting`): one
-    per field, with its flags, check, default and help (where `{field}` names the field's
-    flag); on/off settings as --x/--no-x."""
-    from dataclasses import MISSING, fields
+def config_options():
+    """Click options made from the training settings (model/config.py's `setting`, the
+    network's among them): one per setting, with its flags, check, default and help (where
+    `{field}` names the field's flag); on/off settings as --x/--no-x."""
+    from alexnet.model.config import setting_fields
 
     def flags_of(name: str) -> tuple[str, ...]:
         return FLAGS.get(name, ("--" + name.replace("_", "-"),))
 
-    names = {fld.name: flags_of(fld.name)[-1] for fld in fields(config_class)}
+    settings = setting_fields()
+    names = {fld.name: flags_of(fld.name)[-1] for fld, _ in settings}
 
     def decorate(f):
-        for fld in reversed(fields(config_class)):
+        for fld, default in reversed(settings):
             meta = fld.metadata
-            default = None if fld.default is MISSING else fld.default
             flags = flags_of(fld.name)
             help = meta["help"].format_map(names)  # "{patience}" is the flag of `patience`
             extra = {"show_default": default is not None, "help": help}

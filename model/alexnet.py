@@ -8,30 +8,14 @@ dropout 0.5 in fc6 and fc7. With 1000 classes it has exactly 60,965,224 paramete
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from .config import AlexNetConfig
 from .init import LAYERS, initialise
 from .lrn import LocalResponseNorm
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
-
-
-@dataclass(frozen=True)
-class AlexNetConfig:
-    num_classes: int = 1000
-    columns: int = 2  # 2: the paper's grouped network; 1: one column of the same widths
-    lrn: bool = True
-    dropout: float = 0.5
-    init: str = "paper"  # an initialisation preset of model/init.py
-    # The conventions of networks trained elsewhere (Caffe's bvlc_alexnet, model/reference.py):
-    lrn_form: str = "paper"  # "caffe": k=1 and alpha divided by the window size
-    crop: int = 224  # the input side: 227 for Caffe's unpadded conv1
-    conv1_padding: int = 2  # 0 in Caffe's network
-    pool_ceil: bool = False  # Caffe's pooling rounds the output size up
-    pool_before_norm: bool = False  # CaffeNet's order: max-pool, then LRN
 
 
 def local_response_norm(
@@ -72,9 +56,9 @@ class AlexNet(nn.Module):
     skips drawing 61M random numbers only to replace them (half a second on a CPU).
     """
 
-    def __init__(self, config: AlexNetConfig = AlexNetConfig(), *, device: str | None = None):
+    def __init__(self, config: AlexNetConfig | None = None, *, device: str | None = None):
         super().__init__()
-        self.config = config
+        self.config = config = config or AlexNetConfig()
         g = config.columns
         on = {"device": device}
 

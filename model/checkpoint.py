@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -27,8 +27,14 @@ from alexnet.pipeline.files import atomic_write, check_space, make_folder
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import Manifest
 
-from .alexnet import AlexNet, AlexNetConfig
-from .config import NETWORK_SETTINGS, TrainConfig, changed_settings, config_from_dict
+from .alexnet import AlexNet
+from .config import (
+    TrainConfig,
+    changed_settings,
+    config_from_dict,
+    setting_names,
+    with_settings,
+)
 from .distributed import World
 
 log = logging.getLogger(__name__)
@@ -66,16 +72,19 @@ def checkpoint_state(
     config: TrainConfig,
     manifest: Manifest,
     *,
-    optimizer: torch.optim.Optimizer,
-    schedule: dict,
-    epoch: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: dict | None = None,
+    epoch: int = 0,
     step: int = 0,
+    **extra,
 ) -> dict:
-    """The dict a checkpoint holds: `step` batches into `epoch` (0: the epoch is complete)."""
+    """The dict every checkpoint holds, trained, fine-tuned or imported (no optimizer: its
+    state is empty): `step` batches into `epoch` (0: the epoch is complete), and `extra` keys
+    beside (the learning curve, where imported weights came from)."""
     return {
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule,
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "schedule": schedule or {},
         "epoch": epoch,
         "step": step,
         "config": asdict(config),
@@ -83,6 +92,7 @@ def checkpoint_state(
         "classes": manifest.classes,
         "fingerprint": manifest.fingerprint,
         "rng": {"torch": torch.get_rng_state()},
+        **extra,
     }
 
 
@@ -199,14 +209,7 @@ def build_network(
     """The network `config` describes, on `device` (channels-last on GPUs): initialised by the
     config's preset, or holding `weights` (a state dict, e.g. a checkpoint's "model"), which it
     then uses as they are, without a random initialisation first or a copy on the CPU."""
-    shape = AlexNetConfig(
-        num_classes=num_classes,
-        columns=config.columns,
-        lrn=config.lrn,
-        dropout=config.dropout,
-        init=config.init,
-        **{name: getattr(config, name) for name in NETWORK_SETTINGS},
-    )
+    shape = replace(config.network, num_classes=num_classes)
     if weights is None:
         model = AlexNet(shape)
     else:
@@ -268,7 +271,7 @@ def training_config(
     """The settings of a run about to start or resume: `config` (default: a new run's
     defaults, or on resume the checkpoint's own settings) with `settings` given again on top.
     The one rule for `fit(run, resume=..., **settings)`, which `alexnet train` calls."""
-    unknown = sorted(set(settings) - {f.name for f in fields(TrainConfig)})
+    unknown = sorted(set(settings) - setting_names())
     if unknown:
         raise AlexnetError(
             f"unknown training setting(s) {', '.join(unknown)}: the settings are TrainConfig's "
@@ -276,7 +279,7 @@ def training_config(
         )
     if config is None:
         config = saved_config(resume_from) if resume_from else TrainConfig()
-    return replace(config, **settings)
+    return with_settings(config, **settings)
 
 
 def restore(source: Path, model, optimizer, schedule, config, manifest, world) -> dict:

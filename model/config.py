@@ -10,7 +10,7 @@ imports nothing heavy, so the command line can show these defaults without loadi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 INIT_PRESETS = ("paper", "caffe", "kaiming")  # the tables of model/init.py
 
@@ -22,6 +22,34 @@ def setting(default, help: str, kind: str = "", *, choices=()):
     folder), text; or `choices`, the values it takes."""
     meta = {"help": help, "kind": kind, "choices": choices}
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class AlexNetConfig:
+    """The network (model/alexnet.py): its class count and the settings that shape it. The
+    conventions of networks trained elsewhere (Caffe's bvlc_alexnet, model/reference.py) are
+    settings here too."""
+
+    num_classes: int = 1000  # a run's: its manifest's classes
+    columns: int = setting(2, "2: the paper's grouped network; 1: one column.", choices=(1, 2))
+    lrn: bool = setting(True, "Local response normalisation after conv1 and conv2.", "switch")
+    dropout: float = setting(0.5, "Dropout probability in fc6 and fc7.", "probability")
+    init: str = setting(
+        "paper",
+        "Initialisation preset: paper (section 5), caffe (bvlc_alexnet), kaiming.",
+        choices=INIT_PRESETS,
+    )
+    lrn_form: str = setting(
+        "paper",
+        "LRN form: the paper's (k=2), or Caffe's (k=1, alpha divided by the window).",
+        choices=("paper", "caffe"),
+    )
+    crop: int = setting(224, "The network's input side (227 for Caffe's network).", "count")
+    conv1_padding: int = setting(2, "conv1's padding (0 in Caffe's network).", "count0")
+    pool_ceil: bool = setting(False, "Pooling rounds its output size up (Caffe's).", "switch")
+    pool_before_norm: bool = setting(
+        False, "Max-pool before LRN in conv1 and conv2 (CaffeNet's order).", "switch"
+    )
 
 
 @dataclass(frozen=True)
@@ -51,11 +79,6 @@ class TrainConfig:
     )
     optimizer: str = setting(
         "paper", "The paper's update rule, or PyTorch's SGD form.", choices=("paper", "torch")
-    )
-    init: str = setting(
-        "caffe",
-        "Initialisation preset: paper (section 5), caffe (bvlc_alexnet), kaiming.",
-        choices=INIT_PRESETS,
     )
     bias_lr_mult: float | None = setting(
         None,
@@ -111,9 +134,6 @@ class TrainConfig:
     lighting_std: float = setting(
         0.1, "Std of the PCA lighting alphas (in eigenvalue units); 0 turns it off.", "amount"
     )
-    columns: int = setting(2, "2: the paper's grouped network; 1: one column.", choices=(1, 2))
-    lrn: bool = setting(True, "Local response normalisation after conv1 and conv2.", "switch")
-    dropout: float = setting(0.5, "Dropout probability in fc6 and fc7.", "probability")
     seed: int = setting(0, "Seed of the initialisation, order and augmentation.", "int")
     num_threads: int | None = setting(
         None,
@@ -142,21 +162,25 @@ class TrainConfig:
     pretrained_lr_mult: float = setting(
         1.0, "Learning rate of the layers taken from the initial checkpoint, relative.", "amount"
     )
-    # The network's conventions (model/alexnet.py); fine-tuning takes them from init_checkpoint.
-    lrn_form: str = setting(
-        "paper",
-        "LRN form: the paper's (k=2), or Caffe's (k=1, alpha divided by the window).",
-        choices=("paper", "caffe"),
-    )
-    crop: int = setting(224, "The network's input side (227 for Caffe's network).", "count")
-    conv1_padding: int = setting(2, "conv1's padding (0 in Caffe's network).", "count0")
-    pool_ceil: bool = setting(False, "Pooling rounds its output size up (Caffe's).", "switch")
-    pool_before_norm: bool = setting(
-        False, "Max-pool before LRN in conv1 and conv2 (CaffeNet's order).", "switch"
+
+    # The network's shape and conventions (fine-tuning takes them from init_checkpoint); each
+    # is set by its own flag, as the fields above (`with_settings`, cli/options.py).
+    network: AlexNetConfig = field(
+        default_factory=lambda: AlexNetConfig(init="caffe"), metadata={"nested": True}
     )
 
+    def __getattr__(self, name: str):
+        """The network's settings read as the config's own (`config.crop`): they live in
+        `network`, and are set with `with_settings`."""
+        if name in NETWORK_FIELDS:
+            return getattr(self.network, name)
+        raise AttributeError(f"TrainConfig has no setting {name!r}")
 
-# The settings that shape the network beyond columns/lrn/dropout: a fine-tuned run keeps its
+
+# The network's settings (every AlexNetConfig field but the class count, which the data sets).
+NETWORK_FIELDS = tuple(f.name for f in fields(AlexNetConfig) if f.name != "num_classes")
+
+# Of those, the conventions beyond columns/lrn/dropout/init: a fine-tuned run keeps its
 # source's.
 NETWORK_SETTINGS = ("lrn_form", "crop", "conv1_padding", "pool_ceil", "pool_before_norm")
 
@@ -165,17 +189,37 @@ NETWORK_SETTINGS = ("lrn_form", "crop", "conv1_padding", "pool_ceil", "pool_befo
 RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpoint"}
 
 
+def setting_fields(config: TrainConfig | None = None) -> list[tuple]:
+    """Every setting as (field, value in `config`, default: TrainConfig()), the network's
+    among them: what `alexnet train`'s options are made from."""
+    config = config or TrainConfig()
+    own = [(f, getattr(config, f.name)) for f in fields(TrainConfig) if f.name != "network"]
+    network = [(f, getattr(config.network, f.name)) for f in fields(AlexNetConfig)]
+    return own + [(f, v) for f, v in network if f.name in NETWORK_FIELDS]
+
+
+def setting_names() -> set[str]:
+    return {f.name for f, _ in setting_fields()}
+
+
+def with_settings(config: TrainConfig, **settings) -> TrainConfig:
+    """`config` with `settings` (flat names: `crop` as `epochs`) replaced."""
+    network = {k: settings.pop(k) for k in list(settings) if k in NETWORK_FIELDS}
+    return replace(config, network=replace(config.network, **network), **settings)
+
+
 def config_from_dict(d: dict) -> TrainConfig:
-    """The config a checkpoint stored; keys this version does not know are ignored."""
-    names = {f.name for f in fields(TrainConfig)}
+    """The config a checkpoint stored (its network nested, or, in older checkpoints, flat);
+    keys this version does not know are ignored."""
     d = {"plateau_rule": "paper", **d}  # the only rule before the setting existed
-    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+    flat = {**d, **(d.get("network") or {})}
+    return with_settings(TrainConfig(), **{k: v for k, v in flat.items() if k in setting_names()})
 
 
 def changed_settings(old: TrainConfig, new: TrainConfig) -> list[str]:
     """The settings that differ between a run and a resumption of it, as "name old -> new"."""
     return [
-        f"{f.name} {getattr(old, f.name)} -> {getattr(new, f.name)}"
-        for f in fields(new)
-        if f.name not in RESUMABLE and getattr(old, f.name) != getattr(new, f.name)
+        f"{f.name} {getattr(old, f.name)} -> {value}"
+        for f, value in setting_fields(new)
+        if f.name not in RESUMABLE and getattr(old, f.name) != value
     ]

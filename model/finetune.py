@@ -11,7 +11,6 @@ layer that came from the source (Caffe's lr_mult for fine-tuning).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
 
-from .config import NETWORK_SETTINGS, TrainConfig, config_from_dict
+from .config import NETWORK_SETTINGS, TrainConfig, config_from_dict, with_settings
 from .init import LAYERS
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def inherit_network(config: TrainConfig) -> TrainConfig:
     changed = {k: getattr(theirs, k) for k in INHERITED if getattr(theirs, k) != getattr(config, k)}
     if changed:
         log.info("the network's settings of %s: %s", path, changed)
-    return replace(config, init_checkpoint=str(path), **changed)
+    return with_settings(config, init_checkpoint=str(path), **changed)
 
 
 def layer_keys(model: torch.nn.Module) -> dict[str, str]:

@@ -18,7 +18,6 @@ one with a wrong element count is one AlexnetError naming what was found.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +143,9 @@ def import_weights(
     from alexnet.pipeline.stats import Stats, save_stats
     from alexnet.pipeline.testpoints import reached
 
-    from .alexnet import AlexNet, AlexNetConfig
-    from .checkpoint import save_checkpoint
-    from .config import TrainConfig
+    from .alexnet import AlexNet
+    from .checkpoint import checkpoint_state, save_checkpoint
+    from .config import AlexNetConfig, TrainConfig
     from .finetune import layer_keys
 
     file, paths = Path(file), RunPaths(run)
@@ -160,8 +159,9 @@ def import_weights(
     classes, names = read_labels(Path(labels) if labels else None, ref.num_classes)
     manifest = reference_manifest(classes, names, str(labels) if labels else None)
 
-    config = TrainConfig(mean=mean_mode, init="caffe", **ref.settings)
-    net = AlexNet(AlexNetConfig(num_classes=ref.num_classes, **ref.settings), device="meta")
+    network = AlexNetConfig(num_classes=ref.num_classes, init="caffe", **ref.settings)
+    config = TrainConfig(mean=mean_mode, network=network)
+    net = AlexNet(network, device="meta")
     state = {}
     for (name, key), (w, b) in zip(layer_keys(net).items(), ref.weights.values(), strict=True):
         if name == "conv1" and ref.bgr:  # BGR in, RGB kept: the pipelines feed RGB
@@ -186,19 +186,7 @@ def import_weights(
         "bgr_flipped": ref.bgr,
         "mean": str(mean) if mean else f"BGR channel mean {BGR_MEAN}",
     }
-    checkpoint = {
-        "model": state,
-        "optimizer": {},
-        "schedule": {},
-        "epoch": 0,
-        "step": 0,
-        "config": asdict(config),
-        "num_classes": ref.num_classes,
-        "classes": classes,
-        "fingerprint": manifest.fingerprint,
-        "rng": {},
-        "imported": imported,
-    }
+    checkpoint = checkpoint_state(net, config, manifest, imported=imported)
     reached("import checked")
     with RunLock(run, "import-weights"):
         # The manifest goes first and comes back last: until then RUN is no run, so an

@@ -115,10 +115,10 @@ def test_a_network_built_around_saved_weights_is_that_network(tmp_path):
     """Inference builds the network on the meta device and puts the checkpoint's weights in
     (no random initialisation first): the same function as the network that was saved."""
     from alexnet.model.checkpoint import build_network
-    from alexnet.model.config import TrainConfig
+    from alexnet.model.config import TrainConfig, with_settings
 
     torch.manual_seed(0)
-    config = TrainConfig(columns=1, lrn=False)
+    config = with_settings(TrainConfig(), columns=1, lrn=False)
     trained = AlexNet(AlexNetConfig(num_classes=5, columns=1, lrn=False)).eval()
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     weights = torch.load(tmp_path / "w.pt", mmap=True)
