@@ -56,7 +56,7 @@ def test_prep_reports_planted_bad_files_and_keeps_the_rest(tmp_path):
 @pytest.mark.parametrize(
     "setup, message",
     [
-        (lambda p: p, "is not a folder"),
+        (lambda p: p, "does not exist"),
         (lambda p: p.mkdir() or p, "has no class folders"),
         (
             lambda p: (p / "a").mkdir(parents=True) or (p / "a" / "x.jpg").write_text("x") and p,
