@@ -142,3 +142,18 @@ def test_ten_crop_averages_probabilities_not_logits():
     probs = crop_probabilities(torch.nn.Flatten(), logits[..., None, None], torch.device("cpu"))
     assert probs.argmax(1).item() == 1 and logits.mean(1).argmax(1).item() == 0
     torch.testing.assert_close(probs, logits.softmax(-1).mean(1))
+
+
+def test_network_settings_live_in_one_place_and_old_flat_configs_still_load():
+    from dataclasses import asdict
+
+    from alexnet.model.config import TrainConfig, config_from_dict, with_settings
+
+    config = with_settings(TrainConfig(), crop=227, columns=1, epochs=5)
+    assert config.network.crop == config.crop == 227 and config.network.columns == 1
+    assert config_from_dict(asdict(config)) == config
+    flat = {k: v for k, v in asdict(config).items() if k != "network"}
+    flat |= {k: v for k, v in asdict(config.network).items() if k != "num_classes"}
+    assert config_from_dict(flat) == config  # a checkpoint's config before it was nested
+    with pytest.raises(AttributeError):
+        _ = config.no_such_setting

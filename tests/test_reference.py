@@ -233,7 +233,7 @@ def test_fine_tuning_keeps_the_imported_settings(tmp_path, caffemodel):
     fit(new, config, progress=False, final_ten_crop=False)
     before = torch.load(tmp_path / "ref/checkpoints/best.pt", weights_only=True)["model"]
     after = torch.load(new / "checkpoints/last.pt", weights_only=True)
-    c = after["config"]
+    c = after["config"]["network"]  # the network's settings, nested in the training config
     assert (c["crop"], c["lrn_form"], c["conv1_padding"]) == (227, "caffe", 0)
     model = after["model"]
     for key in ("features.0.weight", "features.4.weight", "classifier.1.weight"):  # frozen

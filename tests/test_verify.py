@@ -118,20 +118,26 @@ def test_a_corrupted_checkpoint_is_refused_everywhere_and_named_by_verify(clean,
     )
 
 
-def test_a_checkpoint_without_checksums_loads_with_one_warning(run, caplog):
+def test_an_old_checkpoint_loads_with_one_warning(run, caplog):
+    """Written before checksums, with the network's settings flat in its config."""
     import torch
 
+    import alexnet
     from alexnet.model import checkpoint as ckpt
+    from alexnet.model.config import AlexNetConfig
 
     last = run / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=True)
     del state["checksum"]
+    network = state["config"].pop("network")
+    state["config"].update(network)  # flat, as the network's settings were stored then
     torch.save(state, last)  # as checkpoints were written before they carried checksums
     with caplog.at_level("WARNING", logger="alexnet"):
         for _ in range(2):
             assert ckpt.load_checkpoint(last, whole=True)["epoch"] == state["epoch"]
     warned = [r for r in caplog.records if "before checkpoints carried checksums" in r.message]
     assert len(warned) == 1 and str(last) in warned[0].message
+    assert alexnet.load(run, "last").config.network == AlexNetConfig(**network)
     assert invoke("verify", "--run", run).exit_code == 0
 
 
