@@ -1,4 +1,6 @@
-"""The training settings: one frozen dataclass, stored in every checkpoint as a plain dict.
+"""The training settings: one frozen dataclass, TrainConfig, stored in every checkpoint as a
+plain dict; the network's own settings are one AlexNetConfig inside it (`network`), the one
+place they live, read as `config.crop` and set by the same flat names (`with_settings`).
 
 Defaults are the paper's (section 5). Each field says, beside its default, what it is (the
 help `alexnet train` shows; `{field}` in it names that field's flag) and what values it takes
