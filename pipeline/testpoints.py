@@ -18,5 +18,17 @@ def reached(point: str) -> None:
     if os.environ.get("ALEXNET_TEST_KILL") == point:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get("ALEXNET_TEST_PAUSE") == point:
-        print(f"paused at {point}", file=sys.stderr, flush=True)
-        signal.pause()
+        # Not signal.pause(): a signal that comes between the line and the wait (a handler
+        # that only sets a flag, as the trainer's) would leave it waiting forever. Every
+        # handled signal writes a byte to the wakeup pipe, whichever thread it reaches and
+        # whether or not the wait has begun; its handler then runs in this thread.
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        old = signal.set_wakeup_fd(w)
+        try:
+            print(f"paused at {point}", file=sys.stderr, flush=True)
+            os.read(r, 1)
+        finally:
+            signal.set_wakeup_fd(old)
+            os.close(r)
+            os.close(w)

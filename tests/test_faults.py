@@ -370,6 +370,30 @@ CTRL_C = {
 }
 
 
+def test_a_signal_just_before_the_pause_still_ends_it():
+    """The SIGINT may land after "paused at" is printed but before the wait begins, under a
+    handler that only sets a flag (the trainer's): the pause must still end."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from alexnet.pipeline.testpoints import reached
+        seen = []
+        signal.signal(signal.SIGINT, lambda s, f: seen.append(s))
+        class Stderr:
+            def write(self, text):
+                return sys.__stderr__.write(text)
+            def flush(self):  # right after the line, before the wait
+                os.kill(os.getpid(), signal.SIGINT)
+        sys.stderr = Stderr()
+        reached("here")
+        print("went on", seen == [signal.SIGINT])
+        """
+    )
+    env = {**os.environ, "ALEXNET_TEST_PAUSE": "here"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "went on True", done.stderr
+
+
 @pytest.mark.parametrize("command", list(CTRL_C))
 def test_ctrl_c_exits_130_everywhere(command, tmp_path, request):
     point, kept = CTRL_C[command]
