@@ -1,11 +1,30 @@
 """Shared fixtures: real photos of the read-only imagenette-mini set (never copied wholesale);
-and tests marked `gpu` (pyproject.toml) skipped where no CUDA device is."""
+tests marked `gpu` (pyproject.toml) skipped where no CUDA device is; and the network's width.
 
+Every test but those marked `full_size` builds the network NARROW times narrower
+(model/alexnet.py TEST_WIDTH; fc7 stays 4096-d): the same code paths at a fraction of the
+time, with checkpoints of a few MB instead of 0.5 GB. The variable is set for each test
+before its fixtures, so a command it starts in a subprocess builds the same network.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
 
+from alexnet.model.alexnet import TEST_WIDTH
+
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
+NARROW = "16"
+os.environ[TEST_WIDTH] = NARROW  # for anything built while the tests are collected
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("full_size"):
+        os.environ.pop(TEST_WIDTH, None)
+    else:
+        os.environ[TEST_WIDTH] = NARROW
 
 
 def pytest_collection_modifyitems(config, items):

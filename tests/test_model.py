@@ -6,6 +6,8 @@ import torch
 
 from alexnet.model.alexnet import AlexNet, AlexNetConfig, local_response_norm
 
+pytestmark = pytest.mark.full_size  # the paper's widths and parameter count
+
 
 def test_parameter_count_matches_the_paper():
     assert sum(p.numel() for p in AlexNet().parameters()) == 60_965_224
