@@ -8,6 +8,8 @@ dropout 0.5 in fc6 and fc7. With 1000 classes it has exactly 60,965,224 paramete
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -16,6 +18,21 @@ from .init import LAYERS, initialise
 from .lrn import LocalResponseNorm
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+
+# For the test suite only (tests/conftest.py), as timm's tiny test models: every layer but fc7
+# and fc8 this many times narrower (16: 77x fewer parameters, the convolutions ~50x cheaper),
+# so that training, checkpoints and fc7 extraction run at test speed through the real code;
+# fc7 stays 4096-d, so retrieval sees what it always does. A checkpoint records only its
+# weights, so it loads under the setting it was made with.
+TEST_WIDTH = "ALEXNET_TEST_WIDTH"
+
+
+def test_width() -> int:
+    """The divisor of $ALEXNET_TEST_WIDTH (1, the paper's widths, when unset)."""
+    value = os.environ.get(TEST_WIDTH, "1")
+    if value not in ("1", "2", "4", "8", "16"):  # each column keeps whole channels
+        raise ValueError(f"{TEST_WIDTH} must be 1, 2, 4, 8 or 16, got {value!r}")
+    return int(value)
 
 
 def local_response_norm(
@@ -61,6 +78,7 @@ class AlexNet(nn.Module):
         self.config = config = config or AlexNetConfig()
         g = config.columns
         on = {"device": device}
+        w = test_width()  # 1 but in tests
 
         def norm_pool() -> list[nn.Module]:
             norm = norm_layer(config.lrn_form) if config.lrn else nn.Identity()
@@ -68,26 +86,26 @@ class AlexNet(nn.Module):
             return [pool, norm] if config.pool_before_norm else [norm, pool]
 
         self.features = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=config.conv1_padding, **on),  # 224 -> 55
+            nn.Conv2d(3, 96 // w, 11, stride=4, padding=config.conv1_padding, **on),  # 224 -> 55
             nn.ReLU(inplace=True),
             *norm_pool(),  # 27
-            nn.Conv2d(96, 256, 5, padding=2, groups=g, **on),  # conv2: two columns of 128
+            nn.Conv2d(96 // w, 256 // w, 5, padding=2, groups=g, **on),  # conv2: 2 columns of 128
             nn.ReLU(inplace=True),
             *norm_pool(),  # 13
-            nn.Conv2d(256, 384, 3, padding=1, **on),  # conv3 sees both columns
+            nn.Conv2d(256 // w, 384 // w, 3, padding=1, **on),  # conv3 sees both columns
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 384, 3, padding=1, groups=g, **on),  # conv4
+            nn.Conv2d(384 // w, 384 // w, 3, padding=1, groups=g, **on),  # conv4
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1, groups=g, **on),  # conv5
+            nn.Conv2d(384 // w, 256 // w, 3, padding=1, groups=g, **on),  # conv5
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, ceil_mode=config.pool_ceil),  # 6
         )
         self.classifier = nn.Sequential(
             nn.Dropout(config.dropout),
-            nn.Linear(256 * 6 * 6, 4096, **on),  # fc6
+            nn.Linear(256 // w * 6 * 6, 4096 // w, **on),  # fc6
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
-            nn.Linear(4096, 4096, **on),  # fc7: the last hidden layer, the retrieval feature
+            nn.Linear(4096 // w, 4096, **on),  # fc7: the last hidden layer, the retrieval feature
             nn.ReLU(inplace=True),
             nn.Linear(4096, config.num_classes, **on),  # fc8
         )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,30 @@ from alexnet.model.distributed import setup_world
 from alexnet.model.inference import load_trained, query_crops
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
+from alexnet.pipeline.files import write_json
 from alexnet.pipeline.layout import RunPaths
-from alexnet.pipeline.manifest import verify_files
+from alexnet.pipeline.lock import RunLock
+from alexnet.pipeline.manifest import split_files, verify_files
 
 from .codes import load_encoder
 from .compact import compact_gallery, needs_compaction
-from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
-from .duplicates import find_duplicates, find_in
-from .evaluate import evaluate_retrieval, write_result
+from .defaults import (
+    APPROX_THRESHOLD,
+    DUPLICATE_FC7,
+    FEATURE_BATCH,
+    QUERY_BATCH,
+    SEARCH_RERANK,
+    K,
+)
+from .duplicates import (
+    MIRRORED_CENTRE,
+    Images,
+    find_duplicates,
+    find_in,
+    group_sheets,
+    pair_sheets,
+)
+from .evaluate import evaluate_retrieval
 from .features import load_features, query_features, query_items
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
 from .milvus import milvus_uri
@@ -373,19 +389,114 @@ class Collection:
         """What a face shows about the collection (remote.describe)."""
         return describe(self.open())
 
-    def duplicates(self, *, against: Collection | None = None, **options) -> dict:
-        """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates); with
-        `against` (another collection of the run): this one's images found in it (find_in)."""
+    def duplicates(
+        self,
+        *,
+        against: Collection | None = None,
+        max_distance: int | None = None,
+        max_fc7: float = DUPLICATE_FC7,
+        mirrors: bool = True,
+        sheets: bool = True,
+        progress: bool = True,
+    ) -> dict:
+        """Near-duplicate groups (find_duplicates), written to FOLDER/duplicates.json with a
+        contact sheet per group; with `against` (another collection of the run): this one's
+        images found in it (find_in), written to FOLDER/against-OTHER.json with contact
+        sheets of its pairs. `mirrors` False skips the mirrored check (duplicates.py)."""
+        self.open()
+        options = {"max_distance": max_distance, "max_fc7": max_fc7}
+        if mirrors:
+            options["mirrored"] = lambda at: query_features(
+                self.trained,
+                [str(self.table.paths[i]) for i in at],
+                crop=MIRRORED_CENTRE,
+                progress=progress,
+            )
         if against is not None:
-            return find_in(self.open(), against.open(trained=self.trained), **options)
-        return find_duplicates(self.open(), remote=self.remote, **options)
+            return self._found_in(against.open(trained=self.trained), options, sheets)
+        search = None
+        if self.remote is not None:  # Milvus answers with ids: positions in the table, as FAISS's
 
-    def evaluate(self, **options) -> dict:
-        """eval-retrieval, written to RUN/eval_retrieval.json (evaluate_retrieval)."""
+            def search(queries, radius):
+                lims, D, ids = self.remote.range_search(queries, radius)
+                return lims, D, self.table.positions(ids)
+
+        found = find_duplicates(self._images(), range_search=search, **options)
+        report = {"gallery": self.name, **found}
+        with RunLock(self.run.root, f"duplicates of gallery {self.name}"):
+            if sheets:
+                group_sheets(self.features, report["groups"], self.paths.duplicate_sheet)
+            write_json(self.paths.duplicates, report)
+        return report
+
+    def _found_in(self, other: Collection, options: dict, sheets: bool) -> dict:
+        if (self.run.root, self.name) == (other.run.root, other.name):
+            raise AlexnetError(
+                f"{self} compared with itself: leave out {{against}} to find its duplicates",
+                param="against",
+            )
+        if self.table.codes.shape[1] != other.table.codes.shape[1]:
+            raise AlexnetError(
+                f"{self} and {other} have codes of different lengths: index them again"
+            )
+        found = find_in(self._images(), other._images(), **options)
+        report = {"gallery": self.name, "against": other.name, **found, "sheets": []}
+        name = other.name or "training-set"
+        with RunLock(self.run.root, f"duplicates of gallery {self.name} in {name}"):
+            if sheets:
+                sheet = partial(self.paths.against_sheet, name)
+                report["sheets"] = pair_sheets(report["pairs"], sheet)
+            write_json(self.paths.against(name), report)
+        return report
+
+    def _images(self) -> Images:
+        """The arrays the helpers of duplicates.py read."""
+        t = self.table
+        return Images(t.codes, self.features, t.rows, t.paths)
+
+    def evaluate(self, *, progress: bool = True, **options) -> dict:
+        """eval-retrieval, written to RUN/eval_retrieval.json (evaluate_retrieval: `options`
+        k, rerank_top, pixel_size, baselines, max_queries, seed)."""
         if self.name is not None:
             raise AlexnetError(f"{self} has no validation images: evaluate the training set")
-        result = evaluate_retrieval(self.open(), **options)
-        write_result(result, self.run.root)
+        net = self.open().trained
+        verify_files(net.manifest)  # every file is read, for the raw-pixel baseline
+        db_files, db_labels = split_files(net.manifest, "train")
+        q_files, q_labels = split_files(net.manifest, "val")
+        if not db_files:  # imported weights (model/reference.py): no images of its own
+            raise AlexnetError(
+                f"run {net.paths} has no training or validation images (imported weights?): "
+                "eval-retrieval searches a run's training set with its validation images; prep "
+                "a labelled dataset and fine-tune on it from this run ({init_checkpoint})"
+            )
+        if not q_files:
+            raise AlexnetError(
+                "the run has no validation images to use as queries: "
+                "prepare it again with {val_fraction} above 0",
+                param="val_fraction",
+            )
+        found = evaluate_retrieval(
+            self.features,
+            self.table.codes,
+            self.autoencoder.encode,
+            db_files,
+            db_labels,
+            q_files,
+            q_labels,
+            fc7=lambda files: query_features(net, files, progress=progress),
+            num_threads=net.config.num_threads,
+            progress=progress,
+            **options,
+        )
+        result = {
+            "checkpoint": str(net.checkpoint),
+            **found,
+            "index": self.kind,
+            "default_mode": "hamming",  # the run's own codes, made by code_method
+            "code_method": self.autoencoder.method,
+            "code_settings": self.record.get("code_settings"),
+        }
+        write_json(self.run.eval_retrieval, result)
         return result
 
 

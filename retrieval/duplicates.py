@@ -23,9 +23,11 @@ Two stages, as a search does: the binary codes shortlist, fc7 decides.
    two distinct look-alikes that are as close mirrored as not. `mirrors=False` skips this
    (it costs one network pass per image in such pairs).
 
-Confirmed pairs are joined into groups (connected components). The report goes to
-FOLDER/duplicates.json and a contact sheet per group to FOLDER/duplicates/N.png (FOLDER: the
-collection's, RUN/galleries/NAME for a gallery).
+Confirmed pairs are joined into groups (connected components). The collection writes the
+report to FOLDER/duplicates.json and a contact sheet per group to FOLDER/duplicates/N.png
+(FOLDER: the collection's, RUN/galleries/NAME for a gallery). The functions here take the
+collection's arrays (`Images`: codes, fc7 rows, ids, paths) and return plain dicts, as
+faiss's contrib does; only the Collection knows its files.
 
 One collection against another (`find_in`; `Collection.duplicates(against=...)`): the images
 of a new folder that already exist in an old one. Step 1 range-searches each new image's code
@@ -37,16 +39,14 @@ FOLDER/against-OTHER.json and contact sheets of SHEET_PAIRS pairs to FOLDER/agai
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
 
-from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import write_json
-from alexnet.pipeline.lock import RunLock
-
 from .defaults import DUPLICATE_FC7
-from .features import query_features
 from .montage import make_montage
 
 log = logging.getLogger(__name__)
@@ -95,35 +95,50 @@ def candidate_pairs(
     return pairs[later], dists[later]
 
 
-def confirm(a, b, pairs: np.ndarray, max_fc7: float, mirrors: bool, progress: bool):
-    """(relative fc7 distance, mirrored) of each pair (position in open collection `a`'s
-    table, position in `b`'s): steps 2 and 3 of the module docstring."""
-    fa, fb, ta, tb = a.features, b.features, a.table, b.table
+class Images(NamedTuple):
+    """The images of one collection by position, as arrays: what the helpers below read."""
+
+    codes: np.ndarray  # uint8 (N, bits / 8): packed codes
+    features: np.ndarray  # fc7 rows (memory-mapped float16 is fine), indexed by `rows`
+    rows: np.ndarray  # int64 (N,): each image's row of `features`, its id
+    files: Sequence[str]  # each image's path
+
+
+def confirm(
+    a: Images,
+    b: Images,
+    pairs: np.ndarray,
+    max_fc7: float,
+    mirrored: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(relative fc7 distance, mirrored) of each pair (position in `a`, position in `b`):
+    steps 2 and 3 of the module docstring. `mirrored(positions)`: float fc7 of the mirrored
+    centre crops of `a`'s images at those positions (MIRRORED_CENTRE); None skips step 3."""
+    fa, fb = a.features, b.features
     rel = np.concatenate(
         [np.zeros(0, np.float32)]
         + [
             relative_distance(
-                fa[ta.rows[pairs[s : s + BLOCK, 0]]], fb[tb.rows[pairs[s : s + BLOCK, 1]]]
+                fa[a.rows[pairs[s : s + BLOCK, 0]]], fb[b.rows[pairs[s : s + BLOCK, 1]]]
             )
             for s in range(0, len(pairs), BLOCK)
         ]
     )
-    mirrored = np.zeros(len(pairs), bool)
-    if mirrors:
+    flags = np.zeros(len(pairs), bool)
+    if mirrored is not None:
         retry = np.flatnonzero((rel > max_fc7) & (rel <= MIRROR_SHORTLIST))
         if len(retry):
             firsts = np.unique(pairs[retry, 0])
-            files = [str(ta.paths[i]) for i in firsts]
-            flipped = query_features(a.trained, files, crop=MIRRORED_CENTRE, progress=progress)
+            flipped = mirrored(firsts)
             at = np.searchsorted(firsts, pairs[retry, 0])
-            again = relative_distance(flipped[at], fb[tb.rows[pairs[retry, 1]]])
+            again = relative_distance(flipped[at], fb[b.rows[pairs[retry, 1]]])
             # A mirrored copy is explained by the flip: it must at least halve the distance.
             # Two distinct photos that look alike (a blue ball, blue sky) stay as close
             # mirrored as not, and are left apart.
             better = again <= MIRROR_GAIN * rel[retry]
             rel[retry[better]] = again[better]
-            mirrored[retry[better]] = True
-    return rel, mirrored
+            flags[retry[better]] = True
+    return rel, flags
 
 
 def relative_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -154,79 +169,69 @@ def components(n: int, pairs: np.ndarray) -> list[list[int]]:
 
 
 def find_duplicates(
-    c,
+    images: Images,
     *,
     max_distance: int | None = None,
     max_fc7: float = DUPLICATE_FC7,
-    mirrors: bool = True,
-    sheets: bool = True,
-    progress: bool = True,
-    remote=None,
+    mirrored: Callable[[np.ndarray], np.ndarray] | None = None,
+    range_search=None,
 ) -> dict:
-    """Groups of near-duplicate images in collection `c` (an open Collection; module
-    docstring), written to FOLDER/duplicates.json with a contact sheet per group; returns
-    that report (the codes shortlisted by Milvus's range search when `remote`, the
-    collection's MilvusCodes, serves them): {"gallery" (the collection's name), "images",
-    "bits", "max_distance", "max_fc7", "mirrors", "candidates", "groups": [{"images": [path],
-    "ids", "pairs": [{"a", "b", "hamming", "fc7", "mirrored"}], "sheet"}]}."""
-    table, paths = c.table, c.paths
-    bits = table.codes.shape[1] * 8
+    """Groups of near-duplicates among `images` (module docstring): {"images", "bits",
+    "max_distance", "max_fc7", "mirrors", "candidates", "groups": [{"images": [path], "ids",
+    "pairs": [{"a", "b", "hamming", "fc7", "mirrored"}]}]}. `mirrored`: as confirm's (None:
+    no mirror check); `range_search`: as close_codes's (default: FAISS on the codes)."""
+    bits = images.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
-    search = None
-    if remote is not None:  # Milvus answers with ids: positions in the table, as FAISS's
-
-        def search(queries, radius):
-            lims, D, ids = remote.range_search(queries, radius)
-            return lims, D, table.positions(ids)
-
-    pairs, hams = candidate_pairs(table.codes, max_distance, search)
-    rel, mirrored = confirm(c, c, pairs, max_fc7, mirrors, progress)
+    pairs, hams = candidate_pairs(images.codes, max_distance, range_search)
+    rel, mirrored_pairs = confirm(images, images, pairs, max_fc7, mirrored)
     confirmed = rel <= max_fc7
+    files, rows = images.files, images.rows
     groups = []
-    for members in components(len(table), pairs[confirmed]):
+    for members in components(len(rows), pairs[confirmed]):
         inside = np.flatnonzero(confirmed & np.isin(pairs[:, 0], members))
         groups.append(
             {
-                "images": [str(table.paths[i]) for i in members],
-                "ids": [int(table.rows[i]) for i in members],
+                "images": [str(files[i]) for i in members],
+                "ids": [int(rows[i]) for i in members],
                 "pairs": [
                     {
-                        "a": str(table.paths[pairs[p, 0]]),
-                        "b": str(table.paths[pairs[p, 1]]),
+                        "a": str(files[pairs[p, 0]]),
+                        "b": str(files[pairs[p, 1]]),
                         "hamming": int(hams[p]),
                         "fc7": round(float(rel[p]), 4),
-                        "mirrored": bool(mirrored[p]),
+                        "mirrored": bool(mirrored_pairs[p]),
                     }
                     for p in inside
                 ],
             }
         )
-    report = {
-        "gallery": c.name,
-        "images": len(table),
+    return {
+        "images": len(rows),
         "bits": bits,
         "max_distance": max_distance,
         "max_fc7": max_fc7,
-        "mirrors": mirrors,
+        "mirrors": mirrored is not None,
         "candidates": len(pairs),
         "groups": groups,
     }
-    with RunLock(c.run.root, f"duplicates of gallery {c.name}"):
-        if sheets:
-            for n, group in enumerate(groups):
-                group["sheet"] = str(contact_sheet(c, group, n))
-            remove_sheets(paths.duplicate_sheet, len(groups))
-        write_json(paths.duplicates, report)
-    return report
 
 
-def contact_sheet(c, group: dict, n: int):
+def group_sheets(features: np.ndarray, groups: list[dict], sheet: Callable[[int], Path]) -> None:
+    """A contact sheet per group of find_duplicates at `sheet(n)` (its path recorded in the
+    group as "sheet"), and a previous report's surplus sheets removed. `features`: the fc7
+    rows the groups' ids index."""
+    for n, group in enumerate(groups):
+        group["sheet"] = str(contact_sheet(features, group, sheet(n)))
+    remove_sheets(sheet, len(groups))
+
+
+def contact_sheet(features: np.ndarray, group: dict, out: Path) -> Path:
     """One row: the group's first image, then the others with their fc7 distance to it (as
     confirmed, mirrored where that was closer; else the plain one)."""
     first, rows = group["images"][0], group["ids"]
     confirmed = {p["b"]: p for p in group["pairs"] if p["a"] == first}
     plain = relative_distance(
-        np.repeat(np.asarray(c.features[rows[:1]]), len(rows) - 1, 0), c.features[rows[1:]]
+        np.repeat(np.asarray(features[rows[:1]]), len(rows) - 1, 0), features[rows[1:]]
     )
     results = []
     for path, d in zip(group["images"][1:], plain, strict=True):
@@ -234,75 +239,56 @@ def contact_sheet(c, group: dict, n: int):
         label = "mirrored" if pair["mirrored"] else ""
         results.append({"path": path, "class": label, "distance": pair["fc7"]})
     row = {"query": first, "class": None, "results": results}
-    return make_montage([row], c.paths.duplicate_sheet(n), unit="fc7")
+    return make_montage([row], out, unit="fc7")
 
 
 def find_in(
-    c,
-    other,
+    images: Images,
+    other: Images,
     *,
     max_distance: int | None = None,
     max_fc7: float = DUPLICATE_FC7,
-    mirrors: bool = True,
-    sheets: bool = True,
-    progress: bool = True,
+    mirrored: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
-    """The images of collection `c` that already exist in collection `other` (both open, of
-    one run): each image's codes range-searched in `other`'s (FAISS), confirmed by fc7 as
-    find_duplicates does; `other` is not compared with itself. Written to
-    FOLDER/against-OTHER.json with contact sheets of SHEET_PAIRS pairs each; returns that
-    report: {"gallery", "against", "images", "against_images", "bits", "max_distance",
+    """The `images` that already exist among `other` (both of one run): each image's codes
+    range-searched in `other`'s (FAISS), confirmed by fc7 as find_duplicates does; `other`
+    is not compared with itself. {"images", "against_images", "bits", "max_distance",
     "max_fc7", "mirrors", "candidates", "pairs": [{"image", "original", "id", "original_id",
-    "hamming", "fc7", "mirrored"}], "sheets"}, pairs by image, then fc7."""
-    if (c.run.root, c.name) == (other.run.root, other.name):
-        raise AlexnetError(
-            f"{c} compared with itself: leave out {{against}} to find its duplicates",
-            param="against",
-        )
-    if c.table.codes.shape[1] != other.table.codes.shape[1]:
-        raise AlexnetError(f"{c} and {other} have codes of different lengths: index them again")
-    bits = c.table.codes.shape[1] * 8
+    "hamming", "fc7", "mirrored"}]}, pairs by image, then fc7."""
+    bits = images.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
-    pairs, hams = close_codes(c.table.codes, other.table.codes, max_distance)
-    rel, mirrored = confirm(c, other, pairs, max_fc7, mirrors, progress)
+    pairs, hams = close_codes(images.codes, other.codes, max_distance)
+    rel, mirrored_pairs = confirm(images, other, pairs, max_fc7, mirrored)
     found = [
         {
-            "image": str(c.table.paths[a]),
-            "original": str(other.table.paths[b]),
-            "id": int(c.table.rows[a]),
-            "original_id": int(other.table.rows[b]),
+            "image": str(images.files[a]),
+            "original": str(other.files[b]),
+            "id": int(images.rows[a]),
+            "original_id": int(other.rows[b]),
             "hamming": int(h),
             "fc7": round(float(d), 4),
             "mirrored": bool(m),
         }
-        for (a, b), h, d, m in zip(pairs, hams, rel, mirrored, strict=True)
+        for (a, b), h, d, m in zip(pairs, hams, rel, mirrored_pairs, strict=True)
         if d <= max_fc7
     ]
     found.sort(key=lambda p: (p["image"], p["fc7"]))
-    report = {
-        "gallery": c.name,
-        "against": other.name,
-        "images": len(c.table),
-        "against_images": len(other.table),
+    return {
+        "images": len(images.rows),
+        "against_images": len(other.rows),
         "bits": bits,
         "max_distance": max_distance,
         "max_fc7": max_fc7,
-        "mirrors": mirrors,
+        "mirrors": mirrored is not None,
         "candidates": len(pairs),
         "pairs": found,
-        "sheets": [],
     }
-    name = other.name or "training-set"
-    with RunLock(c.run.root, f"duplicates of gallery {c.name} in {name}"):
-        if sheets:
-            report["sheets"] = pair_sheets(c, name, found)
-        write_json(c.paths.against(name), report)
-    return report
 
 
-def pair_sheets(c, name: str, found: list[dict]) -> list[str]:
-    """Contact sheets of find_in's pairs, SHEET_PAIRS rows each: the image, then the one of
-    collection NAME it was found in, with their fc7 distance."""
+def pair_sheets(found: list[dict], sheet: Callable[[int], Path]) -> list[str]:
+    """Contact sheets of find_in's pairs at `sheet(n)`, SHEET_PAIRS rows each: the image,
+    then the one it was found in, with their fc7 distance; a previous report's surplus
+    sheets removed."""
     sheets = []
     for n, s in enumerate(range(0, len(found), SHEET_PAIRS)):
         rows = [
@@ -319,8 +305,8 @@ def pair_sheets(c, name: str, found: list[dict]) -> list[str]:
             }
             for p in found[s : s + SHEET_PAIRS]
         ]
-        sheets.append(str(make_montage(rows, c.paths.against_sheet(name, n), unit="fc7")))
-    remove_sheets(lambda n: c.paths.against_sheet(name, n), len(sheets))
+        sheets.append(str(make_montage(rows, sheet(n), unit="fc7")))
+    remove_sheets(sheet, len(sheets))
     return sheets
 
 

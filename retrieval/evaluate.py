@@ -28,30 +28,28 @@ shortlist), so a database of 10^6 images needs its codes, about `MEMORY` bytes o
 and rankings, and the pixel vectors (float32, 12 KB per image at 32x32: the one part that
 grows with the database). Every query is ranked against the whole database, so time grows
 with queries x database (`max_queries` samples the queries of a large validation set).
-`evaluate_modes` is the part that needs no run: features, labels and codes in, the table out.
+`evaluate_modes` is the part that needs no images: features, labels and codes in, the table
+out; `evaluate_retrieval` adds the queries' fc7, the baselines and the pixels, from arrays and
+file lists (the training set's Collection passes its own: `Collection.evaluate`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import faiss
 import numpy as np
 
 from alexnet.pipeline.dali import SIZE, default_device
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.files import write_json
-from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.loader import centre_patches
-from alexnet.pipeline.manifest import split_files, verify_files
 
 from . import baselines as bl
 from .baselines import BASELINES
 from .defaults import EVAL_RERANK, PIXEL_SIZE, K
-from .features import BLOCK, feature_blocks, query_features
+from .features import BLOCK, feature_blocks
 from .index import hamming, rerank
 
 log = logging.getLogger(__name__)
@@ -248,50 +246,50 @@ def evaluate_modes(
 
 
 def evaluate_retrieval(
-    c,
+    features: np.ndarray,
+    codes: np.ndarray,
+    encode: Callable[[np.ndarray], np.ndarray],
+    db_files: Sequence[str],
+    db_labels: Sequence[int],
+    q_files: Sequence[str],
+    q_labels: Sequence[int],
     *,
+    fc7: Callable[[list[str]], np.ndarray],
     k: int = K,
     rerank_top: int = EVAL_RERANK,
     pixel_size: int = PIXEL_SIZE,
     baselines: tuple[str, ...] = BASELINES,
     max_queries: int | None = None,
     seed: int = 0,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Precision@k, mAP, bytes per image and query time of every mode (module docstring) for
-    `c`, the training set's open Collection."""
-    net = c.trained
-    verify_files(net.manifest)  # every file is read below, for the raw-pixel baseline
-    db_files, db_labels = split_files(net.manifest, "train")
-    q_files, q_labels = split_files(net.manifest, "val")
-    if not db_files:  # imported weights (model/reference.py): no images of its own
-        raise AlexnetError(
-            f"run {net.paths} has no training or validation images (imported weights?): "
-            "eval-retrieval searches a run's training set with its validation images; prep "
-            "a labelled dataset and fine-tune on it from this run ({init_checkpoint})"
-        )
-    if not q_files:
-        raise AlexnetError(
-            "the run has no validation images to use as queries: "
-            "prepare it again with {val_fraction} above 0",
-            param="val_fraction",
-        )
+    """Precision@k, mAP, bytes per image and query time of every mode (module docstring):
+    the validation images `q_files` against the training set.
+
+    `features`, `codes`: the training set's fc7 rows (memory-mapped float16 is fine) and
+    packed codes, by position as `db_files`; `encode`: float fc7 -> packed codes (the run's
+    code method, mode "hamming"); `fc7(files)`: float32 fc7 of image files (the queries').
+    `num_threads`: DALI threads of the pixel pipeline. Returns {"queries", "database", "k",
+    "bits", "rerank", "pixel_size", "baselines_fit_seconds", "chance_precision", "modes"}.
+    """
     rng = np.random.default_rng(seed)
+    q_files, q_labels = list(q_files), list(q_labels)
     if max_queries and len(q_files) > max_queries:
         keep = np.sort(rng.choice(len(q_files), max_queries, replace=False))
         q_files, q_labels = [q_files[i] for i in keep], [q_labels[i] for i in keep]
     n = len(db_files)
     tie_order = rng.permutation(n)
 
-    q_fc7 = query_features(net, q_files, progress=progress)
-    bits = c.bits
-    codes = {"hamming": (c.table.codes, c.autoencoder.encode)}
+    q_fc7 = fc7(q_files)
+    bits = codes.shape[1] * 8
+    modes_codes = {"hamming": (codes, encode)}
     fit_seconds, projections = _timed(
-        lambda: bl.fit_baselines(c.features, bits, names=baselines, seed=seed, progress=progress)
+        lambda: bl.fit_baselines(features, bits, names=baselines, seed=seed, progress=progress)
     )
-    db_codes = bl.encode(projections, c.features, progress=progress)
+    db_codes = bl.encode(projections, features, progress=progress)
     for name, p in projections.items():
-        codes[name] = (db_codes[name], lambda x, p=p: bl.encode({p.name: p}, x)[p.name])
+        modes_codes[name] = (db_codes[name], lambda x, p=p: bl.encode({p.name: p}, x)[p.name])
     log.info(
         "raw pixels at %dx%d of %d training and %d validation images",
         pixel_size,
@@ -299,15 +297,14 @@ def evaluate_retrieval(
         n,
         len(q_files),
     )
-    threads = net.config.num_threads
-    db_pix = pixel_vectors(db_files, pixel_size, num_threads=threads)
-    q_pix = pixel_vectors(q_files, pixel_size, num_threads=threads)
+    db_pix = pixel_vectors(list(db_files), pixel_size, num_threads=num_threads)
+    q_pix = pixel_vectors(q_files, pixel_size, num_threads=num_threads)
     modes = evaluate_modes(
-        c.features,
+        features,
         np.array(db_labels),
         q_fc7,
         np.array(q_labels),
-        codes=codes,
+        codes=modes_codes,
         rerank_of="hamming",
         pixels=(db_pix, q_pix),
         k=k,
@@ -316,17 +313,12 @@ def evaluate_retrieval(
         progress=progress,
     )
     return {
-        "checkpoint": str(net.checkpoint),
         "queries": len(q_files),
         "database": n,
         "k": min(k, n),
         "bits": bits,
         "rerank": min(max(rerank_top, k), n),
         "pixel_size": pixel_size,
-        "index": c.kind,
-        "default_mode": "hamming",  # the run's own codes, made by code_method
-        "code_method": c.autoencoder.method,
-        "code_settings": c.record.get("code_settings"),
         "baselines_fit_seconds": round(fit_seconds, 3),
         "chance_precision": float(np.mean([np.mean(np.array(db_labels) == c) for c in q_labels])),
         "modes": modes,
@@ -351,7 +343,3 @@ def format_table(result: dict) -> str:
             + f"{r['bytes_per_image']:11d}{r['query_ms']:10.3f}"
         )
     return "\n".join(lines)
-
-
-def write_result(result: dict, run: str | Path) -> Path:
-    return write_json(RunPaths(run).eval_retrieval, result)

@@ -1,19 +1,49 @@
 """Shared fixtures: real photos of the read-only imagenette-mini set (never copied wholesale);
-and tests marked `gpu` (pyproject.toml) skipped where no CUDA device is."""
+tests marked `gpu` (pyproject.toml) skipped where no CUDA device is; and the network's width.
 
+Every test but those marked `full_size` builds the network NARROW times narrower
+(model/alexnet.py TEST_WIDTH; fc7 stays 4096-d): the same code paths at a fraction of the
+time, with checkpoints of a few MB instead of 0.5 GB. Those tests also run torch on one
+thread (OMP_NUM_THREADS too, for the commands they start): their operations are small, and on
+a busy machine a pool of threads waiting for each other at every small operation made them up
+to 10x slower. Both are set for each test before its fixtures, so a command it starts in a
+subprocess builds the same network; `full_size` tests get the paper's network and torch's
+default threads.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from alexnet.model.alexnet import TEST_WIDTH
 
 IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
+NARROW = "16"
+os.environ[TEST_WIDTH] = NARROW  # for anything built while the tests are collected
+OMP = "OMP_NUM_THREADS"
+DEFAULTS = {OMP: os.environ.get(OMP), "torch": torch.get_num_threads()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("full_size"):
+        os.environ.pop(TEST_WIDTH, None)
+        if DEFAULTS[OMP] is None:
+            os.environ.pop(OMP, None)
+        else:
+            os.environ[OMP] = DEFAULTS[OMP]
+        torch.set_num_threads(DEFAULTS["torch"])
+    else:
+        os.environ[TEST_WIDTH], os.environ[OMP] = NARROW, "1"
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return
-    import torch
-
     if torch.cuda.is_available():
         return
     for item in gpu:

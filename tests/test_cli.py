@@ -92,6 +92,7 @@ def test_missing_demo_photos_are_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full_size
 def test_installed_script_runs_the_demo_chain(tmp_path):
     data = make_images(tmp_path / "data", classes=2, train=4, val=2)
     script = Path(sys.executable).with_name("alexnet")

@@ -27,7 +27,7 @@ from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
 from alexnet.retrieval import collection as C
 from alexnet.retrieval import update as U
-from alexnet.retrieval.duplicates import candidate_pairs, components, find_duplicates
+from alexnet.retrieval.duplicates import candidate_pairs, components
 from alexnet.retrieval.index import hamming
 
 
@@ -280,10 +280,10 @@ def test_planted_copies_are_grouped_and_distinct_photos_are_not(run, real_jpegs,
     # The untrained test network and its autoencoder of a few updates give loose codes:
     # every pair is a candidate here, so that fc7 alone decides (defaults: BENCHMARKS.md).
     bits = gi.table.codes.shape[1] * 8
-    report = find_duplicates(gi, max_distance=bits, max_fc7=0.15, progress=False)
+    report = gi.duplicates(max_distance=bits, max_fc7=0.15, progress=False)
     assert sorted(g["images"] for g in report["groups"]) == sorted(planted.values())
     assert any(p["mirrored"] for g in report["groups"] for p in g["pairs"])
-    without = find_duplicates(gi, max_distance=bits, max_fc7=0.15, mirrors=False, progress=False)
+    without = gi.duplicates(max_distance=bits, max_fc7=0.15, mirrors=False, progress=False)
     assert sorted(g["images"] for g in without["groups"]) != sorted(planted.values())
 
     out = invoke(

@@ -4,11 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.model.alexnet import AlexNet, AlexNetConfig, local_response_norm
+from alexnet.model.alexnet import TEST_WIDTH, AlexNet, AlexNetConfig, local_response_norm
+
+pytestmark = pytest.mark.full_size  # the paper's widths and parameter count
 
 
 def test_parameter_count_matches_the_paper():
     assert sum(p.numel() for p in AlexNet().parameters()) == 60_965_224
+
+
+def test_the_tests_narrow_network_keeps_a_4096_d_fc7(monkeypatch):
+    monkeypatch.setenv(TEST_WIDTH, "16")  # what every test not marked full_size builds
+    model = AlexNet(AlexNetConfig(num_classes=10))
+    assert sum(p.numel() for p in model.parameters()) < 60_965_224 // 40
+    assert model.fc7(torch.zeros(1, 3, 224, 224)).shape == (1, 4096)
+    monkeypatch.setenv(TEST_WIDTH, "3")
+    with pytest.raises(ValueError, match=TEST_WIDTH):
+        AlexNet()
 
 
 @pytest.mark.parametrize(

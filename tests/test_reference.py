@@ -36,6 +36,8 @@ WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079"]
 WNIDS += ["n03394916", "n03417042", "n03425413", "n03445777", "n03888257"]
 TOLERANCE = 1e-4  # max |difference| over max |reference|
 
+pytestmark = pytest.mark.full_size  # the published network's shapes
+
 
 @pytest.fixture(scope="module")
 def weights():

@@ -154,3 +154,40 @@ def import_cycles(package: str) -> list[list[str]]:
 
 def test_model_has_no_import_circle():
     assert import_cycles("model") == []
+
+
+# What a Collection holds once open (retrieval/collection.py): a helper that reads one of
+# these from its argument has been handed the Collection instead of its arrays.
+COLLECTION_STATE = ("trained", "table", "autoencoder", "record", "remote", "fast", "open")
+
+
+def collection_uses(path: Path) -> list[str]:
+    """Where `path` imports the Collection's module or reads a Collection's state."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = [
+        f"{path.name}:{node.lineno}: .{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in COLLECTION_STATE
+    ]
+    return found + [
+        f"{path.name} imports {name}"
+        for name in sorted(imports(path))
+        if name.startswith("alexnet.retrieval.collection")
+    ]
+
+
+@pytest.mark.parametrize("module", ["evaluate.py", "duplicates.py"])
+def test_retrieval_helpers_take_arrays_not_a_collection(module):
+    """Helpers take arrays and return arrays or dicts; only the Collection knows its files."""
+    assert collection_uses(ROOT / "retrieval" / module) == []
+
+
+def test_the_collection_check_finds_a_collection_read(tmp_path):
+    folder = tmp_path / "retrieval"
+    folder.mkdir()
+    (folder / "x.py").write_text("from .collection import Collection\ndef f(c):\n    c.table\n")
+    assert collection_uses(folder / "x.py") == [
+        "x.py:3: .table",
+        "x.py imports alexnet.retrieval.collection",
+        "x.py imports alexnet.retrieval.collection.Collection",
+    ]
