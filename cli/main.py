@@ -331,13 +331,9 @@ def predict(ctx, images, run, top, ten_crop, as_json, checkpoint, workers):
     """What the network says each IMAGE is (files or folders): its top classes with their
     probabilities."""
     from alexnet.model.inference import load
-    from alexnet.pipeline.walk import image_files
 
-    files, skipped = image_files(images)
-    for path, why in skipped:
-        click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-    model = load(run, checkpoint or "best", workers=workers)
-    records = model.predict(files, top=top, ten_crop=ten_crop, progress=progress(ctx))
+    model = load(run, checkpoint or "best", workers=workers)  # skipped images are logged
+    records = model.predict(images, top=top, ten_crop=ten_crop, progress=progress(ctx))
     if as_json:
         click.echo(json.dumps({"checkpoint": str(model.checkpoint), "images": records}, indent=1))
         return

@@ -27,8 +27,6 @@ from alexnet.cli.options import (
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
 
-JSONL_CHUNK = 256  # --jsonl: queries checked, then searched, this many at a time
-
 
 def png_only(ctx, param, path: Path | None) -> Path | None:
     if path is not None and path.suffix.lower() != ".png":
@@ -209,25 +207,16 @@ def search(
     ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, csv, milvus, workers
 ):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
-    from alexnet.pipeline.imagecheck import usable_images
-    from alexnet.pipeline.walk import image_files
     from alexnet.retrieval.collection import collection
 
     if jsonl and (as_json or montage or csv):
         raise click.BadParameter("use it without --json, --montage and --csv", param_hint="--jsonl")
-    files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
-    for path, why in skipped:
-        click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
     c = collection(run, gallery, workers=workers, milvus=milvus).open(progress=progress(ctx))
-    if jsonl:
-        for start in range(0, len(files), JSONL_CHUNK):
-            usable, skipped = usable_images(files[start : start + JSONL_CHUNK])
-            for path, why in skipped:
-                click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-            for row in c.stream(usable, k=k, rerank=rerank):
-                click.echo(json.dumps(row))
+    if jsonl:  # read, searched and printed a batch at a time; skipped images are logged
+        for row in c.stream(images, k=k, rerank=rerank):
+            click.echo(json.dumps(row))
         return
-    result = c.search(files, k=k, rerank=rerank)
+    result = c.search(images, k=k, rerank=rerank)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:

@@ -243,8 +243,12 @@ def test_library_search_takes_paths_bytes_and_arrays_alike(run, data):
     with pytest.raises(AlexnetError, match="uint8 HxWx3"):
         train.search([pixels[..., 0]])
     cut = path.read_bytes()[:400]
-    with pytest.raises(AlexnetError, match="cut.jpg cannot be used as a query: corrupt"):
-        train.search([path.read_bytes(), cut], names=["whole.jpg", "cut.jpg"])
+    # one bad image of several is skipped, with its reason; alone, it is an error
+    some = train.search([path.read_bytes(), cut], k=3, names=["whole.jpg", "cut.jpg"])
+    assert [q["query"] for q in some["queries"]] == ["whole.jpg"]
+    assert some["skipped"][0]["query"] == "cut.jpg" and "corrupt" in some["skipped"][0]["reason"]
+    with pytest.raises(AlexnetError, match="cut.jpg cannot be used: corrupt"):
+        train.search([cut], names=["cut.jpg"])
     assert train.search([path.read_bytes()], k=3)["queries"][0]["results"] == expected
 
 
@@ -291,8 +295,8 @@ def test_search_checks_the_files_it_returns_and_only_those(run, data):
     "case, message",
     [
         ("missing", "does not exist"),
-        ("not_an_image", "cannot be used as a query: not an image"),
-        ("truncated", "cannot be used as a query: corrupt or truncated"),
+        ("not_an_image", "cannot be used: not an image"),
+        ("truncated", "cannot be used: corrupt or truncated"),
         ("empty_folder", "holds no images"),
         ("k_too_large", "must be from 1 to 12 (the images in the training set of run"),
     ],

@@ -142,7 +142,7 @@ def test_a_bad_upload_is_400_saying_why_and_the_server_keeps_serving(
         content = buf.getvalue()
     reply = upload(client, content, name="bad.jpg")
     assert reply.status_code == 400
-    assert reply.json()["error"].startswith(f"bad.jpg cannot be used as a query: {reason}")
+    assert reply.json()["error"].startswith(f"bad.jpg cannot be used: {reason}")
     assert upload(client, files[0], k=1).status_code == 200
 
 
