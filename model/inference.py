@@ -15,13 +15,14 @@ import torch
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.images import read_images
 from alexnet.pipeline.layout import RunPaths
-from alexnet.pipeline.loader import QueryCrops
+from alexnet.pipeline.loader import Preset, QueryCrops
 from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.stats import Stats, load_stats
 
 from .checkpoint import build_network, load_checkpoint
 from .config import TrainConfig, config_from_dict
 from .distributed import World, autocast, local_device, reuse_freed_memory
+from .loaders import preset
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TrainedRun:
     def class_names(self) -> list[str]:
         """Display names, in label order."""
         return self.manifest.class_names
+
+    @property
+    def preset(self) -> Preset:
+        """The run's preprocessing, for every pipeline that feeds this network."""
+        return preset(self.stats, self.config, self.world.dali_device)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -189,17 +195,12 @@ def load_trained(
 
 
 def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False) -> QueryCrops:
-    """The query pipeline with `trained`'s statistics and settings; keep it to reuse it."""
+    """The query pipeline with `trained`'s preprocessing; keep it to reuse it."""
     return QueryCrops(
-        trained.stats.mean(trained.config.mean),
-        std=trained.stats.std(trained.config.input_scale),
-        device=trained.world.dali_device,
+        trained.preset,
         torch_device=trained.world.device,
         batch_size=batch_size,
-        seed=trained.config.seed,
-        num_threads=trained.config.num_threads,
         ten_crop=ten_crop,
-        crop=trained.config.crop,
     )
 
 

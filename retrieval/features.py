@@ -32,11 +32,11 @@ import torch
 
 from alexnet.model.distributed import World
 from alexnet.model.inference import FC7_DIM, TrainedRun, encoded, query_crops
-from alexnet.pipeline.dali import cached_eval_pipeline, eval_pipeline, pipe_options
+from alexnet.pipeline.dali import cached_eval_pipeline, eval_pipeline
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import file_identity, read_json, write_json
 from alexnet.pipeline.layout import IndexPaths
-from alexnet.pipeline.loader import Loader, QueryCrops
+from alexnet.pipeline.loader import Loader, QueryCrops, shard
 
 from .defaults import FEATURE_BATCH, QUERY_BATCH
 
@@ -142,17 +142,11 @@ def extract_rows(
     from tqdm import tqdm
 
     n = len(files)
-    begin, end = n * world.rank // world.size, n * (world.rank + 1) // world.size
+    mine = shard(n, world.rank, world.size)
+    begin, end = mine.start, mine.stop
     if end == begin:
         return
-    device, config = world.dali_device, trained.config
-    graph = dict(
-        mean=trained.stats.mean(config.mean),
-        std=trained.stats.std(config.input_scale),
-        device=device,
-        crop=config.crop,
-        **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
-    )
+    graph = trained.preset.graph(min(batch_size, end - begin))
     if patches is None:
         pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
         loader = Loader(pipe, torch_device=world.device)

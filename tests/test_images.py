@@ -19,7 +19,7 @@ from alexnet.cli.web import create_app
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.images import read_images
 from alexnet.pipeline.layout import RunPaths
-from alexnet.pipeline.loader import QueryCrops
+from alexnet.pipeline.loader import Preset, QueryCrops
 from alexnet.pipeline.manifest import split_files
 from alexnet.retrieval.features import load_features
 from alexnet.retrieval.montage import centre_square, make_montage, thumbnail
@@ -82,7 +82,7 @@ def test_the_network_sees_every_orientation_upright(orientation):
     upright = decoded_upright(data)
     assert upright.shape == (60, 90, 3)  # stored 90 x 60 for 5 to 8
     assert np.abs(upright.astype(int) - upright_picture()).mean() < 2  # only JPEG's loss
-    crops = QueryCrops(np.zeros(3, np.float32), batch_size=1, num_threads=1)
+    crops = QueryCrops(Preset(np.zeros(3, np.float32), num_threads=1), batch_size=1)
     tagged = crops([np.frombuffer(data, np.uint8)])
     assert np.array_equal(tagged, crops([np.frombuffer(png(upright), np.uint8)]))
     if orientation != 1:  # the same pixels without the tag are another picture

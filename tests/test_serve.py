@@ -29,8 +29,7 @@ from retrieval_fixtures import indexed_run
 
 from alexnet import collection
 from alexnet.cli.main import cli
-from alexnet.cli.search import listen
-from alexnet.cli.web import create_app
+from alexnet.cli.web import create_app, listen
 from alexnet.pipeline.layout import RunPaths
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
