@@ -131,11 +131,11 @@ class AlexNet(nn.Module):
         """The 4096-d last-hidden-layer activations (after ReLU, dropout off).
 
         Each image's vector is the same bits in any batch: the conv stack treats each image
-        alone, but a matrix product's row depends on how many rows it is computed with (the
-        CPU's kernels take rows in blocks of 4 or 8, and a partial block rounds differently),
-        so the fully connected layers always see a multiple of FC_ROWS rows, the batch padded
-        by repeating its last image (a few rows cost little: those layers cost their weights'
-        reads)."""
+        alone, but a matrix product's row depends on how many rows it is computed with (MKL's
+        kernels on x86 take rows in blocks, and a partial block rounds differently), so the
+        fully connected layers always see a multiple of FC_ROWS rows, the batch padded by
+        repeating its last image (tests/test_images.py checks the bits), for a few rows'
+        cost: those layers mostly cost reading their weights."""
         n = len(x)
         h = torch.flatten(self.features(_cpu_layout(x)), 1)
         h = torch.cat([h, h[-1:].expand(-n % FC_ROWS, -1)])

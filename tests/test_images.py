@@ -226,3 +226,16 @@ def test_an_indexed_image_finds_itself_at_fc7_distance_zero(run, photo):
     for i, query in enumerate(result["queries"]):
         (best,) = query["results"]
         assert best["id"] == i and best["distance"] <= 1e-6, (i, best)
+
+
+def test_an_images_fc7_is_the_same_bits_in_any_batch():
+    import torch
+
+    from alexnet.model.alexnet import AlexNet, AlexNetConfig
+
+    torch.manual_seed(0)
+    net = AlexNet(AlexNetConfig(num_classes=10)).eval()
+    x = torch.randn(24, 3, 224, 224) * 50
+    full = net.fc7(x)
+    for rows in ([0], [5, 6, 7], list(range(9)), [23]):
+        assert torch.equal(net.fc7(x[rows]), full[rows]), rows

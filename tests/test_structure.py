@@ -121,3 +121,13 @@ def test_the_library_names_parameters_not_flags():
 def test_the_flag_check_finds_a_flag_in_a_message(tmp_path):
     (tmp_path / "x.py").write_text('raise ValueError(f"pass --force, not {x}-y or a -- b")\n')
     assert flags_in_strings(tmp_path / "x.py", tmp_path) == ["x.py:1: --force"]
+
+
+def test_the_faces_are_thin():
+    """The commands parse, call the library and print: no cli/ module grows past 300 lines,
+    and none reads images itself (pipeline/images.py is the one way in)."""
+    for path in sources("cli"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 300, path.name
+        readers = {"alexnet.pipeline.walk", "alexnet.pipeline.imagecheck", "PIL"}
+        assert "Image.open" not in text and not readers & imports(path), path.name
