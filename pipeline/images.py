@@ -61,7 +61,7 @@ class Images:
     def batches(self, size: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
         """(names, encoded images as uint8 arrays) of at most `size` usable images at a time,
         in order. Each file is read once; bytes that PIL cannot decode are skipped (or, see
-        the module docstring, refused). No usable image at all is an error."""
+        the module docstring, refused). Images given, none usable: an error."""
         names: list[str] = []
         encoded: list[np.ndarray] = []
         given = 0
@@ -79,10 +79,8 @@ class Images:
         if names:
             given += len(names)
             yield names, encoded
-        if not given:
-            raise AlexnetError(
-                "; ".join(f"{name} {why}" for name, why in self.skipped) or "no images given"
-            )
+        if not given and self.skipped:  # no images at all is no error: nothing to do
+            raise AlexnetError("; ".join(f"{name} {why}" for name, why in self.skipped))
 
     def _refuse(self, name: str, reason: str) -> None:
         if not self.skip:
@@ -118,7 +116,7 @@ def read_images(images: Any, names: Sequence[str] | None = None, *, skip: bool =
         if not found:
             skipped.append((str(path), f"holds no images ({', '.join(sorted(EXTENSIONS))})"))
         items += [Item(f, path=f) for f in found]
-    for name, why in skipped:
+    for name, why in skipped if items else ():  # with no images, batches says it once
         log.warning("skipped: %s %s", name, why)
     single = len(inputs) == 1 and not (
         isinstance(inputs[0], (str, Path)) and Path(inputs[0]).is_dir()

@@ -14,8 +14,9 @@
 
 A collection opens itself on first use (`open`): the network, the code encoder, its table
 of files (`table`: paths, codes, ids), FAISS index (or Milvus: `milvus=URI`, remote.py) and
-fc7 features; a stale one is refused (store.problem). Images are paths, folders, encoded
-bytes, PIL images or uint8 HxWx3 arrays, all through the evaluation centre crop. "class" is
+fc7 features; a stale one is refused (store.problem). Images are whatever
+pipeline/images.py takes (paths, folders, encoded bytes, PIL images, uint8 HxWx3 arrays),
+all through the evaluation centre crop. "class" is
 a result's display name, "class_id" its folder name (a gallery image's: None unless its
 folder is named after a class). Opening checks the manifest, not the files behind it: a
 search checks the files it returns, and building an index every file it reads.
