@@ -8,7 +8,8 @@
     train.update()                                       # fc7 -> binary codes -> FAISS index
     train.search(["query.jpg"], k=10)
 
-Images are paths, folders, encoded bytes, PIL images or uint8 HxWx3 arrays everywhere.
+Images are paths, folders, encoded bytes (bytes, bytearray, memoryview), PIL images or uint8
+HxWx3 arrays everywhere (pipeline/images.py: the one way in).
 Names are imported on first use, so `import alexnet` loads neither torch, DALI nor faiss.
 """
 

@@ -47,7 +47,7 @@ from PIL import Image
 
 from alexnet.model.checkpoint import build_network, checkpoint_state, save_checkpoint
 from alexnet.model.config import TrainConfig
-from alexnet.model.inference import load_trained
+from alexnet.model.inference import load_trained, to_float16
 from alexnet.pipeline.dataset import scan
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import save_manifest
@@ -65,7 +65,6 @@ from alexnet.retrieval.features import (
     load_features,
     mark_complete,
     source_identity,
-    to_float16,
 )
 from alexnet.retrieval.update import update_training_set
 

@@ -27,6 +27,11 @@ run_option = click.option(
 )
 
 
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the option was typed, not left at its default."""
+    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+
 def progress(ctx: click.Context) -> bool:
     """Whether to draw progress bars (off with `alexnet -q`)."""
     return bool((ctx.find_root().obj or {}).get("progress", True))

@@ -1,16 +1,13 @@
-"""`alexnet index`, `search`, `eval-retrieval`, `serve`, `duplicates`: parse, call a
-Collection (alexnet.retrieval.collection), print (or, for `serve`, answer HTTP requests with
-cli/web.py's app).
+"""`alexnet index`, `search`, `eval-retrieval`: parse, call a Collection
+(alexnet.retrieval.collection), print.
 
-`register(group)` adds the five commands to a click group (cli/main.py's `cli`).
+`register(group)` adds them, with `serve` (cli/serve.py) and `duplicates`
+(cli/duplicates.py), to a click group (cli/main.py's `cli`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 from pathlib import Path
 
 import click
@@ -19,15 +16,13 @@ from alexnet.cli.options import (
     NON_NEGATIVE,
     POSITIVE,
     csv_option,
+    given,
     milvus_option,
     progress,
     run_option,
     workers_option,
 )
-from alexnet.pipeline.errors import AlexnetError
 from alexnet.retrieval import defaults as R
-
-JSONL_CHUNK = 256  # --jsonl: queries checked, then searched, this many at a time
 
 
 def png_only(ctx, param, path: Path | None) -> Path | None:
@@ -37,8 +32,9 @@ def png_only(ctx, param, path: Path | None) -> Path | None:
 
 
 def check_bits(ctx, param, bits: int) -> int:
-    if bits % 8 or not R.MIN_BITS <= bits <= R.MAX_BITS:
-        raise click.BadParameter(f"must be a multiple of 8 from {R.MIN_BITS} to {R.MAX_BITS}")
+    problem = R.bits_problem(bits)  # the library's rule, checked before any work
+    if problem:
+        raise click.BadParameter(problem)
     return bits
 
 
@@ -142,11 +138,6 @@ def index_command(
         print_index(meta)
 
 
-def given(ctx: click.Context, name: str) -> bool:
-    """Whether the option was typed, not left at its default."""
-    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-
-
 def print_compacted(c: dict, asked: bool) -> None:
     why = "" if asked else " (more than half of its rows were dead)"
     click.echo(
@@ -209,28 +200,21 @@ def search(
     ctx, images, run, k, rerank, as_json, jsonl, gallery, montage, absolute, csv, milvus, workers
 ):
     """The training images (or --gallery's) most similar to each IMAGE (files or folders)."""
-    from alexnet.pipeline.imagecheck import usable_images
-    from alexnet.pipeline.walk import image_files
     from alexnet.retrieval.collection import collection
 
     if jsonl and (as_json or montage or csv):
         raise click.BadParameter("use it without --json, --montage and --csv", param_hint="--jsonl")
-    files, skipped = image_files(images, check=not jsonl)  # --jsonl: checked as it goes
-    for path, why in skipped:
-        click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
     c = collection(run, gallery, workers=workers, milvus=milvus).open(progress=progress(ctx))
-    if jsonl:
-        for start in range(0, len(files), JSONL_CHUNK):
-            usable, skipped = usable_images(files[start : start + JSONL_CHUNK])
-            for path, why in skipped:
-                click.secho(f"skipped: {path} {why}", fg="yellow", err=True)
-            for row in c.stream(usable, k=k, rerank=rerank):
-                click.echo(json.dumps(row))
+    if jsonl:  # read, searched and printed a batch at a time; skipped images are logged
+        for row in c.stream(images, k=k, rerank=rerank):
+            click.echo(json.dumps(row))
         return
-    result = c.search(files, k=k, rerank=rerank)
+    result = c.search(images, k=k, rerank=rerank)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:
+        from alexnet.retrieval.tables import search_table
+
         click.echo(search_table(result, None if absolute else c.root))
     if montage:
         from alexnet.retrieval.montage import make_montage
@@ -241,30 +225,6 @@ def search(
         from alexnet.retrieval.tables import SEARCH_COLUMNS, search_rows, write_csv
 
         click.echo(f"csv: {write_csv(csv, search_rows(result), SEARCH_COLUMNS)}", err=as_json)
-
-
-def search_table(result: dict, root: str | None) -> str:
-    """The results as aligned text: a header saying what answered, then a table per query;
-    paths relative to `root` (the dataset) when given."""
-    rerank = result["rerank"]
-    lines = [
-        f"{result['checkpoint']}, {result['bits']}-bit codes, {result['index']} index"
-        + (f", fc7 re-rank of the top {rerank}" if rerank else "")
-        + f"; {result['query_ms']:.0f} ms per query"
-    ]
-    for row in result["queries"]:
-        rows = row["results"]
-        width = max((len(r["class"] or "") for r in rows), default=5)
-        known = f" ({row['class']})" if "class" in row else ""
-        lines += ["", f"query: {row['query']}{known}"]
-        fc7 = f"{'fc7 L2':>9}" if rerank else ""
-        lines.append(f"{'rank':>4} {'bits':>5}{fc7}  {'class':{width}}  path")
-        for r in rows:
-            path = os.path.relpath(r["path"], root) if root else r["path"]
-            dist = f"{r['distance']:9.3f}" if rerank else ""
-            label = r["class"] or ""  # a gallery image outside the run's classes
-            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {label:{width}}  {path}")
-    return "\n".join(lines)
 
 
 @click.command("eval-retrieval")
@@ -313,154 +273,10 @@ def eval_retrieval(ctx, run, k, rerank, pixel_size, max_queries, workers):
     click.echo(f"written: {train.run.eval_retrieval}")
 
 
-@click.command()
-@run_option
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on (0.0.0.0: every interface, so other machines can connect).",
-)
-@click.option("--port", type=int, default=8000, show_default=True, help="0: any free port.")
-@click.option(
-    "--max-upload-mb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=20.0,
-    show_default=True,
-    help="Larger uploads are refused (HTTP 413).",
-)
-@click.option(
-    "--gallery",
-    "galleries",
-    multiple=True,
-    help="Also offer this gallery (alexnet index --images) on the page; repeat for more.",
-)
-@milvus_option
-@click.pass_context
-def serve(ctx, run, host, port, max_upload_mb, galleries, milvus):
-    """A search page and a JSON API for RUN in the browser (API documented at /docs).
-
-    The run's index is opened once (and built first when missing); Ctrl-C stops the server.
-    """
-    from alexnet.cli.web import create_app, serve_until_stopped
-
-    sock = listen(host, port)  # before the index loads: a taken port fails at once
-    try:
-        app = create_app(
-            run,
-            galleries=galleries,
-            max_upload_mb=max_upload_mb,
-            progress=progress(ctx),
-            milvus=milvus,
-        )
-        port = sock.getsockname()[1]
-        announce = f"serving {run} at http://{host}:{port}/ (API: /docs); Ctrl-C stops"
-        stopped_by = serve_until_stopped(app, sock, lambda: click.echo(announce))
-    except KeyboardInterrupt:  # while the index was still loading
-        stopped_by = signal.SIGINT
-    click.echo("stopped")
-    ctx.exit(128 + stopped_by if stopped_by else 0)  # 130: Ctrl-C, as every command; 143: TERM
-
-
-@click.command()
-@run_option
-@click.option("--gallery", required=True, help="The gallery to look in (alexnet index --images).")
-@click.option(
-    "--against",
-    default=None,
-    help="Instead: list the photos of --gallery that already exist in this other gallery.",
-)
-@click.option(
-    "--max-distance",
-    type=NON_NEGATIVE,
-    default=None,
-    help="Candidate pairs: codes at most this many bits apart (default: bits / 16, 4 of 64).",
-)
-@click.option(
-    "--max-fc7",
-    type=click.FloatRange(min=0),
-    default=R.DUPLICATE_FC7,
-    show_default=True,
-    help="A candidate pair is a duplicate when its relative fc7 distance "
-    "||a - b|| / sqrt(||a|| ||b||) is at most this.",
-)
-@click.option(
-    "--mirrors/--no-mirrors",
-    default=True,
-    show_default=True,
-    help="Also catch mirrored copies (checks close pairs with the mirrored crop).",
-)
-@csv_option
-@milvus_option
-@workers_option
-@click.pass_context
-def duplicates(ctx, run, gallery, against, max_distance, max_fc7, mirrors, csv, milvus, workers):
-    """Groups of near-duplicate images in a gallery (resized, re-encoded, mirrored copies):
-    writes RUN/galleries/NAME/duplicates.json and a contact sheet per group. With --against
-    OLD, the photos of the gallery found in gallery OLD: RUN/galleries/NAME/against-OLD.json."""
-    from alexnet.retrieval.collection import collection
-
-    c = collection(run, gallery, workers=workers, milvus=milvus)
-    options = dict(max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors)
-    if against is not None:
-        old = collection(run, against, workers=workers)
-        report = c.duplicates(against=old, **options, progress=progress(ctx))
-        print_found(report, c, old)
-    else:
-        report = c.duplicates(**options, progress=progress(ctx))
-        print_groups(report, c)
-    if csv:
-        from alexnet.retrieval.tables import PAIR_COLUMNS, pair_rows, write_csv
-
-        click.echo(f"csv: {write_csv(csv, pair_rows(report), PAIR_COLUMNS)}")
-
-
-def print_groups(report: dict, c) -> None:
-    groups = report["groups"]
-    for n, group in enumerate(groups):
-        names = ", ".join(os.path.relpath(p, c.root) for p in group["images"])
-        click.echo(f"{n}: {names}")
-    click.echo(
-        f"{report['images']} images, {report['candidates']} pairs within "
-        f"{report['max_distance']} bits, {len(groups)} groups of near-duplicates "
-        f"({sum(len(g['images']) for g in groups)} images; fc7 <= {report['max_fc7']:g}); "
-        f"written: {c.paths.duplicates}" + (f" and {len(groups)} contact sheets" if groups else "")
-    )
-
-
-def print_found(report: dict, c, old) -> None:
-    for p in report["pairs"]:
-        click.echo(
-            f"{os.path.relpath(p['image'], c.root)} -> {os.path.relpath(p['original'], old.root)}"
-            f"  hamming {p['hamming']}  fc7 {p['fc7']:.3f}"
-            + ("  mirrored" if p["mirrored"] else "")
-        )
-    images = len({p["image"] for p in report["pairs"]})
-    click.echo(
-        f"{images} of {report['images']} images of {report['gallery']} found in "
-        f"{report['against']} ({report['against_images']} images; {report['candidates']} pairs "
-        f"within {report['max_distance']} bits, fc7 <= {report['max_fc7']:g}); written: "
-        f"{c.paths.against(report['against'])}"
-        + (f" and {len(report['sheets'])} contact sheets" if report["sheets"] else "")
-    )
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on HOST:PORT, or one clear error (port taken, unknown address)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets that say TCP, and
-        # with Nagle on every answer waits ~40 ms for the client's delayed ACK.
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)  # connections wait in the queue until the server takes them
-    except OSError as e:
-        raise AlexnetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-    return sock
-
-
 def register(group: click.Group) -> None:
     """Add `index`, `search`, `eval-retrieval`, `serve` and `duplicates` to `group`."""
+    from alexnet.cli.duplicates import duplicates
+    from alexnet.cli.serve import serve
+
     for command in (index_command, search, eval_retrieval, serve, duplicates):
         group.add_command(command)

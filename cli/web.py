@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -220,3 +221,20 @@ class QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on HOST:PORT, or one clear error (port taken, unknown address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on sockets that say TCP, and
+        # with Nagle on every answer waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)  # connections wait in the queue until the server takes them
+    except OSError as e:
+        from alexnet.pipeline.errors import AlexnetError
+
+        raise AlexnetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock

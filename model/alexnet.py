@@ -65,6 +65,9 @@ def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+FC_ROWS = 8  # fc7: rows of the fully connected layers' products, in multiples of this
+
+
 class AlexNet(nn.Module):
     """The network, initialised by its config's preset.
 
@@ -127,9 +130,18 @@ class AlexNet(nn.Module):
 
     @torch.no_grad()
     def fc7(self, x: torch.Tensor) -> torch.Tensor:
-        """The 4096-d last-hidden-layer activations (after ReLU, dropout off)."""
+        """The 4096-d last-hidden-layer activations (after ReLU, dropout off).
+
+        Each image's vector is the same bits in any batch: the conv stack treats each image
+        alone, but a matrix product's row depends on how many rows it is computed with (MKL's
+        kernels on x86 take rows in blocks, and a partial block rounds differently), so the
+        fully connected layers always see a multiple of FC_ROWS rows, the batch padded by
+        repeating its last image (tests/test_images.py checks the bits), for a few rows'
+        cost: those layers mostly cost reading their weights."""
+        n = len(x)
         h = torch.flatten(self.features(_cpu_layout(x)), 1)
+        h = torch.cat([h, h[-1:].expand(-n % FC_ROWS, -1)])
         for layer in self.classifier[:-1]:
             if not isinstance(layer, nn.Dropout):
                 h = layer(h)
-        return h
+        return h[:n]

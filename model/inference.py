@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.images import image_sources
+from alexnet.pipeline.images import read_images
 from alexnet.pipeline.layout import RunPaths
-from alexnet.pipeline.loader import QueryCrops
+from alexnet.pipeline.loader import Preset, QueryCrops
 from alexnet.pipeline.manifest import Manifest, load_manifest
 from alexnet.pipeline.stats import Stats, load_stats
 from alexnet.pipeline.testpoints import reached
@@ -23,6 +23,7 @@ from alexnet.pipeline.testpoints import reached
 from .checkpoint import build_network, load_checkpoint
 from .config import TrainConfig, config_from_dict
 from .distributed import World, autocast, local_device, reuse_freed_memory
+from .loaders import preset
 
 
 @dataclass
@@ -49,55 +50,97 @@ class TrainedRun:
         return self.manifest.class_names
 
     @property
+    def preset(self) -> Preset:
+        """The run's preprocessing, for every pipeline that feeds this network."""
+        return preset(self.stats, self.config, self.world.dali_device)
+
+    @property
     def net(self) -> torch.nn.Module:
         """The network (torch), in eval mode on this machine's device."""
         return self.model
 
     def outputs(
-        self, images, head: str, *, ten_crop: bool = False, batch_size: int = 16, progress=False
-    ) -> tuple[list[str], Iterator[torch.Tensor]]:
-        """The images' names, and the network's `head` ("logits" or "fc7") for each batch of
-        them, through the evaluation preprocessing (centre crop; with `ten_crop` N x 10)."""
+        self,
+        images,
+        head: str,
+        *,
+        ten_crop: bool = False,
+        batch_size: int = 16,
+        progress=False,
+        skip: bool = True,
+    ) -> Iterator[tuple[list[str], torch.Tensor | np.ndarray]]:
+        """The network's `head` for each batch of the images with their names, through the
+        evaluation preprocessing: "logits" (N x crops x classes: the centre crop, or with
+        `ten_crop` the ten), or "fc7" (fc7_vectors of the centre crops). `images`, `skip`:
+        see pipeline/images.py."""
         from tqdm import tqdm
 
-        sources, names = image_sources(images)
-        crops = query_crops(self, max(1, min(batch_size, len(sources))), ten_crop=ten_crop)
-        layer = self.model.fc7 if head == "fc7" else self.model
+        source = read_images(images, skip=skip)
+        crops = query_crops(self, max(1, min(batch_size, len(source))), ten_crop=ten_crop)
+        with torch.inference_mode():
+            for names, encoded in tqdm(
+                source.batches(crops.batch_size),
+                desc=head,
+                unit="batch",
+                total=-(-len(source) // crops.batch_size),
+                disable=not progress,
+            ):
+                x = crops(encoded)
+                if head == "fc7":
+                    yield names, self.fc7(x)
+                    continue
+                with autocast(self.world.device):
+                    out = self.model(x.flatten(0, 1) if ten_crop else x)
+                yield names, out.float().view(len(x), -1, out.shape[-1])
 
-        def batches() -> Iterator[torch.Tensor]:
-            starts = range(0, len(sources), crops.batch_size)
-            with torch.inference_mode():
-                for s in tqdm(starts, desc=head, unit="batch", disable=not progress):
-                    x = crops([encoded(item) for item in sources[s : s + crops.batch_size]])
-                    with autocast(self.world.device):
-                        out = layer(x.flatten(0, 1) if ten_crop else x)
-                    yield out.float().view(len(x), -1, out.shape[-1])
-
-        return names, batches()
+    def fc7(self, x: torch.Tensor) -> np.ndarray:
+        """fc7 vectors of a batch of crops (fc7_vectors): the one fc7 of every image."""
+        return fc7_vectors(self.model, x, self.world.device)
 
     def predict(self, images, *, top: int = 5, ten_crop: bool = False, **options) -> list[dict]:
         """What the classifier says each image is: [{"image", "top": [{"class" (display name),
         "class_id", "probability"}]}], through the evaluation preprocessing (the centre crop,
-        or the average of the ten crops' softmax outputs). `images`: see pipeline/images.py."""
+        or the average of the ten crops' softmax outputs). `images`: see pipeline/images.py;
+        one that cannot be used among several is skipped, with a warning."""
         top = min(top, len(self.classes))
-        names, batches = self.outputs(images, "logits", ten_crop=ten_crop, **options)
         records = []
-        for logits in batches:
+        for names, logits in self.outputs(images, "logits", ten_crop=ten_crop, **options):
             p, labels = logits.softmax(-1).mean(1).topk(top, dim=1)
-            for q, c in zip(p.tolist(), labels.tolist(), strict=True):
+            for name, q, c in zip(names, p.tolist(), labels.tolist(), strict=True):
                 best = [
                     {"class": self.class_names[k], "class_id": self.classes[k], "probability": v}
                     for v, k in zip(q, c, strict=True)
                 ]
-                records.append({"image": names[len(records)], "top": best})
+                records.append({"image": name, "top": best})
         return records
 
     def features(self, images, **options) -> np.ndarray:
         """float32 (N, 4096) fc7 vectors (after ReLU, dropout off) of the centre crops, the
-        vectors retrieval compares (paper, section 6.1)."""
-        _, batches = self.outputs(images, "fc7", **options)
-        out = [h[:, 0].cpu().numpy() for h in batches]
-        return np.concatenate(out) if out else np.zeros((0, 4096), np.float32)
+        vectors retrieval compares (paper, section 6.1), one row per image: an image that
+        cannot be used is an error. Rounded as the stored ones are (fc7_vectors): an indexed
+        image gets its own row of the index back."""
+        out = [h for _, h in self.outputs(images, "fc7", skip=False, **options)]
+        return np.concatenate(out) if out else np.zeros((0, FC7_DIM), np.float32)
+
+
+FC7_DIM = 4096
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def to_float16(x: np.ndarray) -> np.ndarray:
+    """The stored precision of fc7 (clipped to float16's range)."""
+    return np.clip(x, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+
+
+def fc7_vectors(model: torch.nn.Module, x: torch.Tensor, device) -> np.ndarray:
+    """float32 (len(x), 4096) fc7 vectors of a batch of crops (model.fc7: the same bits in any
+    batch), rounded through float16: the one rule for queries, training sets, galleries and
+    `features`, so that an image's vector is the same whichever of them computed it."""
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device):
+        h = model.fc7(x)
+    return to_float16(h.float().cpu().numpy()).astype(np.float32)
 
 
 def load_run_data(run: str | Path, check_files: bool | str = True) -> tuple[Manifest, Stats]:
@@ -154,17 +197,12 @@ def load_trained(
 
 
 def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False) -> QueryCrops:
-    """The query pipeline with `trained`'s statistics and settings; keep it to reuse it."""
+    """The query pipeline with `trained`'s preprocessing; keep it to reuse it."""
     return QueryCrops(
-        trained.stats.mean(trained.config.mean),
-        std=trained.stats.std(trained.config.input_scale),
-        device=trained.world.dali_device,
+        trained.preset,
         torch_device=trained.world.device,
         batch_size=batch_size,
-        seed=trained.config.seed,
-        num_threads=trained.config.num_threads,
         ten_crop=ten_crop,
-        crop=trained.config.crop,
     )
 
 
@@ -177,8 +215,11 @@ def crop_probabilities(model: torch.nn.Module, x: torch.Tensor, device) -> torch
     return logits.float().softmax(-1).view(len(x), crops, -1).mean(1)
 
 
-def encoded(item: str | bytes) -> np.ndarray:
-    """An image file's bytes (or bytes as they are) as the uint8 array DALI decodes."""
+def encoded(item: str | bytes | np.ndarray) -> np.ndarray:
+    """An image file's bytes (or encoded bytes, as bytes or a uint8 array) as the uint8 array
+    DALI decodes."""
+    if isinstance(item, np.ndarray):
+        return item
     return np.frombuffer(item, np.uint8) if isinstance(item, bytes) else np.fromfile(item, np.uint8)
 
 

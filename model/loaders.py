@@ -12,16 +12,29 @@ from alexnet.pipeline.dali import (
     cached_eval_pipeline,
     cached_train_pipeline,
     eval_pipeline,
-    pipe_options,
     train_pipeline,
 )
 from alexnet.pipeline.imagecheck import check_image
-from alexnet.pipeline.loader import Loader, check_batch_size
+from alexnet.pipeline.loader import Loader, Preset, check_batch_size, shard
 from alexnet.pipeline.manifest import Manifest, first_changed, split_files
 from alexnet.pipeline.stats import Stats
 
 from .config import TrainConfig
 from .distributed import World
+
+
+def preset(stats: Stats, config: TrainConfig, device: str) -> Preset:
+    """The run's preprocessing, for every pipeline of it (DALI on `device`): the mean its
+    settings choose (mean image or channel mean), the input scale, the crop, the seed and
+    DALI threads."""
+    return Preset(
+        mean=stats.mean(config.mean),
+        std=stats.std(config.input_scale),
+        crop=config.crop,
+        device=device,
+        seed=config.seed,
+        num_threads=config.num_threads,
+    )
 
 
 def train_loader(
@@ -43,16 +56,11 @@ def train_loader(
     files, labels = split_files(manifest, "train")
     mine = epoch_order(len(files), config, epoch, world)[skip_batches * config.batch_size :]
     choices = augmentation(config.seed, epoch, len(files), config.lighting_std, config.crop)
-    device = world.dali_device
-    graph = dict(
-        mean=stats.mean(config.mean),
+    graph = preset(stats, config, world.dali_device).graph(
+        config.batch_size,
         eigvecs=stats.eigvecs,
         eigvals=stats.eigvals,
         augment={name: values[mine] for name, values in choices.items()},
-        std=stats.std(config.input_scale),
-        device=device,
-        crop=config.crop,
-        **pipe_options(device, config.batch_size, config.seed, config.num_threads),
     )
     if cache is None:
         pipe = train_pipeline([files[i] for i in mine], [labels[i] for i in mine], **graph)
@@ -101,21 +109,12 @@ def eval_loader(
     the files, or from `cache` (the run's patches) with the same shards."""
     files, labels = split_files(manifest, split)
     check_batch_size(len(files), 1, "validation" if split == "val" else "training")
-    device = world.dali_device
     batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
-    graph = dict(
-        mean=stats.mean(config.mean),
-        std=stats.std(config.input_scale),
-        device=device,
-        ten_crop=ten_crop,
-        crop=config.crop,
-        **pipe_options(device, batch, config.seed, config.num_threads),
-    )
+    graph = preset(stats, config, world.dali_device).graph(batch, ten_crop=ten_crop)
     if cache is None:
         pipe = eval_pipeline(files, labels, shard_id=world.rank, num_shards=world.size, **graph)
         return Loader(pipe, torch_device=world.device)
-    n = len(files)  # the reader's shards: [n * rank // size, n * (rank + 1) // size)
-    mine = slice(n * world.rank // world.size, n * (world.rank + 1) // world.size)
+    mine = shard(len(files), world.rank, world.size)  # the reader's shards
     rows = manifest.files.positions(split)[mine]
     pipe = cached_eval_pipeline(cache, rows, np.asarray(labels)[mine], **graph)
     return Loader(pipe, torch_device=world.device, size=len(rows))

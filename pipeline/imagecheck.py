@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,19 +105,3 @@ def inspect_all(
             results += chunk
             bar.update(len(chunk))
     return results
-
-
-def usable_images(files: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """The files that decode, and the (path, reason) of those that do not."""
-    usable, skipped = [], []
-    for f in files:
-        reason = (
-            "is not readable (permission denied)"
-            if not os.access(f, os.R_OK)
-            else check_image(f, min_size=1)
-        )
-        if reason:
-            skipped.append((f, f"cannot be used as a query: {reason}"))
-        else:
-            usable.append(f)
-    return usable, skipped

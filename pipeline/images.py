@@ -1,13 +1,30 @@
-"""What an image is to the library: a file path, a folder of them, encoded bytes (JPEG, PNG,
-BMP), a PIL image, or a decoded uint8 HxWx3 array. Every verb that takes images (predict,
-features, search) turns them into paths and bytes here, and the DALI graph that decodes the
-training images decodes these too (decoded pixels are encoded as PNG first: lossless, so the
-network sees exactly those pixels)."""
+"""The one way in for images: whatever a user passes becomes named, checked images here.
+
+An image is a file path, a folder (the images below it, sorted), encoded bytes (JPEG, PNG,
+BMP) as `bytes`, `bytearray` or `memoryview`, a PIL image, or a decoded uint8 HxWx3 array,
+alone or in a list. `read_images` lists them at once (types, missing files, folder walks)
+and `Images.batches` reads each file once, decode-checks those bytes with PIL and hands the
+same bytes on to the DALI graph that decodes the training images; decoded pixels are encoded
+as PNG (lossless: the network sees exactly those pixels). predict, features, search, serve's
+upload and every command take their images here.
+
+Names: a path names itself; anything else is "image N" (N counts the inputs from 1) unless
+the caller names it. A file that cannot be used is skipped with its reason (`skipped`,
+logged) when it is one of several; when it is the only input, or `skip` is off (an fc7 array
+has one row per image, so `features` cannot leave one out), it is one error naming it.
+
+Upright: a JPEG's EXIF orientation is applied once, by whoever decodes it: DALI's decoder
+(and its header peek) for every network input, `open_image` for every picture drawn
+(thumbnails, contact sheets), and a PIL image passed in is turned upright here, before it is
+encoded as PNG (which keeps no orientation tag).
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +32,102 @@ import numpy as np
 
 from .errors import AlexnetError
 
+log = logging.getLogger(__name__)
 
-def image_source(image: Any) -> str | bytes:
-    """One image as a path or encoded bytes; pixels (an array, a PIL image) become PNG bytes."""
-    if isinstance(image, (str, Path)):
-        return str(image)
-    if isinstance(image, (bytes, bytearray, memoryview)):
+ENCODED = (bytes, bytearray, memoryview)
+KINDS = "a path, a folder, encoded bytes, a PIL image or a uint8 HxWx3 array"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to read: a file (`path`) or encoded bytes in memory (`data`)."""
+
+    name: str
+    path: str | None = None
+    data: bytes | None = None
+
+
+class Images:
+    """Named images, listed; `batches` reads and checks them (module docstring). `skipped`
+    holds (name, reason) of what could not be used, as found: a folder walk's problems at
+    once, undecodable files as their batch is read."""
+
+    def __init__(self, items: list[Item], skipped: list[tuple[str, str]], *, skip: bool):
+        self.items, self.skipped, self.skip = items, skipped, skip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batches(self, size: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """(names, encoded images as uint8 arrays) of at most `size` usable images at a time,
+        in order. Each file is read once; bytes that PIL cannot decode are skipped (or, see
+        the module docstring, refused). Images given, none usable: an error."""
+        names: list[str] = []
+        encoded: list[np.ndarray] = []
+        given = 0
+        for item in self.items:
+            data, reason = _read(item)
+            if reason:
+                self._refuse(item.name, reason)
+                continue
+            names.append(item.name)
+            encoded.append(np.frombuffer(data, np.uint8))
+            if len(names) == size:
+                given += size
+                yield names, encoded
+                names, encoded = [], []
+        if names:
+            given += len(names)
+            yield names, encoded
+        if not given and self.skipped:  # no images at all is no error: nothing to do
+            raise AlexnetError("; ".join(f"{name} {why}" for name, why in self.skipped))
+
+    def _refuse(self, name: str, reason: str) -> None:
+        if not self.skip:
+            raise AlexnetError(f"{name} cannot be used: {reason}")
+        self.skipped.append((name, f"cannot be used: {reason}"))
+        log.warning("skipped: %s cannot be used: %s", name, reason)
+
+
+def read_images(images: Any, names: Sequence[str] | None = None, *, skip: bool = True) -> Images:
+    """`images` (one, or a list) as named Images (module docstring). `names`, one per input,
+    names the inputs that are not paths. A type that is no image is an error at once."""
+    from .walk import EXTENSIONS, Walk
+
+    one = isinstance(images, (str, Path, *ENCODED, np.ndarray)) or not isinstance(images, Sequence)
+    inputs = [images] if one else list(images)
+    if names is not None and len(names) != len(inputs):
+        raise AlexnetError(f"{len(names)} names for {len(inputs)} images", param="names")
+    items: list[Item] = []
+    skipped: list[tuple[str, str]] = []
+    for i, image in enumerate(inputs):
+        name = names[i] if names is not None else f"image {i + 1}"
+        if not isinstance(image, (str, Path)):
+            items.append(Item(name, data=encoded_image(image)))
+            continue
+        path = Path(image)
+        if not path.is_dir():
+            items.append(Item(str(path), path=str(path)))
+            continue
+        walk = Walk(path)
+        below = walk.files_below(str(path)) or []
+        found = [f for f in below if Path(f).suffix.lower() in EXTENSIONS]
+        skipped += [(str(path / s["path"]), s["reason"]) for s in walk.skipped]
+        if not found:
+            skipped.append((str(path), f"holds no images ({', '.join(sorted(EXTENSIONS))})"))
+        items += [Item(f, path=f) for f in found]
+    for name, why in skipped if items else ():  # with no images, batches says it once
+        log.warning("skipped: %s %s", name, why)
+    single = len(inputs) == 1 and not (
+        isinstance(inputs[0], (str, Path)) and Path(inputs[0]).is_dir()
+    )
+    return Images(items, skipped, skip=skip and not single)
+
+
+def encoded_image(image: Any) -> bytes:
+    """An image in memory as encoded bytes: bytes as they are, pixels (an array, a PIL image,
+    turned upright first) as PNG."""
+    if isinstance(image, ENCODED):
         return bytes(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -29,11 +136,10 @@ def image_source(image: Any) -> str | bytes:
             )
         return _png(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, not imported here
-        return _png(np.asarray(image.convert("RGB")))
-    raise AlexnetError(
-        f"cannot use a {type(image).__name__} as an image: pass a path, a folder, encoded "
-        "bytes, a PIL image or a uint8 HxWx3 array"
-    )
+        from PIL import ImageOps
+
+        return _png(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
+    raise AlexnetError(f"cannot use a {type(image).__name__} as an image: pass {KINDS}")
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -44,28 +150,33 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def image_sources(images: Any) -> tuple[list[str | bytes], list[str]]:
-    """Images (one, or a sequence) as paths and bytes, folders expanded to the usable images
-    below them, and a name for each (its path, else "image N"). Files that do not decode are
-    refused with their reason."""
+def _read(item: Item) -> tuple[bytes | None, str | None]:
+    """The item's bytes, read once, and None; or None and why it cannot be used."""
     from .imagecheck import check_image
-    from .walk import image_files
 
-    one = not isinstance(images, Sequence) or isinstance(images, (str, bytes, bytearray))
-    items = [images] if one or isinstance(images, np.ndarray) else list(images)
-    sources: list[str | bytes] = []
-    for item in items:
-        if isinstance(item, (str, Path)):
-            files, skipped = image_files([item])
-            if skipped:
-                path, why = skipped[0]
-                raise AlexnetError(f"{path} {why}")
-            sources += files
-        else:
-            source = image_source(item)
-            reason = check_image(source, min_size=1)  # before DALI meets bytes from outside
-            if reason:
-                raise AlexnetError(f"image {len(sources) + 1} cannot be used: {reason}")
-            sources.append(source)
-    names = [s if isinstance(s, str) else f"image {i + 1}" for i, s in enumerate(sources)]
-    return sources, names
+    data = item.data
+    if data is None:
+        try:
+            data = Path(item.path).read_bytes()
+        except FileNotFoundError:
+            return None, "does not exist"
+        except PermissionError:
+            return None, "is not readable (permission denied)"
+        except OSError as e:
+            return None, f"is not readable ({e.strerror or e})"
+    reason = check_image(data, min_size=1)  # before DALI meets bytes from outside
+    return (None, reason) if reason else (data, None)
+
+
+def open_image(image: str | Path | bytes) -> Any:
+    """A file (or encoded bytes) as an upright PIL image for drawing: its EXIF orientation
+    applied, as DALI's decoder applies it for the network. Modes are kept (montage.to_rgb
+    scales 16-bit and float images for display)."""
+    from PIL import Image, ImageOps
+
+    source = io.BytesIO(bytes(image)) if isinstance(image, ENCODED) else image
+    with Image.open(source) as im:
+        upright = ImageOps.exif_transpose(im)
+        if upright is im:
+            upright = im.copy()
+        return upright

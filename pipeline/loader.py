@@ -1,10 +1,13 @@
-"""The torch side of the DALI pipelines: `Loader` iterates a pipeline as torch tensors (one
-epoch per pass, sized from the named reader), `QueryCrops` keeps one query pipeline between
-calls, and `check_batch_size` refuses a batch larger than its set."""
+"""The torch side of the DALI pipelines: `Preset` is a run's preprocessing settings, built
+once (model/loaders.preset) and passed to every pipeline; `Loader` iterates a pipeline as
+torch tensors (one epoch per pass, sized from the named reader), `QueryCrops` keeps one
+query pipeline between calls, `shard` says which images a process reads, and
+`check_batch_size` refuses a batch larger than its set."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,6 +15,38 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from .dali import CROP, ONES, QUERY_INPUT, READER, pipe_options, prep_pipeline, query_pipeline
 from .errors import AlexnetError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A run's preprocessing (as torchvision references' presets, timm's data config): what
+    every pipeline of the run takes besides its images and batch size. Built once from the
+    run's statistics and settings (model/loaders.preset); training adds its augmentation."""
+
+    mean: np.ndarray  # the mean image (256x256x3) or channel mean (3), 0-255 units
+    std: np.ndarray = field(default_factory=ONES.copy)  # divides each channel after the mean
+    crop: int = CROP  # the network's input side
+    device: str = "cpu"  # where DALI runs: "cpu" or "gpu"
+    seed: int = 0
+    num_threads: int | None = None  # DALI threads (None: one per CPU)
+
+    def graph(self, batch_size: int, **extra) -> dict:
+        """Keyword arguments of a pipeline of `batch_size` images: the preset's, then `extra`
+        (ten_crop, a shard, the training augmentation)."""
+        return dict(
+            mean=self.mean,
+            std=self.std,
+            device=self.device,
+            crop=self.crop,
+            **pipe_options(self.device, batch_size, self.seed, self.num_threads),
+            **extra,
+        )
+
+
+def shard(n: int, rank: int, size: int) -> slice:
+    """The images [n * rank // size, n * (rank + 1) // size) of `n` that process `rank` of
+    `size` reads: DALI's reader split, which every sharded pass follows."""
+    return slice(n * rank // size, n * (rank + 1) // size)
 
 
 class Loader:
@@ -50,8 +85,8 @@ class Loader:
         if self._size is not None:
             return self._size
         meta = self.pipe.reader_meta(READER)
-        n, shards, shard = meta["epoch_size"], meta["number_of_shards"], meta["shard_id"]
-        return n * (shard + 1) // shards - n * shard // shards
+        mine = shard(meta["epoch_size"], meta["shard_id"], meta["number_of_shards"])
+        return mine.stop - mine.start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         it = iter(self._it)
@@ -87,24 +122,17 @@ class QueryCrops:
 
     def __init__(
         self,
-        mean: np.ndarray,
+        preset: Preset,
         *,
-        std: np.ndarray = ONES,
-        device: str = "cpu",
         torch_device=None,
         batch_size: int,
-        seed: int = 0,
-        num_threads: int | None = None,
         ten_crop: bool = False,
-        crop: int = CROP,
     ):
         self.batch_size = batch_size
         self.torch_device = torch.device(torch_device or "cpu")
         # Depth 1: with deeper queues DALI waits for batches not yet fed.
-        options = pipe_options(device, batch_size, seed, num_threads) | {"prefetch_queue_depth": 1}
-        self._make = lambda: query_pipeline(
-            mean, std=std, device=device, ten_crop=ten_crop, crop=crop, **options
-        )
+        graph = preset.graph(batch_size, ten_crop=ten_crop) | {"prefetch_queue_depth": 1}
+        self._make = lambda: query_pipeline(**graph)
         self._pipe = None
 
     def __call__(self, encoded: Sequence[np.ndarray]) -> torch.Tensor:

@@ -106,3 +106,25 @@ def check_replaceable(paths: RunPaths, manifest: Manifest) -> None:
             "data: prep would replace its manifest and statistics, and the run could not be "
             "resumed or searched again. Use a new {run}, or pass {force} to replace them"
         )
+
+
+def prep_report(run: str | Path) -> dict:
+    """What prep made of RUN, for a face to show: counts, where labels and names came from,
+    the skipped files and the statistics' summary, and the files written."""
+    paths = RunPaths(run)
+    manifest = load_manifest(run, check_files=False)
+    return {
+        "classes": len(manifest.classes),
+        "train": len(manifest.files.positions("train")),
+        "val": len(manifest.files.positions("val")),
+        "layout": manifest.layout,
+        "labels_from": manifest.labels_from,
+        "names_from": manifest.names_from,
+        "class_names": manifest.class_names,
+        "skipped": manifest.skipped,
+        "summary": stats.format_summary(stats.load_stats(run, manifest.fingerprint)),
+        "manifest": paths.manifest,
+        "stats": paths.stats,
+        "stats_summary": paths.stats_summary,
+        "cache": paths.cache_patches,
+    }

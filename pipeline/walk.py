@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from .defaults import MAX_PIXELS, MIN_SIZE
 from .errors import AlexnetError
-from .imagecheck import inspect_all, usable_images
+from .imagecheck import inspect_all
 from .layout import is_run
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -148,35 +147,3 @@ def images_below(
         else:
             usable.append((path, size, mtime))
     return sorted(usable), sorted(walk.skipped, key=lambda s: s["path"])
-
-
-def image_files(
-    paths: Sequence[str | Path], *, check: bool = True
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expand folders to the images below them (sorted) and check that every file decodes.
-
-    Returns the usable files and the (path, reason) of those skipped, so that one bad file in
-    a folder of queries does not stop the others; no usable file at all is an error. With
-    `check` False files are only listed (a caller checks them as it goes: `usable_images`).
-    """
-    files: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            walk = Walk(p)
-            found = [
-                f for f in walk.files_below(str(p)) or [] if Path(f).suffix.lower() in EXTENSIONS
-            ]
-            skipped += [(str(p / s["path"]), s["reason"]) for s in walk.skipped]
-            if not found:
-                skipped.append((str(p), f"holds no images ({', '.join(sorted(EXTENSIONS))})"))
-            files += found
-        elif not p.exists():
-            skipped.append((str(p), "does not exist"))
-        else:
-            files.append(str(p))
-    usable, bad = usable_images(files) if check else (files, [])
-    skipped += bad
-    if not usable:
-        raise AlexnetError("; ".join(f"{p} {why}" for p, why in skipped) or "no query images")
-    return usable, skipped

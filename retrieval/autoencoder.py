@@ -47,7 +47,7 @@ from torch import nn
 from alexnet.model.checkpoint import load_state, save_state
 from alexnet.pipeline.errors import AlexnetError
 
-from .defaults import BITS, MAX_BITS, MIN_BITS
+from .defaults import BITS, bits_problem
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,9 @@ class AutoencoderConfig:
     balance: float = 0.1  # the bit-balance penalty
 
     def __post_init__(self):
-        if self.bits % 8 or not MIN_BITS <= self.bits <= MAX_BITS:
-            raise AlexnetError(
-                f"{{bits}} must be a multiple of 8 between {MIN_BITS} and {MAX_BITS}, "
-                f"got {self.bits}",
-                param="bits",
-            )
+        problem = bits_problem(self.bits)
+        if problem:
+            raise AlexnetError(f"{{bits}} {problem}, got {self.bits}", param="bits")
 
 
 class Binarise(torch.autograd.Function):

@@ -14,8 +14,9 @@
 
 A collection opens itself on first use (`open`): the network, the code encoder, its table
 of files (`table`: paths, codes, ids), FAISS index (or Milvus: `milvus=URI`, remote.py) and
-fc7 features; a stale one is refused (store.problem). Images are paths, folders, encoded
-bytes, PIL images or uint8 HxWx3 arrays, all through the evaluation centre crop. "class" is
+fc7 features; a stale one is refused (store.problem). Images are whatever
+pipeline/images.py takes (paths, folders, encoded bytes, PIL images, uint8 HxWx3 arrays),
+all through the evaluation centre crop. "class" is
 a result's display name, "class_id" its folder name (a gallery image's: None unless its
 folder is named after a class). Opening checks the manifest, not the files behind it: a
 search checks the files it returns, and building an index every file it reads.
@@ -36,6 +37,7 @@ from alexnet.model.inference import load_trained, query_crops
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
+from alexnet.pipeline.images import read_images
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.lock import RunLock
 from alexnet.pipeline.manifest import split_files, verify_files
@@ -59,7 +61,7 @@ from .duplicates import (
     pair_sheets,
 )
 from .evaluate import evaluate_retrieval
-from .features import load_features, query_features, query_items
+from .features import load_features, query_features
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
 from .milvus import milvus_uri
 from .montage import thumbnail
@@ -80,7 +82,7 @@ from .update import barrier, update_gallery, update_training_set
 
 log = logging.getLogger(__name__)
 
-Image = str | Path | bytes | np.ndarray  # or a PIL image
+Image = str | Path | bytes | bytearray | memoryview | np.ndarray  # or a PIL image
 
 
 class Collection:
@@ -262,19 +264,20 @@ class Collection:
     ) -> dict:
         """The k most similar images of the collection to each image, as records.
 
-        Paths name themselves; bytes, arrays and PIL images are named by `names` (default
-        "query N"). `rerank` R > 0 re-orders the R nearest by Hamming distance by float fc7
-        distance. Returns {"query_ms", "k", "rerank", "distance", "bits", "index",
+        Paths name themselves; the other images (pipeline/images.py) are named by `names`
+        (default "image N"). `rerank` R > 0 re-orders the R nearest by Hamming distance by
+        float fc7 distance. Returns {"query_ms", "k", "rerank", "distance", "bits", "index",
         "checkpoint", "queries": [{"query", ("class", "class_id": when the query's folder
         names a class), "results": [{"rank", "id", "path", "class", "class_id", "hamming",
-        "distance"}]}]}. The files returned are checked first (gone or changed: an error).
+        "distance"}]}], "skipped": [{"query", "reason"}] (files that cannot be used, of
+        several)}. The files returned are checked first (gone or changed: an error).
         """
         self.open()
-        items, names = self._queries(images, names, k, rerank)
+        images = self._queries(images, names, k, rerank)
         start = time.perf_counter()
-        rows = list(self._answers(items, names, k, rerank))
+        rows = list(self._answers(images, k, rerank))
         return {
-            "query_ms": 1000 * (time.perf_counter() - start) / max(1, len(items)),
+            "query_ms": 1000 * (time.perf_counter() - start) / max(1, len(rows)),
             "k": k,
             "rerank": rerank,
             "distance": "fc7 euclidean" if rerank else "hamming",
@@ -282,6 +285,7 @@ class Collection:
             "index": self.kind,
             "checkpoint": str(self.trained.checkpoint),
             "queries": rows,
+            "skipped": [{"query": name, "reason": why} for name, why in images.skipped],
         }
 
     def stream(
@@ -293,17 +297,17 @@ class Collection:
         names: Sequence[str] | None = None,
     ) -> Iterator[dict]:
         """search's per-query records ({"query", ("class", "class_id"), "results"}), yielded
-        as each batch of queries is answered: a folder of 10^5 queries prints as it goes."""
+        as each batch of queries is read and answered: a folder of 10^5 queries prints as it
+        goes, in bounded memory. An image that cannot be used is skipped with a warning."""
         self.open()
-        items, names = self._queries(images, names, k, rerank)
-        return self._answers(items, names, k, rerank)
+        return self._answers(self._queries(images, names, k, rerank), k, rerank)
 
-    def _answers(self, items, names, k: int, rerank: int) -> Iterator[dict]:
-        for s in range(0, len(items), QUERY_BATCH):
-            vectors = query_features(self.trained, items[s : s + QUERY_BATCH], crops=self._crops)
+    def _answers(self, images, k: int, rerank: int) -> Iterator[dict]:
+        for names, encoded in images.batches(QUERY_BATCH):
+            vectors = query_features(self.trained, encoded, crops=self._crops)
             codes = self.autoencoder.encode(vectors)
             D, I = self.neighbours(vectors, k, rerank, codes)
-            for q, name in enumerate(names[s : s + QUERY_BATCH]):
+            for q, name in enumerate(names):
                 found = I[q] >= 0  # an approximate index may find fewer than k
                 at = self.table.positions(I[q][found])
                 ham = hamming(codes[q : q + 1], self.table.codes[at])[0]
@@ -348,16 +352,16 @@ class Collection:
             I = np.where(at >= 0, self.table.rows[np.maximum(at, 0)], -1)
         return (D, I) if rerank_top <= 0 else rerank(self.features, vectors, I, k)
 
-    def _queries(self, images, names, k: int, rerank: int) -> tuple[list, list[str]]:
-        """The images as query_features reads them, and their names, once k and rerank are
-        known to be valid (so that nothing is computed for a search that cannot be made)."""
+    def _queries(self, images, names, k: int, rerank: int):
+        """The images, listed (pipeline/images.py), once k and rerank are known to be valid
+        (so that nothing is read for a search that cannot be made)."""
         self._check_k(k)
         if rerank < 0:
             raise AlexnetError(
                 f"{{rerank}}: the re-rank shortlist must be 0 (off) or more, got {rerank}",
                 param="rerank",
             )
-        return query_items(images, names)
+        return read_images(images, names)
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= len(self):

@@ -15,3 +15,10 @@ SEARCH_RERANK = 0  # search: re-rank shortlist length; 0 keeps the Hamming order
 EVAL_RERANK = 100  # eval-retrieval: shortlist of the "hamming+rerank" mode
 PIXEL_SIZE = 32  # eval-retrieval: side of the raw-pixel baseline's vectors
 DUPLICATE_FC7 = 0.075  # duplicates: relative fc7 distance that confirms a pair (duplicates.py)
+
+
+def bits_problem(bits: int) -> str | None:
+    """Why `bits` cannot be a code length (codes are packed into bytes), or None."""
+    if bits % 8 or not MIN_BITS <= bits <= MAX_BITS:
+        return f"must be a multiple of 8 from {MIN_BITS} to {MAX_BITS}"
+    return None

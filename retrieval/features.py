@@ -6,8 +6,9 @@ through the evaluation pipeline's centre crop (pipeline.dali.eval_pipeline, ten_
 `extract_rows`, the one extractor, and its fc7 vector is written as float16 to a row of
 FOLDER/features.f16.npy, a memory-mapped .npy file: memory stays one batch whatever the
 collection's size. Query images are decoded by the same graph from their bytes
-(`query_features`), so an indexed image used as a query gets its own vector back; a search
-keeps that query pipeline between calls (`query_crops`).
+(`query_features`) and every vector comes from one function with one rounding rule
+(TrainedRun.fc7), so an indexed image used as a query gets its own stored vector back; a
+search keeps that query pipeline between calls (`query_crops`).
 
 Completion protocol: rows are written in place past the rows already complete (the file grows
 in place: numpy pads the .npy header for growth along the first axis, so the header is
@@ -29,25 +30,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.model.distributed import World, autocast
-from alexnet.model.inference import TrainedRun, encoded, query_crops
-from alexnet.pipeline.dali import cached_eval_pipeline, eval_pipeline, pipe_options
+from alexnet.model.distributed import World
+from alexnet.model.inference import FC7_DIM, TrainedRun, encoded, query_crops
+from alexnet.pipeline.dali import cached_eval_pipeline, eval_pipeline
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import file_identity, read_json, write_json
-from alexnet.pipeline.imagecheck import check_image
 from alexnet.pipeline.layout import IndexPaths
-from alexnet.pipeline.loader import Loader, QueryCrops
-from alexnet.pipeline.walk import image_files
+from alexnet.pipeline.loader import Loader, QueryCrops, shard
 
 from .defaults import FEATURE_BATCH, QUERY_BATCH
 
 log = logging.getLogger(__name__)
 
-DIM = 4096
+DIM = FC7_DIM
 BLOCK = 8192  # rows per block when streaming features: 64 MB of float16 4096-d vectors
 FEATURES_VERSION = 1
 ROW_BYTES = DIM * 2  # one float16 fc7 vector
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def source_identity(trained: TrainedRun) -> dict:
@@ -59,20 +57,10 @@ def source_identity(trained: TrainedRun) -> dict:
 
 
 def fc7_batches(trained: TrainedRun, batches: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
-    """float32 (batch, 4096) fc7 vectors of each batch of 224x224 crops, in order."""
-    device = trained.world.device
-    with torch.inference_mode():
-        for x in batches:
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                h = trained.model.fc7(x)
-            yield h.float().cpu().numpy()
-
-
-def to_float16(x: np.ndarray) -> np.ndarray:
-    """The stored precision; queries are rounded the same way so that they match the database."""
-    return np.clip(x, -FLOAT16_MAX, FLOAT16_MAX).astype(np.float16)
+    """float32 (batch, 4096) fc7 vectors of each batch of crops, in order, rounded as stored
+    (TrainedRun.fc7: one rule for every image)."""
+    for x in batches:
+        yield trained.fc7(x)
 
 
 # --- the feature file: rows written in place, completed by a sidecar ----------------------
@@ -154,17 +142,11 @@ def extract_rows(
     from tqdm import tqdm
 
     n = len(files)
-    begin, end = n * world.rank // world.size, n * (world.rank + 1) // world.size
+    mine = shard(n, world.rank, world.size)
+    begin, end = mine.start, mine.stop
     if end == begin:
         return
-    device, config = world.dali_device, trained.config
-    graph = dict(
-        mean=trained.stats.mean(config.mean),
-        std=trained.stats.std(config.input_scale),
-        device=device,
-        crop=config.crop,
-        **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
-    )
+    graph = trained.preset.graph(min(batch_size, end - begin))
     if patches is None:
         pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
         loader = Loader(pipe, torch_device=world.device)
@@ -175,21 +157,17 @@ def extract_rows(
         loader = Loader(pipe, torch_device=world.device, size=end - begin)
     sizes = []
 
-    def padded():
-        # The network always sees batch_size images (the last batch padded by repeating its
-        # last image): the arithmetic of a batch depends on its size, so this makes each
-        # image's vector the same whichever batch, update or shard it was extracted in.
+    def batches():
         for x, _ in loader:
-            if not len(x):  # a shard's padding, cut off by the Loader
-                continue
-            sizes.append(len(x))
-            yield torch.cat([x, x[-1:].expand(batch_size - len(x), *x.shape[1:])])
+            if len(x):  # not a shard's padding, cut off by the Loader
+                sizes.append(len(x))
+                yield x
 
     out = np.load(features, mmap_mode="r+")
     row = first_row + begin
     with tqdm(total=end - begin, desc="fc7 features", unit="img", disable=not progress) as bar:
-        for h, k in zip(fc7_batches(trained, padded()), sizes, strict=True):
-            out[row : row + k] = to_float16(h[:k])
+        for h, k in zip(fc7_batches(trained, batches()), sizes, strict=True):
+            out[row : row + k] = h
             row += k
             bar.update(k)
     out.flush()
@@ -259,7 +237,7 @@ def read_rows(features: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def query_features(
     trained: TrainedRun,
-    images: Sequence[str | bytes],
+    images: Sequence[str | bytes | np.ndarray],
     *,
     crops: QueryCrops | None = None,
     crop: int | None = None,
@@ -268,12 +246,13 @@ def query_features(
 ) -> np.ndarray:
     """float32 (len(images), 4096) fc7 vectors through the evaluation centre crop, batched.
 
-    Each image is a file path or the encoded bytes of one (JPEG, PNG, BMP). `crops` is a kept
+    Each image is a file path or the encoded bytes of one (JPEG, PNG, BMP; as bytes or as a
+    uint8 array: Images.batches, pipeline/images.py, reads a user's images). `crops` is a kept
     query pipeline (query_crops); without one a pipeline of `batch_size` is built for this
     call. `crop` picks one of the ten evaluation crops instead of the centre one (5 positions,
-    centre last, then their mirrors: 9 is the mirrored centre). Rounded through float16 like
-    the stored features, so a training image queried against the database finds its own
-    vector exactly (up to the batch's arithmetic).
+    centre last, then their mirrors: 9 is the mirrored centre). Rounded as the stored features
+    are (TrainedRun.fc7), so a training image queried against the database finds its own
+    stored vector, bit for bit.
     """
     from tqdm import tqdm
 
@@ -287,62 +266,13 @@ def query_features(
         x = crops([encoded(item) for item in images[s : s + step]])
         return x[:, crop] if ten else x
 
-    out = [
-        to_float16(h)
-        for h in tqdm(
+    out = list(
+        tqdm(
             fc7_batches(trained, map(batch, range(0, len(images), step))),
             desc="query fc7",
             unit="batch",
             total=-(-len(images) // step),
             disable=not progress,
         )
-    ]
-    return np.concatenate(out).astype(np.float32)
-
-
-def query_items(
-    images: Sequence, names: Sequence[str] | None = None
-) -> tuple[list[str | bytes], list[str]]:
-    """Images (paths, folders: the images below them, encoded bytes, PIL images, uint8 HxWx3
-    arrays) as what query_features reads, paths or bytes, and their names (paths name
-    themselves; the others `names`, default "query N"). Bytes that do not decode are refused:
-    they come from outside (uploads), so PIL says what is wrong before DALI meets them."""
-    if isinstance(images, (str, Path, bytes, bytearray)) or not isinstance(images, Sequence):
-        images = [images]  # one image (a PIL image or an array is no Sequence)
-    items = []
-    for image in images:
-        if isinstance(image, (str, Path)) and Path(image).is_dir():
-            items += image_files([image], check=False)[0]
-        else:
-            items.append(encoded_image(image))
-    if names is None:
-        names = [q if isinstance(q, str) else f"query {i + 1}" for i, q in enumerate(items)]
-    for item, name in zip(items, names, strict=True):
-        reason = check_image(item, min_size=1) if isinstance(item, bytes) else None
-        if reason:
-            raise AlexnetError(f"{name} cannot be used as a query: {reason}")
-    return items, list(names)
-
-
-def encoded_image(image) -> str | bytes:
-    """An image as something the query pipeline reads: a path, or encoded bytes (arrays and
-    PIL images are saved as PNG: lossless, so they decode to the same pixels)."""
-    if isinstance(image, bytes):
-        return image
-    if isinstance(image, (str, Path)):
-        return str(image)
-    if isinstance(image, np.ndarray):
-        from PIL import Image as PIL
-
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise AlexnetError(
-                f"an image array must be uint8 HxWx3, got {image.dtype} {image.shape}"
-            )
-        image = PIL.fromarray(image)
-    if hasattr(image, "save"):  # a PIL image
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="PNG")
-        return buf.getvalue()
-    raise AlexnetError(
-        f"an image is a path, bytes, a PIL image or a uint8 array, got {type(image).__name__}"
     )
+    return np.concatenate(out)

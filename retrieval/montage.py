@@ -2,9 +2,10 @@
 and the thumbnails of single images the search page shows.
 
 Each tile is the image's centre square scaled to `tile` pixels (what the network saw, up to
-the 224 crop), captioned with its class and distance; the query tile has a blue frame, the
-results a green one when they have the query's class, a red one when not, and a grey one
-when the query's class is unknown.
+the 224 crop, and upright as the network saw it: pipeline/images.open_image), captioned with
+its class and distance; the query tile has a blue frame, the results a green one when they
+have the query's class, a red one when not, and a grey one when the query's class is
+unknown.
 
 Images of more than 8 bits (16-bit PNGs, float TIFFs) are scaled to 0-255, not clipped to
 white; captions are drawn with a font that has CJK glyphs when the machine has one (Debian's
@@ -24,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
+from alexnet.pipeline.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def centre_square(path: str, side: int) -> Image.Image:
-    """The centre square scaled to `side` pixels, in RGB (what the network saw, up to the crop)."""
-    with Image.open(path) as im:
-        return ImageOps.fit(to_rgb(im), (side, side), Image.Resampling.BILINEAR)
+    """The centre square scaled to `side` pixels, in RGB (what the network saw, up to the
+    crop), upright: its EXIF orientation applied as the network's decoder applies it."""
+    return ImageOps.fit(to_rgb(open_image(path)), (side, side), Image.Resampling.BILINEAR)
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""Search results and duplicate pairs as flat rows, for spreadsheets and scripts (CSV).
+"""Search results and duplicate pairs as flat rows, for spreadsheets and scripts (CSV), and
+search results as the text table `alexnet search` prints.
 
 One row per result: query, rank, result, class, class_id, hamming, distance; one row per
 duplicate pair: group, a, b, hamming, fc7, mirrored. The same records the JSON output holds,
@@ -8,6 +9,7 @@ flattened; written atomically with Python's csv module (UTF-8, any file name's s
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from alexnet.pipeline.files import atomic_write
@@ -57,3 +59,27 @@ def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> P
             out.writerows(rows)
 
     return atomic_write(path, write)
+
+
+def search_table(result: dict, root: str | None) -> str:
+    """The results as aligned text: a header saying what answered, then a table per query;
+    paths relative to `root` (the dataset) when given."""
+    rerank = result["rerank"]
+    lines = [
+        f"{result['checkpoint']}, {result['bits']}-bit codes, {result['index']} index"
+        + (f", fc7 re-rank of the top {rerank}" if rerank else "")
+        + f"; {result['query_ms']:.0f} ms per query"
+    ]
+    for row in result["queries"]:
+        rows = row["results"]
+        width = max((len(r["class"] or "") for r in rows), default=5)
+        known = f" ({row['class']})" if "class" in row else ""
+        lines += ["", f"query: {row['query']}{known}"]
+        fc7 = f"{'fc7 L2':>9}" if rerank else ""
+        lines.append(f"{'rank':>4} {'bits':>5}{fc7}  {'class':{width}}  path")
+        for r in rows:
+            path = os.path.relpath(r["path"], root) if root else r["path"]
+            dist = f"{r['distance']:9.3f}" if rerank else ""
+            label = r["class"] or ""  # a gallery image outside the run's classes
+            lines.append(f"{r['rank']:4d} {r['hamming']:5d}{dist}  {label:{width}}  {path}")
+    return "\n".join(lines)

@@ -110,7 +110,7 @@ def test_images_are_paths_folders_bytes_pil_images_and_arrays(run, photos):
         pil = im.convert("RGB")
     expected = train.search([path], k=3)["queries"][0]["results"]
     answers = train.search([path.read_bytes(), pil, np.asarray(pil)], k=3)["queries"]
-    assert [a["query"] for a in answers] == ["query 1", "query 2", "query 3"]
+    assert [a["query"] for a in answers] == ["image 1", "image 2", "image 3"]
     assert answers[0]["results"] == expected  # the same bytes
     assert answers[1]["results"] == answers[2]["results"]  # the same pixels, losslessly
     folder = train.search([photos / "holiday"], k=3)["queries"]

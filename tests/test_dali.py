@@ -21,7 +21,7 @@ from alexnet.pipeline.dali import (
     prep_pipeline,
     train_pipeline,
 )
-from alexnet.pipeline.loader import Loader, QueryCrops
+from alexnet.pipeline.loader import Loader, Preset, QueryCrops
 
 ATOL = 1e-3
 DEBUG_OUTPUTS = ("images", "labels", "offset", "mirror", "alpha")
@@ -226,7 +226,7 @@ def test_eval_ten_crops_are_corners_centre_and_mirrors(files, patches, mode):
 def test_query_crops_are_the_eval_centre_crops_call_after_call(files, patches):
     """One pipeline fed again and again (as a server does), a bad image in between."""
     mean = MEANS["image"]
-    crops = QueryCrops(mean, batch_size=3, num_threads=2)
+    crops = QueryCrops(Preset(mean, num_threads=2), batch_size=3)
     c = MAX_OFFSET // 2
     for chunk in ([0], [3, 1, 2], [4]):
         out = crops([np.fromfile(files[i], np.uint8) for i in chunk]).numpy()

@@ -337,14 +337,17 @@ def test_every_missing_path_is_one_line(command, name, quick_run, tmp_path):
 def test_one_bad_file_in_a_query_folder_is_skipped_and_reported(tmp_path):
     from retrieval_fixtures import CLASSES
 
-    from alexnet.pipeline.walk import image_files
+    from alexnet.pipeline.images import read_images
 
     folder = make_images(tmp_path / "queries", train=1, val=None, names=CLASSES)
     (folder / "red" / "broken.jpg").write_bytes(b"not a jpeg")
-    files, skipped = image_files([folder, tmp_path / "missing.jpg"])
-    assert len(files) == 3 and all(Path(f).name == "0.jpg" for f in files)
-    assert [Path(p).name for p, _ in skipped] == ["missing.jpg", "broken.jpg"]
-    assert "does not exist" in skipped[0][1] and "not an image" in skipped[1][1]
+    images = read_images([folder, tmp_path / "missing.jpg"])
+    names = [name for batch, _ in images.batches(2) for name in batch]
+    assert len(names) == 3 and all(Path(f).name == "0.jpg" for f in names)
+    assert [Path(p).name for p, _ in images.skipped] == ["broken.jpg", "missing.jpg"]
+    assert "not an image" in images.skipped[0][1] and "does not exist" in images.skipped[1][1]
+    with pytest.raises(AlexnetError, match=r"missing.jpg cannot be used: does not exist"):
+        list(read_images(tmp_path / "missing.jpg").batches(2))  # alone: an error
 
 
 @pytest.fixture(scope="module")

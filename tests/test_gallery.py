@@ -8,6 +8,7 @@ updates); the photos are real ones from imagenette-mini, copied into a temporary
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -217,17 +218,17 @@ def test_a_stale_or_unknown_gallery_is_refused_with_one_line(run, real_jpegs, tm
 
 
 def test_jsonl_streams_one_line_per_query_as_batches_complete(
-    run, real_jpegs, tmp_path, monkeypatch
+    run, real_jpegs, tmp_path, monkeypatch, caplog
 ):
     folder = photos(tmp_path / "photos", real_jpegs[:5])
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "lines")
     queries = tmp_path / "queries"
     photos(queries, real_jpegs[5:12])
     (queries / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
-    out = CliRunner().invoke(
-        cli, ["search", str(queries), "--run", str(run), "--gallery", "lines", "-k", "2", "--jsonl"]
-    )
-    assert out.exit_code == 0 and "broken.jpg cannot be used as a query" in out.stderr
+    with caplog.at_level(logging.WARNING, logger="alexnet"):  # the skipped image, logged
+        args = ["search", str(queries), "--run", str(run), "--gallery", "lines", "-k", "2"]
+        out = CliRunner().invoke(cli, [*args, "--jsonl"])
+    assert out.exit_code == 0 and "broken.jpg cannot be used" in caplog.text
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 7 and len({r["query"] for r in rows}) == 7
     assert all(len(r["results"]) == 2 for r in rows)

@@ -66,7 +66,7 @@ def test_binarise_is_a_threshold_with_the_sigmoid_gradient():
 
 @pytest.mark.parametrize("bits", [0, 12, 24, 260, 512])
 def test_bad_code_lengths_are_refused(bits):
-    with pytest.raises(AlexnetError, match="multiple of 8 between 32 and 256"):
+    with pytest.raises(AlexnetError, match="multiple of 8 from 32 to 256"):
         AutoencoderConfig(bits=bits)
 
 

@@ -29,8 +29,7 @@ from retrieval_fixtures import indexed_run
 
 from alexnet import collection
 from alexnet.cli.main import cli
-from alexnet.cli.search import listen
-from alexnet.cli.web import create_app
+from alexnet.cli.web import create_app, listen
 from alexnet.pipeline.layout import RunPaths
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -142,7 +141,7 @@ def test_a_bad_upload_is_400_saying_why_and_the_server_keeps_serving(
         content = buf.getvalue()
     reply = upload(client, content, name="bad.jpg")
     assert reply.status_code == 400
-    assert reply.json()["error"].startswith(f"bad.jpg cannot be used as a query: {reason}")
+    assert reply.json()["error"].startswith(f"bad.jpg cannot be used: {reason}")
     assert upload(client, files[0], k=1).status_code == 200
 
 

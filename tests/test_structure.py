@@ -191,3 +191,11 @@ def test_the_collection_check_finds_a_collection_read(tmp_path):
         "x.py imports alexnet.retrieval.collection",
         "x.py imports alexnet.retrieval.collection.Collection",
     ]
+def test_the_faces_are_thin():
+    """The commands parse, call the library and print: no cli/ module grows past 300 lines,
+    and none reads images itself (pipeline/images.py is the one way in)."""
+    for path in sources("cli"):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 300, path.name
+        readers = {"alexnet.pipeline.walk", "alexnet.pipeline.imagecheck", "PIL"}
+        assert "Image.open" not in text and not readers & imports(path), path.name
