@@ -23,6 +23,7 @@ search checks the files it returns, and building an index every file it reads.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -33,22 +34,23 @@ import numpy as np
 
 from alexnet.model.distributed import setup_world
 from alexnet.model.inference import load_trained, query_crops
+from alexnet.model.metrics import read_metrics
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.manifest import verify_files
 
+from . import remote
 from .codes import load_encoder
 from .compact import compact_gallery, needs_compaction
 from .defaults import APPROX_THRESHOLD, FEATURE_BATCH, QUERY_BATCH, SEARCH_RERANK, K
 from .duplicates import find_duplicates, find_in
 from .evaluate import evaluate_retrieval, write_result
-from .features import load_features, query_features, query_items
+from .features import load_features, query_features, query_items, source_identity
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
 from .milvus import milvus_uri
 from .montage import thumbnail
 from .reference_index import index_from_photos
-from .remote import describe, remote_codes, sync
 from .store import (
     Table,
     class_of,
@@ -135,8 +137,18 @@ class Collection:
             self.index = build_index(self.table.codes, kind="flat")
         self.fast = to_device(self.index)  # the GPU copy where there is a GPU
         self.trained = trained
-        self.remote = remote_codes(self, self.milvus) if self.milvus else None
+        self.remote = self._remote() if self.milvus else None
         return self
+
+    def _remote(self):
+        """The Milvus collection of these codes (remote.py), searched as the local index is."""
+        index = self.index
+        probe = (index.nprobe, index.nlist) if hasattr(index, "nprobe") else None
+        network = json.dumps(source_identity(self.trained)["checkpoint"], sort_keys=True)
+        root = str(self.run.root.resolve())
+        codes = remote.remote_codes(self.milvus, root, self.name, self.bits, network, probe)
+        log.info("codes in Milvus collection %s: %s", codes.name, codes.describe())
+        return codes
 
     def __len__(self) -> int:
         return len(self.open().table)
@@ -232,7 +244,16 @@ class Collection:
         return self._synced(out)
 
     def _synced(self, record: dict) -> dict:  # and what the update changed in Milvus
-        return {**record, **sync(self.open(), self.remote)} if record and self.milvus else record
+        if not (record and self.milvus):
+            return record
+        t = self.open().table
+
+        def records(at: np.ndarray) -> tuple[list[str], list[str]]:
+            classes = [h["class_id"] or "" for h in t.hits(at, self.trained)]
+            return [str(t.paths[i]) for i in at], classes
+
+        digests = remote.digests(t.codes, t.sizes, t.mtimes)
+        return {**record, **remote.sync(self.remote, t.rows, t.codes, digests, records)}
 
     # --- searching -------------------------------------------------------------------------
 
@@ -370,8 +391,26 @@ class Collection:
         return thumbnail(source, self.run.thumb(key, id))
 
     def describe(self) -> dict:
-        """What a face shows about the collection (remote.describe)."""
-        return describe(self.open())
+        """What a face shows about the collection: the run, its classes, the number of images,
+        the code length and index kind (or the Milvus collection and its index), the
+        checkpoint, its epoch and that epoch's validation top-1 error (None when
+        RUN/metrics.jsonl has no line for it)."""
+        trained = self.open().trained
+        errors = {m["epoch"]: m.get("top1_error") for m in read_metrics(self.run.root)}
+        index = self.kind if self.remote is None else f"milvus {self.remote.name}"
+        return {
+            "run": str(self.run),
+            "collection": self.name,
+            "classes": trained.classes,
+            "count": len(self),
+            "bits": self.bits,
+            "index": index,
+            "nprobe": getattr(self.remote or self.index, "nprobe", None),  # None: exact
+            **({} if self.remote is None else {"milvus_index": self.remote.describe()}),
+            "checkpoint": str(trained.checkpoint),
+            "epoch": trained.epoch,
+            "top1_error": errors.get(trained.epoch),
+        }
 
     def duplicates(self, *, against: Collection | None = None, **options) -> dict:
         """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates); with
