@@ -13,7 +13,6 @@ import time
 import faiss
 import numpy as np
 import pytest
-
 from milvus_servers import BACKENDS, milvus_uri
 
 from alexnet.pipeline.errors import AlexnetError
