@@ -158,8 +158,9 @@ def print_compacted(c: dict, asked: bool) -> None:
 def print_index(meta: dict) -> None:
     r = meta["autoencoder_report"]
     mse = r["reconstruction_mse"]
+    probe = f" (nprobe {meta['nprobe']} of {meta['lists']} lists)" if "nprobe" in meta else ""
     click.echo(
-        f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit "
+        f"{meta['kind']} index{probe} of {meta['count']} images, {meta['bits']}-bit "
         f"{meta.get('code_method', 'autoencoder')} codes ({meta['bits'] // 8} bytes per "
         f"image), recall@10 {meta['recall_at_10']:.3f}; "
         + ("" if mse is None else f"reconstruction MSE {mse:.4f} (standardised), ")

@@ -13,11 +13,14 @@ search returns (D, I) as faiss does: int32 Hamming distances and int64 ids, best
   refusing one made with other `bits` or another network (`network` is the caller's string
   that identifies the network and autoencoder which made the codes). Schema: id INT64 (the
   collection's row id, primary key), code BINARY_VECTOR(bits), path, class, digest VARCHAR.
-  Index: BIN_IVF_FLAT with HAMMING on a server (IVF_LISTS lists, IVF_NPROBE probed: the same
-  algorithm and shares as the local IVF index), BIN_FLAT (exact) where that is all the backend
-  has (Milvus Lite), said in a log line.
-  Methods: `upsert`, `delete`, `ids`, `digests`, `records`, `search` (k nearest), `range_search`
-  (all codes closer than a radius, faiss's (lims, D, I)), `count`, `drop`.
+  Index: BIN_IVF_FLAT with HAMMING on a server (IVF_LISTS lists: the same algorithm as the
+  local IVF index), searched with the share of its lists that the local index searches of its
+  own (`probe`: the local nprobe, chosen for recall at build; all lists, exact, for a local
+  flat index); BIN_FLAT (exact) where that is all the backend has (Milvus Lite), said in a
+  log line. Writes go column by column in batches of WRITE_BYTES.
+  Methods: `insert` (new ids), `upsert`, `delete`, `flush`, `describe` (the index in words),
+  `ids`, `digests`, `records`, `search` (k nearest), `range_search` (all codes closer than a
+  radius, faiss's (lims, D, I)), `count`, `drop`.
 
 Every pymilvus failure (server down, wrong URI, refused request) becomes one AlexnetError
 line; messages name the caller's `milvus` parameter (the URI). pymilvus's own log lines,

@@ -68,7 +68,7 @@ from .features import (
     mark_complete,
     source_identity,
 )
-from .index import auto_kind, build_index, index_kind, measure_recall, save_index
+from .index import auto_kind, build_index, index_kind, ivf_settings, measure_recall, save_index
 from .store import VERSION, Table, identities, live_paths, problem, read_record
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,7 @@ def _training_set(
         "bits": int(codes.shape[1] * 8),
         "build_seconds": round(time.perf_counter() - start, 3),
         "recall_at_10": 1.0 if kind == "flat" else measure_recall(index, codes),
+        **ivf_settings(index),
         "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
         "code_method": model.method,
         "code_settings": C.settings(model),
