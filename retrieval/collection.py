@@ -416,7 +416,14 @@ class Collection:
         """Near-duplicate groups, written to FOLDER/duplicates.json (find_duplicates); with
         `against` (another collection of the run): this one's images found in it (find_in)."""
         if against is not None:
-            return find_in(self.open(), against.open(trained=self.trained), **options)
+            other = against.open(trained=self.open().trained)
+            if other.remote is not None and other.remote.count() != len(other):
+                raise AlexnetError(
+                    f"Milvus collection {other.remote.name} does not hold the codes of {other}"
+                    f" ({other.remote.count()} of {len(other)}): "
+                    f"{refresh(other.run, other.name, other.record)} and {{milvus}}"
+                )
+            return find_in(self, other, remote=other.remote, **options)
         return find_duplicates(self.open(), remote=self.remote, **options)
 
     def evaluate(self, **options) -> dict:

@@ -85,6 +85,19 @@ def close_codes(
     return pairs[order], dists[order]
 
 
+def range_search(remote, table):
+    """The range search of `remote` (a MilvusCodes holding `table`'s codes) answering with
+    positions in the table, as FAISS's does; None (FAISS) without one."""
+    if remote is None:
+        return None
+
+    def search(queries, radius):
+        lims, D, ids = remote.range_search(queries, radius)  # Milvus answers with ids
+        return lims, D, table.positions(ids)
+
+    return search
+
+
 def candidate_pairs(
     codes: np.ndarray, max_distance: int, range_search=None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -172,14 +185,7 @@ def find_duplicates(
     table, paths = c.table, c.paths
     bits = table.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
-    search = None
-    if remote is not None:  # Milvus answers with ids: positions in the table, as FAISS's
-
-        def search(queries, radius):
-            lims, D, ids = remote.range_search(queries, radius)
-            return lims, D, table.positions(ids)
-
-    pairs, hams = candidate_pairs(table.codes, max_distance, search)
+    pairs, hams = candidate_pairs(table.codes, max_distance, range_search(remote, table))
     rel, mirrored = confirm(c, c, pairs, max_fc7, mirrors, progress)
     confirmed = rel <= max_fc7
     groups = []
@@ -246,9 +252,11 @@ def find_in(
     mirrors: bool = True,
     sheets: bool = True,
     progress: bool = True,
+    remote=None,
 ) -> dict:
     """The images of collection `c` that already exist in collection `other` (both open, of
-    one run): each image's codes range-searched in `other`'s (FAISS), confirmed by fc7 as
+    one run): each image's codes range-searched in `other`'s (FAISS, or Milvus's range search
+    when `remote`, `other`'s MilvusCodes, serves them), confirmed by fc7 as
     find_duplicates does; `other` is not compared with itself. Written to
     FOLDER/against-OTHER.json with contact sheets of SHEET_PAIRS pairs each; returns that
     report: {"gallery", "against", "images", "against_images", "bits", "max_distance",
@@ -263,7 +271,8 @@ def find_in(
         raise AlexnetError(f"{c} and {other} have codes of different lengths: index them again")
     bits = c.table.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
-    pairs, hams = close_codes(c.table.codes, other.table.codes, max_distance)
+    search = range_search(remote, other.table)
+    pairs, hams = close_codes(c.table.codes, other.table.codes, max_distance, search)
     rel, mirrored = confirm(c, other, pairs, max_fc7, mirrors, progress)
     found = [
         {

@@ -84,6 +84,19 @@ def test_a_gallery_update_and_duplicates_through_milvus(run, tmp_path, db):
     remote = invoke("duplicates", "--run", run, "--gallery", "p", "--milvus", db).output
     assert local.splitlines()[-1].split("written")[0] == remote.splitlines()[-1].split("written")[0]
 
+    # another gallery's photos found in "p", whose codes Milvus range-searches
+    shutil.copytree(run.parent / "data" / "red", tmp_path / "new" / "red")
+    invoke("index", "--run", run, "--images", tmp_path / "new", "--name", "q")  # local only
+    args = ("duplicates", "--run", run, "--gallery", "q", "--against", "p")
+    local, remote = invoke(*args).stdout, invoke(*args, "--milvus", db).stdout
+    assert "5 of 6 images of q found in p" in local  # red/0.jpg was removed from p
+    pairs = [[line for line in out.splitlines() if " -> " in line] for out in (local, remote)]
+    assert pairs[0] == pairs[1] and len(pairs[0]) == 5
+    assert local.splitlines()[-1].split("written")[0] == remote.splitlines()[-1].split("written")[0]
+    refused = invoke("duplicates", "--run", run, "--gallery", "p", "--against", "q",
+                     "--milvus", db, code=2).output  # fmt: skip
+    assert "does not hold the codes of gallery q" in refused and "(0 of 6)" in refused
+
 
 def test_milvus_collections_of_another_network_or_an_unreachable_server_are_refused(run, tmp_path):
     bad = invoke("search", run.parent / "data" / "red" / "0.jpg", "--run", run,
