@@ -141,7 +141,8 @@ def measure(client, server, kind: str, codes: np.ndarray, queries: np.ndarray) -
 
     def records(at: np.ndarray) -> tuple[list[str], list[str]]:
         wnids = [f"n{1440764 + i % 1000:08d}" for i in at]
-        return [f"/data/imagenet/train/{w}/{w}_{i}.JPEG" for w, i in zip(wnids, at, strict=True)], wnids
+        paths = [f"/data/imagenet/train/{w}/{w}_{i}.JPEG" for w, i in zip(wnids, at, strict=True)]
+        return paths, wnids
 
     done = remote.sync(store, ids, codes, digests, records)
     loaded = time.perf_counter() - start
