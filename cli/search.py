@@ -115,6 +115,7 @@ def index_command(
             images,
             bits=bits if given(ctx, "bits") else None,  # the training set's: refused here
             codes=codes if given(ctx, "codes") else None,
+            approx_threshold=approx_threshold,
             batch_size=batch_size,
             progress=progress(ctx),
             compact=compact,
@@ -125,7 +126,9 @@ def index_command(
             click.echo(
                 f"gallery {name}: {g['count']} images ({g['added']} added, {g['updated']} "
                 f"updated, {g['removed']} removed, {len(g['skipped'])} skipped); {g['bits']}-bit "
-                f"codes; written: {g['path']}"
+                f"codes; {g['kind']} index"
+                + (f" (nprobe {g['nprobe']} of {g['lists']} lists)" if "nprobe" in g else "")
+                + f"; written: {g['path']}"
             )
         if g.get("compacted"):
             print_compacted(g["compacted"], compact)

@@ -134,7 +134,11 @@ class Collection:
             self.index = load_index(self.paths.index)
         else:
             self.table = Table.load(self.paths.entries(record["generation"]))
-            self.index = build_index(self.table.codes, kind="flat")
+            self.index = (  # the IVF index above the threshold (update.py), else flat
+                load_index(self.paths.folder / record["index"])
+                if record.get("index")
+                else build_index(self.table.codes, kind="flat")
+            )
         self.fast = to_device(self.index)  # the GPU copy where there is a GPU
         self.trained = trained
         self.remote = self._remote() if self.milvus else None
@@ -182,8 +186,8 @@ class Collection:
     ) -> dict:
         """Build the collection, or bring it up to date (update.py); returns its record with
         "path" (a gallery's also "added", "updated", "removed"). The training set: `bits` and
-        `codes` (codes.py's methods) None keep the codes' width and method; IVF index above
-        `approx_threshold` images. A gallery: the images below `folder` (default: its own),
+        `codes` (codes.py's methods) None keep the codes' width and method. Either: an IVF index
+        above `approx_threshold` images. A gallery: the images below `folder` (default: its own),
         coded with the training set's encoder; `min_size`, `max_pixels` as prep's; `compact`
         (compact.py). Under torchrun every process calls this (the others return {})."""
         world, self.trained, _ = setup_world(), None, self.__dict__.pop("_crops", None)
@@ -237,6 +241,7 @@ class Collection:
             min_size=min_size,
             max_pixels=max_pixels,
             progress=progress,
+            approx_threshold=approx_threshold,
         )
         out = {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
         if record and (compact or needs_compaction(record)):  # adds "compacted"
