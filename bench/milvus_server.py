@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kinds", nargs="+", default=["structured", "random"])
+    parser.add_argument(
+        "--row-wise", type=int, default=100_000, help="codes sent the former way (0: skip)"
+    )
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -110,6 +113,8 @@ def main() -> None:
                     codes = structured_codes(rng, args.size, centres, planes)
                     queries = structured_codes(rng, args.queries, centres, planes)
                 measure(client, server, kind, codes, queries)
+                if args.row_wise:
+                    row_wise(client, codes[: args.row_wise])
         finally:
             stop(server)
 
@@ -158,6 +163,28 @@ def measure(client, server, kind: str, codes: np.ndarray, queries: np.ndarray) -
         what = "tuned share" if nprobe != OLD_NPROBE else "former default"
         row(f"Milvus {store.lists}/{nprobe} ({what}), {kind}", n, loaded, server_mb(server),
             p50, p99, recall(D, I, exact_D))  # fmt: skip
+    store.drop()
+
+
+def row_wise(client, codes: np.ndarray) -> None:
+    """The former load, for comparison: lists of row dicts, 5000 a request (pymilvus packs
+    each row's values one by one), into a collection of its own; then the same flush."""
+    name = milvus.collection_name("bench-rows", str(len(codes)))
+    store = milvus.MilvusCodes(client, name, 64, "bench")
+    ids = np.arange(len(codes))
+    digests = remote.digests(codes, 100_000 + ids % 50_000, 1_700_000_000_000_000_000 + ids)
+    start = time.perf_counter()
+    for s in range(0, len(codes), 5000):
+        rows = [
+            {"id": int(i), "code": codes[i].tobytes(), "path": f"/data/imagenet/train/x/x_{i}.JPEG",
+             "class": "x", "digest": digests[i]}
+            for i in ids[s : s + 5000]
+        ]  # fmt: skip
+        client.upsert(name, rows, timeout=milvus.CALL_TIMEOUT)
+    store.flush()
+    took = time.perf_counter() - start
+    print(f"  the former row-wise load: {len(codes)} codes in {took:.1f} s "
+          f"({len(codes) / took:,.0f} a second, flush included)", flush=True)  # fmt: skip
     store.drop()
 
 
