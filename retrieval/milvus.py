@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 ENV = "ALEXNET_MILVUS"
 CONNECT_TIMEOUT = 5.0  # seconds to reach the server: a wrong URI fails fast
-CALL_TIMEOUT = 120.0  # seconds per request (an upsert of BATCH rows on a loaded server)
+CALL_TIMEOUT = 120.0  # seconds per request (a write of WRITE_BYTES on a loaded server)
 BATCH = 5000  # rows per delete request or listing page
 WRITE_BYTES = 16 << 20  # bytes of rows per insert or upsert request (Milvus takes 64 MB)
 MAX_K = 16384  # Milvus's limit on results per query (topk) and on queries per request
@@ -217,7 +217,7 @@ class MilvusCodes:
         return np.ascontiguousarray(codes)
 
     def insert(self, ids, codes, paths, classes, digests) -> None:
-        """Store new rows (ids not stored yet), column by column in batches of BATCH rows."""
+        """Store new rows (ids not stored yet), column by column, WRITE_BYTES a request."""
         self._write("insert", ids, codes, paths, classes, digests)
 
     def upsert(self, ids, codes, paths, classes, digests) -> None:
