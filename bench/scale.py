@@ -298,6 +298,7 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     from alexnet.pipeline.layout import RunPaths
     from alexnet.pipeline.stats import compute_stats, save_stats
     from alexnet.retrieval import autoencoder as ae
+    from alexnet.retrieval import codes as C
     from alexnet.retrieval.features import DIM, mark_complete, source_identity
     from alexnet.retrieval.update import update_training_set
 
@@ -321,11 +322,12 @@ def assemble_run(manifest: dict, run: Path, stats_files: list[str]) -> dict:
     np.lib.format.open_memmap(paths.index.features, "w+", np.float16, (n, DIM)).flush()
     mark_complete(paths.index, source_identity(trained), n)
     sample = np.random.default_rng(0).normal(0, 1, (2048, DIM)).astype(np.float16)
-    model_ae = ae.train_autoencoder(
-        sample, ae.AutoencoderConfig(epochs=1, min_steps=8), progress=False
-    )
-    ae_state = ae.autoencoder_state(
-        model_ae, source=source_identity(trained), report=ae.report(model_ae, sample)
+    # label-aware, as the run's labels make them (else the index would fit them again on all
+    # the zero features: the default codes are label-aware), briefly trained
+    labels = np.arange(len(sample)) % len(manifest.classes)
+    model_ae = C.fit_codes(sample, labels, bits=64, epochs=1, min_steps=8)
+    ae_state = C.encoder_state(
+        model_ae, source=source_identity(trained), report=C.report(model_ae, sample)
     )
     ae.save_autoencoder(ae_state, paths.index.autoencoder)
     with Clock() as c:

@@ -24,7 +24,8 @@ from alexnet.retrieval import defaults as R
 @click.option(
     "--against",
     default=None,
-    help="Instead: list the photos of --gallery that already exist in this other gallery.",
+    help="Instead: list the photos of --gallery that already exist in this other gallery "
+    "(with --milvus, range-searched in that gallery's codes in Milvus).",
 )
 @click.option(
     "--max-distance",
@@ -59,7 +60,7 @@ def duplicates(ctx, run, gallery, against, max_distance, max_fc7, mirrors, csv, 
     c = collection(run, gallery, workers=workers, milvus=milvus)
     options = dict(max_distance=max_distance, max_fc7=max_fc7, mirrors=mirrors)
     if against is not None:
-        old = collection(run, against, workers=workers)
+        old = collection(run, against, workers=workers, milvus=milvus)  # its codes in Milvus
         report = c.duplicates(against=old, **options, progress=progress(ctx))
         print_found(report, c, old)
     else:

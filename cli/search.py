@@ -111,6 +111,7 @@ def index_command(
             images,
             bits=bits if given(ctx, "bits") else None,  # the training set's: refused here
             codes=codes if given(ctx, "codes") else None,
+            approx_threshold=approx_threshold,
             batch_size=batch_size,
             progress=progress(ctx),
             compact=compact,
@@ -121,7 +122,9 @@ def index_command(
             click.echo(
                 f"gallery {name}: {g['count']} images ({g['added']} added, {g['updated']} "
                 f"updated, {g['removed']} removed, {len(g['skipped'])} skipped); {g['bits']}-bit "
-                f"codes; written: {g['path']}"
+                f"codes; {g['kind']} index"
+                + (f" (nprobe {g['nprobe']} of {g['lists']} lists)" if "nprobe" in g else "")
+                + f"; written: {g['path']}"
             )
         if g.get("compacted"):
             print_compacted(g["compacted"], compact)
@@ -149,8 +152,9 @@ def print_compacted(c: dict, asked: bool) -> None:
 def print_index(meta: dict) -> None:
     r = meta["autoencoder_report"]
     mse = r["reconstruction_mse"]
+    probe = f" (nprobe {meta['nprobe']} of {meta['lists']} lists)" if "nprobe" in meta else ""
     click.echo(
-        f"{meta['kind']} index of {meta['count']} images, {meta['bits']}-bit "
+        f"{meta['kind']} index{probe} of {meta['count']} images, {meta['bits']}-bit "
         f"{meta.get('code_method', 'autoencoder')} codes ({meta['bits'] // 8} bytes per "
         f"image), recall@10 {meta['recall_at_10']:.3f}; "
         + ("" if mse is None else f"reconstruction MSE {mse:.4f} (standardised), ")

@@ -24,6 +24,7 @@ search checks the files it returns, and building an index every file it reads.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ import numpy as np
 
 from alexnet.model.distributed import setup_world
 from alexnet.model.inference import load_trained, query_crops
+from alexnet.model.metrics import read_metrics
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
@@ -42,6 +44,7 @@ from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.lock import RunLock
 from alexnet.pipeline.manifest import split_files, verify_files
 
+from . import remote
 from .codes import load_encoder
 from .compact import compact_gallery, needs_compaction
 from .defaults import (
@@ -61,12 +64,11 @@ from .duplicates import (
     pair_sheets,
 )
 from .evaluate import evaluate_retrieval
-from .features import load_features, query_features
+from .features import load_features, query_features, source_identity
 from .index import GPU_MAX_K, build_index, hamming, load_index, rerank, search, to_device
 from .milvus import milvus_uri
 from .montage import thumbnail
 from .reference_index import index_from_photos
-from .remote import describe, remote_codes, sync
 from .store import (
     Table,
     class_of,
@@ -150,11 +152,25 @@ class Collection:
             self.index = load_index(self.paths.index)
         else:
             self.table = Table.load(self.paths.entries(record["generation"]))
-            self.index = build_index(self.table.codes, kind="flat")
+            self.index = (  # the IVF index above the threshold (update.py), else flat
+                load_index(self.paths.folder / record["index"])
+                if record.get("index")
+                else build_index(self.table.codes, kind="flat")
+            )
         self.fast = to_device(self.index)  # the GPU copy where there is a GPU
         self.trained = trained
-        self.remote = remote_codes(self, self.milvus) if self.milvus else None
+        self.remote = self._remote() if self.milvus else None
         return self
+
+    def _remote(self):
+        """The Milvus collection of these codes (remote.py), searched as the local index is."""
+        index = self.index
+        probe = (index.nprobe, index.nlist) if hasattr(index, "nprobe") else None
+        network = json.dumps(source_identity(self.trained)["checkpoint"], sort_keys=True)
+        root = str(self.run.root.resolve())
+        codes = remote.remote_codes(self.milvus, root, self.name, self.bits, network, probe)
+        log.info("codes in Milvus collection %s: %s", codes.name, codes.describe())
+        return codes
 
     def __len__(self) -> int:
         return len(self.open().table)
@@ -188,8 +204,8 @@ class Collection:
     ) -> dict:
         """Build the collection, or bring it up to date (update.py); returns its record with
         "path" (a gallery's also "added", "updated", "removed"). The training set: `bits` and
-        `codes` (codes.py's methods) None keep the codes' width and method; IVF index above
-        `approx_threshold` images. A gallery: the images below `folder` (default: its own),
+        `codes` (codes.py's methods) None keep the codes' width and method. Either: an IVF index
+        above `approx_threshold` images. A gallery: the images below `folder` (default: its own),
         coded with the training set's encoder; `min_size`, `max_pixels` as prep's; `compact`
         (compact.py). Under torchrun every process calls this (the others return {})."""
         world, self.trained, _ = setup_world(), None, self.__dict__.pop("_crops", None)
@@ -243,6 +259,7 @@ class Collection:
             min_size=min_size,
             max_pixels=max_pixels,
             progress=progress,
+            approx_threshold=approx_threshold,
         )
         out = {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
         if record and (compact or needs_compaction(record)):  # adds "compacted"
@@ -250,7 +267,16 @@ class Collection:
         return self._synced(out)
 
     def _synced(self, record: dict) -> dict:  # and what the update changed in Milvus
-        return {**record, **sync(self.open(), self.remote)} if record and self.milvus else record
+        if not (record and self.milvus):
+            return record
+        t = self.open().table
+
+        def records(at: np.ndarray) -> tuple[list[str], list[str]]:
+            classes = [h["class_id"] or "" for h in t.hits(at, self.trained)]
+            return [str(t.paths[i]) for i in at], classes
+
+        digests = remote.digests(t.codes, t.sizes, t.mtimes)
+        return {**record, **remote.sync(self.remote, t.rows, t.codes, digests, records)}
 
     # --- searching -------------------------------------------------------------------------
 
@@ -390,8 +416,26 @@ class Collection:
         return thumbnail(source, self.run.thumb(key, id))
 
     def describe(self) -> dict:
-        """What a face shows about the collection (remote.describe)."""
-        return describe(self.open())
+        """What a face shows about the collection: the run, its classes, the number of images,
+        the code length and index kind (or the Milvus collection and its index), the
+        checkpoint, its epoch and that epoch's validation top-1 error (None when
+        RUN/metrics.jsonl has no line for it)."""
+        trained = self.open().trained
+        errors = {m["epoch"]: m.get("top1_error") for m in read_metrics(self.run.root)}
+        index = self.kind if self.remote is None else f"milvus {self.remote.name}"
+        return {
+            "run": str(self.run),
+            "collection": self.name,
+            "classes": trained.classes,
+            "count": len(self),
+            "bits": self.bits,
+            "index": index,
+            "nprobe": getattr(self.remote or self.index, "nprobe", None),  # None: exact
+            **({} if self.remote is None else {"milvus_index": self.remote.describe()}),
+            "checkpoint": str(trained.checkpoint),
+            "epoch": trained.epoch,
+            "top1_error": errors.get(trained.epoch),
+        }
 
     def duplicates(
         self,
@@ -417,15 +461,15 @@ class Collection:
                 progress=progress,
             )
         if against is not None:
-            return self._found_in(against.open(trained=self.trained), options, sheets)
-        search = None
-        if self.remote is not None:  # Milvus answers with ids: positions in the table, as FAISS's
-
-            def search(queries, radius):
-                lims, D, ids = self.remote.range_search(queries, radius)
-                return lims, D, self.table.positions(ids)
-
-        found = find_duplicates(self._images(), range_search=search, **options)
+            other = against.open(trained=self.trained)
+            if other.remote is not None and other.remote.count() != len(other):
+                raise AlexnetError(
+                    f"Milvus collection {other.remote.name} does not hold the codes of {other}"
+                    f" ({other.remote.count()} of {len(other)}): "
+                    f"{refresh(other.run, other.name, other.record)} and {{milvus}}"
+                )
+            return self._found_in(other, options, sheets)
+        found = find_duplicates(self._images(), range_search=self._range_search(), **options)
         report = {"gallery": self.name, **found}
         with RunLock(self.run.root, f"duplicates of gallery {self.name}"):
             if sheets:
@@ -443,7 +487,8 @@ class Collection:
             raise AlexnetError(
                 f"{self} and {other} have codes of different lengths: index them again"
             )
-        found = find_in(self._images(), other._images(), **options)
+        search = other._range_search()
+        found = find_in(self._images(), other._images(), range_search=search, **options)
         report = {"gallery": self.name, "against": other.name, **found, "sheets": []}
         name = other.name or "training-set"
         with RunLock(self.run.root, f"duplicates of gallery {self.name} in {name}"):
@@ -452,6 +497,18 @@ class Collection:
                 report["sheets"] = pair_sheets(report["pairs"], sheet)
             write_json(self.paths.against(name), report)
         return report
+
+    def _range_search(self):
+        """Milvus's range search over this collection's codes, answering with positions in
+        the table as FAISS's does (duplicates.close_codes); None: FAISS on the codes."""
+        if self.remote is None:
+            return None
+
+        def search(queries, radius):
+            lims, D, ids = self.remote.range_search(queries, radius)  # Milvus answers with ids
+            return lims, D, self.table.positions(ids)
+
+        return search
 
     def _images(self) -> Images:
         """The arrays the helpers of duplicates.py read."""

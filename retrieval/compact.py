@@ -87,13 +87,14 @@ def write_rows(old: IndexPaths, new: IndexPaths, rows: np.ndarray) -> None:
 
 def commit(paths: IndexPaths, record: dict, new: IndexPaths, generation: int, compacted) -> dict:
     """The record naming the compacted feature file and table: written last."""
+    ivf = [paths.folder / record["index"]] if record.get("index") else []  # positions unchanged
     record = {
         **record,
         "rows": compacted["rows_after"],
         "generation": generation,
         "features": new.feature_file,
         "features_identity": file_identity(new.features, digest=True),
-        "files": identities(paths.entries(generation)),
+        "files": identities(paths.entries(generation), *ivf),
         "uid": secrets.token_hex(4),  # ids are renumbered: thumbnails by id are made again
     }
     write_json(paths.meta, record)

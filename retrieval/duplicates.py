@@ -249,15 +249,17 @@ def find_in(
     max_distance: int | None = None,
     max_fc7: float = DUPLICATE_FC7,
     mirrored: Callable[[np.ndarray], np.ndarray] | None = None,
+    range_search=None,
 ) -> dict:
     """The `images` that already exist among `other` (both of one run): each image's codes
-    range-searched in `other`'s (FAISS), confirmed by fc7 as find_duplicates does; `other`
-    is not compared with itself. {"images", "against_images", "bits", "max_distance",
+    range-searched in `other`'s (FAISS; or `range_search`, as close_codes's, e.g. Milvus
+    holding `other`'s codes), confirmed by fc7 as find_duplicates does; `other` is not
+    compared with itself. {"images", "against_images", "bits", "max_distance",
     "max_fc7", "mirrors", "candidates", "pairs": [{"image", "original", "id", "original_id",
     "hamming", "fc7", "mirrored"}]}, pairs by image, then fc7."""
     bits = images.codes.shape[1] * 8
     max_distance = default_distance(bits) if max_distance is None else max_distance
-    pairs, hams = close_codes(images.codes, other.codes, max_distance)
+    pairs, hams = close_codes(images.codes, other.codes, max_distance, range_search)
     rel, mirrored_pairs = confirm(images, other, pairs, max_fc7, mirrored)
     found = [
         {

@@ -9,7 +9,10 @@ Modes of `build_index(codes, kind)`:
   approximate; chosen by "auto" above `approx_threshold` codes (200,000) on a host without
   a GPU: at 10^6 codes it searches in a fraction of the flat scan's time at recall@10 >= 0.99
   even on random codes (BENCHMARKS.md), where hashing (IndexBinaryMultiHash) needs so many
-  bit flips to reach that recall that it is slower than the flat scan.
+  bit flips to reach that recall that it is slower than the flat scan. Its nprobe follows
+  the codes (`tune_nprobe`): the fewest lists that hold recall@10 >= IVF_RECALL (0.99) on a
+  sample of the codes themselves as queries, against the exact scan, saved with the index.
+  Codes of photos cluster, and a few lists suffice; uniform random codes need hundreds.
 - "hnsw": faiss.IndexBinaryHNSW, approximate; only on request (slower to build than IVF and
   below its recall).
 - On a host with a GPU (faiss.get_num_gpus() > 0), "auto" stays "flat" at any size and
@@ -34,7 +37,7 @@ import numpy as np
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import atomic_write
 
-from .defaults import APPROX_THRESHOLD, IVF_LISTS, IVF_NPROBE
+from .defaults import APPROX_THRESHOLD, IVF_LISTS, IVF_RECALL
 from .features import read_rows
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ HNSW_M = 32
 HNSW_EF_SEARCH = 128
 IVF_TRAIN_PER_LIST = 50  # k-means sample: faiss warns below 39 points per centroid
 IVF_MIN_LIST = 100  # codes per list at least, so a small collection trains few centroids
+TUNE_SAMPLE = 1000  # codes searched as queries to choose nprobe
 KINDS = ("flat", "ivf", "hnsw")
 GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k searches on the CPU copy
 POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -76,6 +80,8 @@ def build_index(
     else:
         raise ValueError(f"index kind must be auto, {', '.join(KINDS)}, got {kind!r}")
     index.add(np.ascontiguousarray(codes))
+    if kind == "ivf":
+        tune_nprobe(index, codes)
     return index
 
 
@@ -89,8 +95,58 @@ def _ivf(codes: np.ndarray) -> faiss.IndexBinaryIVF:
     sample = min(len(codes), IVF_TRAIN_PER_LIST * lists)
     rows = np.sort(np.random.default_rng(0).choice(len(codes), sample, replace=False))
     index.train(np.ascontiguousarray(codes[rows]))
-    index.nprobe = max(1, lists * IVF_NPROBE // IVF_LISTS)  # the same share; saved with it
     return index
+
+
+def tune_nprobe(
+    index: faiss.IndexBinaryIVF,
+    codes: np.ndarray,
+    *,
+    target: float = IVF_RECALL,
+    k: int = 10,
+    sample: int = TUNE_SAMPLE,
+    seed: int = 1,
+) -> float:
+    """Set `index.nprobe` (saved with the index) to the fewest lists that hold recall@k >=
+    `target` on a seeded sample of `codes` (the indexed ones) searched as queries, against the
+    exact scan; returns that recall. Recall cannot fall as nprobe grows (a superset of lists
+    is searched), so doubling, then bisecting, finds the smallest."""
+    queries, kth = _exact(codes, k, sample, seed)
+
+    def recall(nprobe: int) -> float:
+        index.nprobe = nprobe
+        return _recall(*index.search(queries, min(k, len(codes))), kth)
+
+    low, high = 0, 1  # recall(low) < target (0: nothing searched), recall(high) unknown
+    while high < index.nlist and recall(high) < target:
+        low, high = high, min(2 * high, index.nlist)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if recall(middle) >= target else (middle, high)
+    return recall(high)
+
+
+def _exact(codes: np.ndarray, k: int, sample: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(queries: a seeded sample of the codes, the exact distance of each one's k-th nearest)."""
+    k = min(k, len(codes))
+    rows = np.random.default_rng(seed).choice(len(codes), min(sample, len(codes)), replace=False)
+    queries = np.ascontiguousarray(codes[np.sort(rows)])
+    exact = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    exact.add(np.ascontiguousarray(codes))
+    return queries, exact.search(queries, k)[0][:, -1:]
+
+
+def _recall(D: np.ndarray, I: np.ndarray, kth: np.ndarray) -> float:
+    """Tie-aware recall: a result counts when no farther than the exact k-th distance."""
+    found = ((D <= kth) & (I >= 0)).sum(1)
+    return float(np.minimum(found, D.shape[1]).mean() / D.shape[1])
+
+
+def ivf_settings(index: faiss.IndexBinary) -> dict:
+    """{"lists", "nprobe"} of an IVF index (what a record keeps); {} for another kind."""
+    if not isinstance(index, faiss.IndexBinaryIVF):
+        return {}
+    return {"lists": int(index.nlist), "nprobe": int(index.nprobe)}
 
 
 def auto_kind(count: int, approx_threshold: int = APPROX_THRESHOLD) -> str:
@@ -151,14 +207,8 @@ def measure_recall(
     Tie-aware: with short codes many images share a distance, so a result counts as found
     when its distance is no larger than the exact k-th distance.
     """
-    k = min(k, len(codes))
-    rows = np.random.default_rng(seed).choice(len(codes), min(sample, len(codes)), replace=False)
-    exact = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    exact.add(codes)
-    Dx, _ = exact.search(codes[rows], k)
-    Da, Ia = index.search(codes[rows], k)
-    found = ((Da <= Dx[:, -1:]) & (Ia >= 0)).sum(1)
-    return float(np.minimum(found, k).mean() / k)
+    queries, kth = _exact(codes, k, sample, seed)
+    return _recall(*index.search(queries, min(k, len(codes))), kth)
 
 
 def save_index(index: faiss.IndexBinary, path: Path) -> Path:

@@ -13,11 +13,14 @@ search returns (D, I) as faiss does: int32 Hamming distances and int64 ids, best
   refusing one made with other `bits` or another network (`network` is the caller's string
   that identifies the network and autoencoder which made the codes). Schema: id INT64 (the
   collection's row id, primary key), code BINARY_VECTOR(bits), path, class, digest VARCHAR.
-  Index: BIN_IVF_FLAT with HAMMING on a server (IVF_LISTS lists, IVF_NPROBE probed: the same
-  algorithm and shares as the local IVF index), BIN_FLAT (exact) where that is all the backend
-  has (Milvus Lite), said in a log line.
-  Methods: `upsert`, `delete`, `ids`, `digests`, `records`, `search` (k nearest), `range_search`
-  (all codes closer than a radius, faiss's (lims, D, I)), `count`, `drop`.
+  Index: BIN_IVF_FLAT with HAMMING on a server (IVF_LISTS lists: the same algorithm as the
+  local IVF index), searched with the share of its lists that the local index searches of its
+  own (`probe`: the local nprobe, chosen for recall at build; all lists, exact, for a local
+  flat index); BIN_FLAT (exact) where that is all the backend has (Milvus Lite), said in a
+  log line. Writes go column by column in batches of WRITE_BYTES.
+  Methods: `insert` (new ids), `upsert`, `delete`, `flush`, `describe` (the index in words),
+  `ids`, `digests`, `records`, `search` (k nearest), `range_search` (all codes closer than a
+  radius, faiss's (lims, D, I)), `count`, `drop`.
 
 Every pymilvus failure (server down, wrong URI, refused request) becomes one AlexnetError
 line; messages name the caller's `milvus` parameter (the URI). pymilvus's own log lines,
@@ -39,14 +42,15 @@ import numpy as np
 
 from alexnet.pipeline.errors import AlexnetError
 
-from .defaults import IVF_LISTS, IVF_NPROBE
+from .defaults import IVF_LISTS
 
 log = logging.getLogger(__name__)
 
 ENV = "ALEXNET_MILVUS"
 CONNECT_TIMEOUT = 5.0  # seconds to reach the server: a wrong URI fails fast
-CALL_TIMEOUT = 120.0  # seconds per request (an upsert of BATCH rows on a loaded server)
-BATCH = 5000  # rows per upsert or delete request (gRPC messages stay a few MB)
+CALL_TIMEOUT = 120.0  # seconds per request (a write of WRITE_BYTES on a loaded server)
+BATCH = 5000  # rows per delete request or listing page
+WRITE_BYTES = 16 << 20  # bytes of rows per insert or upsert request (Milvus takes 64 MB)
 MAX_K = 16384  # Milvus's limit on results per query (topk) and on queries per request
 SCHEMA_VERSION = 1
 PATH_LENGTH, CLASS_LENGTH, DIGEST_LENGTH = 4096, 1024, 128  # VARCHAR max_length
@@ -113,11 +117,27 @@ def collection_name(run_name: str, gallery: str) -> str:
     return f"alexnet_{slug}_{digest}"
 
 
+def probe_share(lists: int, probe: tuple[int, int] | None) -> int:
+    """The lists of `lists` to search for the share `probe` = (nprobe, of lists) that the
+    local IVF index searches (chosen there for recall: index.tune_nprobe); all of them, an
+    exact search as the local flat index's, when `probe` is None."""
+    if probe is None:
+        return lists
+    nprobe, of = probe
+    return min(lists, max(1, -(-nprobe * lists // of)))
+
+
+def _sent(rows: int) -> None:
+    """Called after each batch of rows is stored (a test interrupts a load here)."""
+
+
 class MilvusCodes:
     """One collection's codes in Milvus: created with `bits` and `network` when missing,
     opened when it holds the same; refused (nothing changed) when it holds others."""
 
-    def __init__(self, client, name: str, bits: int, network: str) -> None:
+    def __init__(
+        self, client, name: str, bits: int, network: str, *, probe: tuple[int, int] | None = None
+    ) -> None:
         if bits % 8 or bits <= 0:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
         self.client, self.name, self.bits, self.network = client, name, bits, network
@@ -126,10 +146,10 @@ class MilvusCodes:
                 self._check(client.describe_collection(name, timeout=CALL_TIMEOUT))
             else:
                 self._create()
-            self.index_type = client.describe_index(name, "code", timeout=CALL_TIMEOUT).get(
-                "index_type"
-            )
+            index = client.describe_index(name, "code", timeout=CALL_TIMEOUT)
             client.load_collection(name, timeout=CALL_TIMEOUT)
+        self.index_type, self.lists = index.get("index_type"), int(index.get("nlist") or 0)
+        self.nprobe = probe_share(self.lists, probe) if self.index_type == "BIN_IVF_FLAT" else None
 
     @property
     def description(self) -> dict:
@@ -196,32 +216,51 @@ class MilvusCodes:
             )
         return np.ascontiguousarray(codes)
 
-    def upsert(
+    def insert(self, ids, codes, paths, classes, digests) -> None:
+        """Store new rows (ids not stored yet), column by column, WRITE_BYTES a request."""
+        self._write("insert", ids, codes, paths, classes, digests)
+
+    def upsert(self, ids, codes, paths, classes, digests) -> None:
+        """Store rows, replacing any with the same id."""
+        self._write("upsert", ids, codes, paths, classes, digests)
+
+    def _write(
         self,
+        how: str,
         ids: np.ndarray,
         codes: np.ndarray,
         paths: Sequence[str],
         classes: Sequence[str],
         digests: Sequence[str],
     ) -> None:
-        """Insert rows, replacing any with the same id."""
+        # Columns, not rows: pymilvus packs a list of row dicts one value at a time in Python
+        # (three quarters of a load's time); a column is one protobuf field per batch.
         ids, codes = np.asarray(ids, np.int64), self._codes(codes)
         if not len(ids) == len(codes) == len(paths) == len(classes) == len(digests):
             raise ValueError("ids, codes, paths, classes and digests differ in length")
+        if not len(ids):
+            return
+        width = codes.shape[1]
+        text = sum(len(x) for column in (paths, classes, digests) for x in column)
+        batch = max(1, int(WRITE_BYTES // (8 + width + text / len(ids))))
         with self._call("store codes"):
-            for s in range(0, len(ids), BATCH):
-                rows = [
-                    {"id": int(i), "code": c.tobytes(), "path": p, "class": k, "digest": d}
-                    for i, c, p, k, d in zip(
-                        ids[s : s + BATCH],
-                        codes[s : s + BATCH],
-                        paths[s : s + BATCH],
-                        classes[s : s + BATCH],
-                        digests[s : s + BATCH],
-                        strict=True,
-                    )
-                ]
-                self.client.upsert(self.name, rows, timeout=CALL_TIMEOUT)
+            send = getattr(self._columns(), how)
+            for s in range(0, len(ids), batch):
+                packed = codes[s : s + batch].tobytes()
+                vectors = [packed[i : i + width] for i in range(0, len(packed), width)]
+                columns = [ids[s : s + batch].tolist(), vectors]
+                columns += [list(c[s : s + batch]) for c in (paths, classes, digests)]
+                send(columns, timeout=CALL_TIMEOUT)
+                _sent(len(vectors))
+
+    def _columns(self):
+        """pymilvus's Collection of the same connection: the client that takes columns."""
+        return _pymilvus().Collection(self.name, using=self.client._using)
+
+    def flush(self) -> None:
+        """Seal what was written, so that every reader sees it and the server indexes it."""
+        with self._call("flush"):
+            self.client.flush(self.name, timeout=CALL_TIMEOUT)
 
     def delete(self, ids: np.ndarray) -> None:
         ids = np.asarray(ids, np.int64)
@@ -277,8 +316,8 @@ class MilvusCodes:
 
     def _search(self, queries: np.ndarray, limit: int, extra: dict) -> list:
         params = {"metric_type": "HAMMING", "params": dict(extra)}
-        if self.index_type == "BIN_IVF_FLAT":
-            params["params"]["nprobe"] = IVF_NPROBE
+        if self.nprobe is not None:
+            params["params"]["nprobe"] = self.nprobe
         queries = self._codes(queries)
         hits = []
         with self._call("search"):
@@ -317,6 +356,12 @@ class MilvusCodes:
         D = np.array([h["distance"] for row in rows for h in row], np.int32)
         I = np.array([h["id"] for row in rows for h in row], np.int64)
         return lims, D, I
+
+    def describe(self) -> str:
+        """The index the server searches, in words: "BIN_IVF_FLAT, nprobe 4 of 1024 lists"."""
+        if self.nprobe is None:
+            return f"{self.index_type} (exact)"
+        return f"{self.index_type}, nprobe {self.nprobe} of {self.lists} lists"
 
     def drop(self) -> None:
         """Remove the Milvus collection and everything in it."""

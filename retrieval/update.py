@@ -16,9 +16,14 @@ pipeline.dataset.images_below), encoded with the training set's autoencoder. Inc
 file already indexed with the same bytes and mtime keeps its row and code, a new or changed
 file gets the next free row (the feature file grows in place), a deleted one leaves the
 table. Unlisted rows stay in the file (8 KiB each) until the gallery is compacted
-(compact.py: on request, or when more than half the rows are unlisted). Its FAISS index is a
-flat one, built from the table's codes when the gallery is opened (milliseconds at 10^6
-images), so a deleted file is gone from it exactly, with nothing to patch.
+(compact.py: on request, or when more than half the rows are unlisted). Up to
+`approx_threshold` images (as the training set's) its FAISS index is a flat one, built from
+the table's codes when the gallery is opened (milliseconds at 10^6 images), so a deleted file
+is gone from it exactly, with nothing to patch. Above it, each update writes an IVF index of
+the table's codes, codes.G.faissindex (ids: table positions, as the flat one's), with its
+nprobe chosen for the codes (index.tune_nprobe): the lists (k-means centroids) of the
+previous update's index are kept, refilled with the table's codes, until the gallery has
+doubled since they were trained (AS_TRAINED).
 
 Kill safety of a gallery update: new rows are written past the rows the record lists; then
 features.json; then files.G+1.npz; then the record naming G+1 (the commit); then the old
@@ -68,10 +73,21 @@ from .features import (
     mark_complete,
     source_identity,
 )
-from .index import auto_kind, build_index, index_kind, measure_recall, save_index
+from .index import (
+    auto_kind,
+    build_index,
+    index_kind,
+    ivf_settings,
+    load_index,
+    measure_recall,
+    save_index,
+    tune_nprobe,
+)
 from .store import VERSION, Table, identities, live_paths, problem, read_record
 
 log = logging.getLogger(__name__)
+
+AS_TRAINED = 2  # a gallery's IVF lists are trained again when it grew this many times over
 
 
 def barrier(world: World) -> None:
@@ -220,6 +236,7 @@ def _training_set(
         "bits": int(codes.shape[1] * 8),
         "build_seconds": round(time.perf_counter() - start, 3),
         "recall_at_10": 1.0 if kind == "flat" else measure_recall(index, codes),
+        **ivf_settings(index),
         "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
         "code_method": model.method,
         "code_settings": C.settings(model),
@@ -282,10 +299,12 @@ def update_gallery(
     min_size: int,
     max_pixels: int,
     progress: bool = True,
+    approx_threshold: int = APPROX_THRESHOLD,
 ) -> dict:
     """Index every usable image below `folder` as gallery NAME, or bring it up to date (module
     docstring). `source` is what the gallery is made from (Collection's), `model` the training
-    set's autoencoder. Returns the record with "added", "updated", "removed" (rank 0)."""
+    set's autoencoder; an IVF index above `approx_threshold` images. Returns the record with
+    "added", "updated", "removed" (rank 0)."""
     run = trained.paths.root
     lock = RunLock(run, f"indexing gallery {name}") if world.main else contextlib.nullcontext()
     with lock:
@@ -307,7 +326,7 @@ def update_gallery(
         if planned["unchanged"]:  # nothing to write: the gallery stays as it is
             return {**read_record(paths), "last_update": {"added": 0, "updated": 0, "removed": 0}}
         mark_complete(paths, source_identity(trained), planned["first_row"] + len(planned["new"]))
-        return _commit(paths, planned, source, model)
+        return _commit(paths, planned, source, model, approx_threshold)
 
 
 def _plan(paths, source, folder, name, min_size, max_pixels, progress) -> dict:
@@ -357,8 +376,10 @@ def _plan(paths, source, folder, name, min_size, max_pixels, progress) -> dict:
     }
 
 
-def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) -> dict:
-    """Encode the new rows, write the next table, then the record that names it."""
+def _commit(
+    paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder, approx_threshold: int
+) -> dict:
+    """Encode the new rows, write the next table (and IVF index), then the record naming it."""
     old = (
         Table.load(paths.entries(plan["generation"]))
         if plan["keep"].size
@@ -378,14 +399,21 @@ def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) 
     )
     generation = plan["generation"] + 1
     table.save(paths.entries(generation))
+    previous = read_record(paths) or {}
+    ivf = (
+        _gallery_ivf(paths, previous, table.codes, generation)
+        if auto_kind(len(table), approx_threshold) == "ivf"
+        else {}
+    )
     record = {
         "version": VERSION,
         "source": source,
-        "kind": "flat",
+        "kind": "ivf" if ivf else "flat",
         "count": len(table),
         "rows": first + len(new),
         "bits": source["bits"],
-        "files": identities(paths.entries(generation)),
+        "files": identities(paths.entries(generation), *ivf.get("files", [])),
+        **{k: v for k, v in ivf.items() if k != "files"},
         "features_identity": file_identity(paths.features, digest=True),
         "root": plan["root"],
         "uid": plan["uid"],
@@ -397,4 +425,41 @@ def _commit(paths: IndexPaths, plan: dict, source: dict, model: ae.Autoencoder) 
     write_json(paths.meta, record)  # the commit
     if plan["generation"] != generation:
         paths.entries(plan["generation"]).unlink(missing_ok=True)
+    if previous.get("index") and previous["index"] != record.get("index"):
+        (paths.folder / previous["index"]).unlink(missing_ok=True)
     return record
+
+
+def _gallery_ivf(paths: IndexPaths, previous: dict, codes: np.ndarray, generation: int) -> dict:
+    """A gallery's IVF index of `codes` (ids: positions), written as codes.G.faissindex: the
+    previous update's lists refilled, or new ones when there were none or the gallery has
+    grown AS_TRAINED times since; nprobe chosen for the codes. Returns the record's entries
+    ("index", "trained_on", "lists", "nprobe", "recall_at_10") and "files" (the index)."""
+    start, trained_on = time.perf_counter(), previous.get("trained_on", 0)
+    old = paths.folder / previous["index"] if previous.get("index") else None
+    index = None
+    if old is not None and old.is_file() and len(codes) <= AS_TRAINED * trained_on:
+        index = load_index(old)
+        if index.d != codes.shape[1] * 8:
+            index = None
+    if index is None:
+        index, trained_on = build_index(codes, kind="ivf"), len(codes)
+    else:
+        index.reset()  # the lists stay; their codes are this update's
+        index.add(np.ascontiguousarray(codes))
+        tune_nprobe(index, codes)
+    path = save_index(index, paths.folder / f"codes.{generation}.faissindex")
+    log.info(
+        "IVF index of %d gallery images: nprobe %d of %d lists (%.1f s)",
+        len(codes),
+        index.nprobe,
+        index.nlist,
+        time.perf_counter() - start,
+    )
+    return {
+        "index": path.name,
+        "trained_on": trained_on,
+        **ivf_settings(index),
+        "recall_at_10": measure_recall(index, codes),
+        "files": [path],
+    }

@@ -65,3 +65,6 @@ def real_jpegs() -> list[str]:
     files = [str(f) for d in classes for f in sorted(d.iterdir())[:2]]
     assert len(files) == 20, f"{IMAGENETTE} is incomplete"
     return files
+
+
+from milvus_servers import milvus_server  # noqa: E402, F401  (one Milvus server per test run)

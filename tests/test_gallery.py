@@ -159,6 +159,48 @@ def test_an_update_adds_changes_and_drops_files_exactly(run, real_jpegs, tmp_pat
     assert "(0 added, 0 updated, 0 removed" in out
 
 
+def test_above_the_threshold_a_gallery_has_an_ivf_index_kept_across_updates(
+    run, real_jpegs, tmp_path
+):
+    folder = photos(tmp_path / "photos", real_jpegs[:6])
+    args = ("index", "-b", 4, "--run", run, "--images", folder, "--name", "big")
+    out = invoke(*args, "--approx-threshold", 5).output  # 6 images > 5
+    assert "6 added" in out and "ivf index (nprobe 1 of 1 lists)" in out
+    folder_of = RunPaths(run).gallery("big").folder
+    record = json.loads((folder_of / "codes.json").read_text())
+    assert (record["kind"], record["trained_on"], record["lists"]) == ("ivf", 6, 1)
+    assert record["index"] in record["files"] and record["recall_at_10"] == 1.0
+    first = record["index"]
+
+    gi = open_gallery(run, "big")
+    assert gi.kind == "ivf" and gi.index.nprobe == record["nprobe"] and gi.index.ntotal == 6
+    every = sorted(str(p.resolve()) for p in folder.rglob("*.JPG"))
+    for row in gi.search(every, k=6)["queries"]:  # one list: the search is exact
+        assert row["results"][0]["path"] == row["query"] and len(row["results"]) == 6
+
+    (folder / "red/photo 0.JPG").unlink()
+    out = invoke(*args, "--approx-threshold", 5).output  # 5 images: flat again
+    assert "1 removed" in out and "flat index" in out
+    record = json.loads((folder_of / "codes.json").read_text())
+    assert record["kind"] == "flat" and "index" not in record
+    assert not (folder_of / first).exists()  # the previous update's index is removed
+
+    shutil.copy(real_jpegs[12], folder / "a.jpg")
+    shutil.copy(real_jpegs[13], folder / "b.jpg")
+    index_gallery(run, folder, "big", approx_threshold=5, progress=False)  # 7 images: IVF
+    record = json.loads((folder_of / "codes.json").read_text())
+    assert (record["kind"], record["trained_on"]) == ("ivf", 7)
+    shutil.copy(real_jpegs[14], folder / "c.jpg")
+    index_gallery(run, folder, "big", approx_threshold=5, progress=False, compact=True)
+    again = json.loads((folder_of / "codes.json").read_text())
+    assert again["trained_on"] == 7 and again["count"] == 8  # its lists kept: < 2x
+    assert again["index"] in again["files"] and "compacted" not in again
+    gi = open_gallery(run, "big")  # compacted: the index is still the record's, verified
+    assert gi.kind == "ivf" and gi.index.ntotal == 8
+    found = gi.search([folder / "c.jpg"], k=1)["queries"][0]["results"][0]
+    assert found["path"] == str((folder / "c.jpg").resolve())
+
+
 def test_a_killed_update_leaves_the_previous_gallery_usable(run, real_jpegs, tmp_path):
     folder = photos(tmp_path / "photos", real_jpegs[:4])
     invoke("index", "-b", 4, "--run", run, "--images", folder, "--name", "kill")

@@ -1,7 +1,7 @@
 """Milvus as the store of a collection's codes, against faiss's exact IndexBinaryFlat.
 
-Milvus Lite (embedded, started here by pymilvus on a file under tmp_path) stands in for a
-server: the same client, requests and schema; only the index is BIN_FLAT (exact) there."""
+Each test runs on Milvus Lite (embedded, started by pymilvus on a file under tmp_path; only
+the exact BIN_FLAT index) and on a real Milvus server (milvus_servers.py; BIN_IVF_FLAT)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import time
 import faiss
 import numpy as np
 import pytest
+from milvus_servers import BACKENDS, milvus_uri
 
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.retrieval import milvus
+from alexnet.retrieval import milvus, remote
 
 pytest.importorskip("pymilvus", reason="needs the milvus extra: pip install '.[milvus]'")
 
@@ -48,22 +49,32 @@ def assert_same_as_faiss(store: milvus.MilvusCodes, ids, codes, queries, k: int)
         assert set(i[d < d[-1]]) == set(ix[d < d[-1]])
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    c = milvus.connect(str(tmp_path_factory.mktemp("milvus") / "codes.db"))
+def client(request, tmp_path_factory, backend):
+    c = milvus.connect(milvus_uri(request, tmp_path_factory, backend))
     yield c
     c.close()
 
 
-def test_search_equals_faiss_and_updates_incrementally(client, caplog):
+def test_search_equals_faiss_and_updates_incrementally(client, backend, caplog):
     name = milvus.collection_name("runs/mini", "train")
     with caplog.at_level(logging.INFO, logger=milvus.__name__):
         store = milvus.MilvusCodes(client, name, BITS, "net-a")
-    assert store.index_type == "BIN_FLAT"  # Milvus Lite refuses BIN_IVF_FLAT: the exact index
-    assert f"only BIN_FLAT (Milvus Lite): {name} searched exactly" in caplog.text
+    if backend == "lite":  # Milvus Lite refuses BIN_IVF_FLAT: the exact index
+        assert store.index_type == "BIN_FLAT" and store.nprobe is None
+        assert f"only BIN_FLAT (Milvus Lite): {name} searched exactly" in caplog.text
+    else:  # a flat local index: every list probed, an exact search
+        assert store.index_type == "BIN_IVF_FLAT" and store.nprobe == store.lists == 1024
+        described = client.describe_index(name, "code")
+        assert (described["index_type"], described["metric_type"]) == ("BIN_IVF_FLAT", "HAMMING")
     codes, queries = random_codes(3000, 0), random_codes(50, 1)
     ids = np.arange(3000) * 3 + 5  # a collection's ids need not be 0..N-1
-    store.upsert(ids, codes, *rows(ids))
+    store.insert(ids, codes, *rows(ids))
     assert store.count() == 3000 and np.array_equal(store.ids(), ids)
     assert_same_as_faiss(store, ids, codes, queries, 10)
     assert np.array_equal(
@@ -77,7 +88,8 @@ def test_search_equals_faiss_and_updates_incrementally(client, caplog):
     paths, classes, digests = rows(changed)
     store.upsert(changed, codes[:100], paths, classes, [d + "-v2" for d in digests])
     store.delete(gone)
-    store.upsert(new_ids, new_codes, *rows(new_ids))
+    store.insert(new_ids, new_codes, *rows(new_ids))
+    store.flush()  # sealed: the server searches its BIN_IVF_FLAT index from here on
     keep = np.ones(len(ids), bool)
     keep[100:300] = False
     now_ids = np.concatenate([ids[keep], new_ids])
@@ -124,6 +136,51 @@ def test_reopen_keeps_codes_and_refuses_other_bits_or_network(client):
         store.upsert(np.arange(2), random_codes(2, 5)[:, :4], *rows(np.arange(2)))
     store.drop()
     assert not client.has_collection(name)
+
+
+def test_an_interrupted_sync_sends_only_the_missing_rows(client, monkeypatch):
+    store = milvus.MilvusCodes(client, milvus.collection_name("runs/big", "g"), BITS, "net-a")
+    ids, codes = np.arange(1000) * 2, random_codes(1000, 6)
+    digests = remote.digests(codes, np.arange(1000) + 100, np.arange(1000) + 10**18)
+
+    def records(at):
+        return [f"img/{i}.jpg" for i in at], [f"class{i % 7}" for i in at]
+
+    sent = []
+
+    def interrupt(rows: int) -> None:  # Ctrl-C after the second batch is stored
+        sent.append(rows)
+        if len(sent) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(milvus, "WRITE_BYTES", 300 * 80)  # batches of ~300 rows
+    monkeypatch.setattr(milvus, "_sent", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        remote.sync(store, ids, codes, digests, records)
+    stored = sum(sent)
+    assert 0 < stored < 1000 and store.count() == stored
+
+    sent.clear()
+    monkeypatch.setattr(milvus, "_sent", sent.append)
+    done = remote.sync(store, ids, codes, digests, records)
+    assert (done["inserted"], done["upserted"], done["deleted"]) == (1000 - stored, 0, 0)
+    assert sum(sent) == 1000 - stored and store.count() == 1000
+    assert_same_as_faiss(store, ids, codes, random_codes(20, 7), 10)
+
+    # a changed image is replaced, a vanished one deleted: nothing else is sent
+    digests[5] = "changed"
+    sent.clear()
+    done = remote.sync(store, ids[1:], codes[1:], digests[1:], records)
+    assert (done["inserted"], done["upserted"], done["deleted"], sum(sent)) == (0, 1, 1, 1)
+    assert store.digests()[int(ids[5])] == "changed" and store.count() == 999
+    store.drop()
+
+
+def test_the_server_probes_the_local_indexs_share_of_its_lists():
+    assert milvus.probe_share(1024, None) == 1024  # a flat local index: exact
+    assert milvus.probe_share(1024, (3, 1024)) == 3
+    assert milvus.probe_share(1024, (3, 512)) == 6 and milvus.probe_share(1024, (1, 3000)) == 1
+    assert milvus.probe_share(16, (40, 32)) == 16 and milvus.probe_share(10, (1, 3)) == 4
 
 
 def test_collection_names_are_valid_and_distinct():

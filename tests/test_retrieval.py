@@ -146,6 +146,8 @@ def test_above_the_size_threshold_the_index_is_ivf_and_its_recall_is_recorded(ru
         saved = json.loads((run / "index" / "codes.json").read_text())
         assert meta["kind"] == saved["kind"] == "ivf" and 0 < saved["recall_at_10"] <= 1
         assert train.kind == "ivf"
+        assert 1 <= saved["nprobe"] <= saved["lists"] == 1  # 12 images: one list
+        assert train.open().index.nprobe == saved["nprobe"]  # saved with the index
         D, I = train.neighbours(F.load_features(RunPaths(run).index).astype(np.float32), 1)
         assert (D[:, 0] == 0).all()
     finally:

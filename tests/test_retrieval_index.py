@@ -15,6 +15,7 @@ from alexnet.retrieval.index import (
     measure_recall,
     rerank,
     search,
+    tune_nprobe,
 )
 
 
@@ -97,6 +98,49 @@ def test_ivf_save_and_load_round_trip(tmp_path):
     assert index_kind(loaded) == "ivf" and loaded.nprobe == index.nprobe
     for a, b in zip(search(index, queries, 5), search(loaded, queries, 5), strict=True):
         assert np.array_equal(a, b)
+
+
+def clustered_codes(n: int, clusters: int, seed: int) -> np.ndarray:
+    """Codes near `clusters` random centres (each bit flipped with probability 0.05): codes
+    of similar photos lie close together, as these do."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2, (clusters, 64), dtype=np.uint8)
+    bits = centres[rng.integers(0, clusters, n)] ^ (rng.random((n, 64)) < 0.05)
+    return np.packbits(bits.astype(np.uint8), axis=1)
+
+
+def brute_force_recall(index, codes: np.ndarray, nprobe: int) -> float:
+    """recall@10 of `index` at `nprobe` with every code as a query, against numpy popcount."""
+    index.nprobe = nprobe
+    D, I = index.search(codes, 10)
+    kth = np.concatenate(
+        [np.sort(popcount_distances(codes[s : s + 500], codes), 1)[:, 9:10]
+         for s in range(0, len(codes), 500)]
+    )  # fmt: skip
+    return float((((D <= kth) & (I >= 0)).sum(1)).mean() / 10)
+
+
+@pytest.mark.parametrize("kind", ["clustered", "random"])
+def test_nprobe_is_the_fewest_lists_that_hold_recall_099(kind):
+    codes = clustered_codes(3000, 20, 15) if kind == "clustered" else random_codes(3000, 64, 15)
+    index = build_index(codes, kind="ivf")
+    assert index.nlist == 30  # IVF_MIN_LIST codes a list at least
+    found = tune_nprobe(index, codes, sample=len(codes))  # every code a query: exact check
+    chosen = index.nprobe
+    assert found >= 0.99 and brute_force_recall(index, codes, chosen) == pytest.approx(found)
+    if chosen > 1:
+        assert brute_force_recall(index, codes, chosen - 1) < 0.99  # one list fewer loses it
+    if kind == "clustered":
+        assert chosen <= 3  # close codes share a list
+    else:
+        assert chosen >= 10  # nothing to group: most lists hold some of the 10 nearest
+
+
+def test_an_ivf_index_is_built_with_its_nprobe_chosen_on_a_sample():
+    codes = clustered_codes(20_000, 50, 16)
+    index = build_index(codes, kind="ivf")  # nprobe chosen on 1000 of the codes
+    assert 1 <= index.nprobe < index.nlist // 4
+    assert measure_recall(index, codes, sample=2000, seed=5) >= 0.98  # other queries
 
 
 def test_hnsw_on_request_and_its_recall():
