@@ -191,6 +191,8 @@ def test_the_collection_check_finds_a_collection_read(tmp_path):
         "x.py imports alexnet.retrieval.collection",
         "x.py imports alexnet.retrieval.collection.Collection",
     ]
+
+
 def test_the_faces_are_thin():
     """The commands parse, call the library and print: no cli/ module grows past 300 lines,
     and none reads images itself (pipeline/images.py is the one way in)."""
