@@ -177,10 +177,15 @@ def read_mean(path: Path | None) -> tuple[np.ndarray, str]:
 
 def read_labels(path: Path | None, count: int) -> tuple[list[str], dict[str, str]]:
     """Class ids and names: synset_words.txt lines ("n01440764 tench, Tinca tinca"), ids alone
-    (wnids are named from WordNet), or class_0..class_{count-1} without a file."""
+    (wnids are named from WordNet), or without a file the ILSVRC-2012 wnids in class-index
+    order for a network of 1,000 classes (the published ones), class_0..class_{count-1} for
+    any other."""
     from alexnet.pipeline.imagenet import first_synonym
+    from alexnet.pipeline.wordnet import ilsvrc2012_words
 
     if path is None:
+        if count == len(ilsvrc2012_words()):
+            return list(ilsvrc2012_words()), {}
         return [f"class_{i}" for i in range(count)], {}
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

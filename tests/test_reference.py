@@ -4,6 +4,7 @@ imported, and checked against Caffe's forward pass computed independently; hosti
 run used by predict, galleries, eval --data, fine-tuning and ONNX export."""
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -281,3 +282,30 @@ def test_onnx_export_matches_the_network(tmp_path, caffemodel, weights, real_jpe
         {"caffe": {"alpha": 1e-4, "bias": 1.0}, "paper": {"alpha": 5e-4, "bias": 2.0}}[form]
     )
     shutil.rmtree(run)
+
+
+def test_published_classes_are_named_without_wordnet(tmp_path, real_jpegs):
+    """A 1,000-class network imported without a labels file gets ILSVRC-2012's wnids, named
+    from the table the package ships: `predict` prints "cassette player" with no WordNet."""
+    from alexnet.pipeline.wordnet import ilsvrc2012_words
+
+    wnids = list(ilsvrc2012_words())
+    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    cassette = wnids.index("n02979186")
+    w = random_weights(1000)
+    bias = np.zeros(1000, np.float32)
+    bias[cassette] = 100.0  # whatever the photo, the network says "cassette player"
+    w["fc8"] = (np.zeros_like(w["fc8"][0]), bias)
+    model = write_caffemodel(tmp_path / "bvlc.caffemodel", w)
+    env = {**os.environ, "ALEXNET_WORDNET": str(tmp_path / "no-wordnet" / "data.noun")}
+    cmd = lambda *a: subprocess.run(  # noqa: E731
+        alexnet_cmd(*map(str, a)), capture_output=True, text=True, env=env
+    )
+    done = cmd("import-weights", model, "--run", tmp_path / "run", "-q")
+    assert done.returncode == 0, done.stderr
+    done = cmd("predict", real_jpegs[0], "--run", tmp_path / "run", "--top", "1", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "100.0%  cassette player (n02979186)" in done.stdout, done.stdout
+    names = load_trained(tmp_path / "run", check_files=False).class_names
+    assert names[0] == "tench" and not any(n.startswith("n0") for n in names)
+    assert "crane (n02012849)" in names and "crane (n03126707)" in names  # two cranes
