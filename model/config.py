@@ -154,6 +154,18 @@ class TrainConfig:
     pool_before_norm: bool = setting(
         False, "Max-pool before LRN in conv1 and conv2 (CaffeNet's order).", "switch"
     )
+    eval_protocol: str = setting(
+        "paper",
+        "Test-time preprocessing. paper: the shorter side to 256, the central 256x256 patch, "
+        "its centre crop. caffe: the whole image squashed to 256x256, the crop at "
+        "(256 - crop) // 2 (Caffe's test phase; import-weights sets it for Caffe files).",
+        choices=("paper", "caffe"),
+    )
+
+    @property
+    def squash(self) -> bool:
+        """Evaluation squashes each image to 256x256 (eval_protocol caffe)."""
+        return self.eval_protocol == "caffe"
 
 
 # The settings that shape the network beyond columns/lrn/dropout: a fine-tuned run keeps its
@@ -163,6 +175,7 @@ NETWORK_SETTINGS = ("lrn_form", "crop", "conv1_padding", "pool_ceil", "pool_befo
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpoint"}
+RESUMABLE |= {"eval_protocol"}  # evaluation only: training's crops do not depend on it
 
 
 def config_from_dict(d: dict) -> TrainConfig:

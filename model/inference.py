@@ -163,6 +163,7 @@ def query_crops(trained: TrainedRun, batch_size: int, *, ten_crop: bool = False)
         num_threads=trained.config.num_threads,
         ten_crop=ten_crop,
         crop=trained.config.crop,
+        squash=trained.config.squash,
     )
 
 

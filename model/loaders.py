@@ -109,9 +109,10 @@ def eval_loader(
         device=device,
         ten_crop=ten_crop,
         crop=config.crop,
+        squash=config.squash,
         **pipe_options(device, batch, config.seed, config.num_threads),
     )
-    if cache is None:
+    if cache is None or config.squash:
         pipe = eval_pipeline(files, labels, shard_id=world.rank, num_shards=world.size, **graph)
         return Loader(pipe, torch_device=world.device)
     n = len(files)  # the reader's shards: [n * rank // size, n * (rank + 1) // size)

@@ -237,12 +237,15 @@ def import_weights(
     mean: str | Path | None = None,
     labels: str | Path | None = None,
     force: bool = False,
+    eval_protocol: str | None = None,
 ) -> dict:
     """Make RUN a run of the network in `file` (.caffemodel or .onnx): RUN/checkpoints/best.pt,
     RUN/stats.npz (the `mean`: a .binaryproto or .npy mean image, default ImageNet's channel
     mean) and a manifest of its classes (`labels`: synset_words.txt). Everything is read and
     checked before anything is written; a RUN that is already a run is refused unless `force`.
-    Returns {"run", "checkpoint", "classes", "settings", "format"}."""
+    `eval_protocol` (TrainConfig's): default caffe for a Caffe file, whose network was tested
+    on squashed images, else paper. Returns {"run", "checkpoint", "classes", "settings",
+    "format", "eval_protocol"}."""
     import torch
 
     from alexnet.pipeline.lock import RunLock
@@ -265,7 +268,11 @@ def import_weights(
     classes, names = read_labels(Path(labels) if labels else None, ref.num_classes)
     manifest = reference_manifest(classes, names, str(labels) if labels else None)
 
-    config = TrainConfig(mean=mean_mode, init="caffe", **ref.settings)
+    if eval_protocol is None:
+        eval_protocol = "caffe" if ref.source["format"].startswith("caffe") else "paper"
+    if eval_protocol not in ("paper", "caffe"):
+        raise AlexnetError(f"{{eval_protocol}} is paper or caffe, not {eval_protocol!r}")
+    config = TrainConfig(mean=mean_mode, init="caffe", eval_protocol=eval_protocol, **ref.settings)
     net = AlexNet(AlexNetConfig(num_classes=ref.num_classes, **ref.settings), device="meta")
     state = {}
     for (name, key), (w, b) in zip(layer_keys(net).items(), ref.weights.values(), strict=True):
@@ -318,6 +325,7 @@ def import_weights(
         "classes": ref.num_classes,
         "settings": ref.settings,
         "format": ref.source.get("format"),
+        "eval_protocol": eval_protocol,
         "mean": mean_mode,
         "names": manifest.class_names[:3],
     }

@@ -97,13 +97,14 @@ class QueryCrops:
         num_threads: int | None = None,
         ten_crop: bool = False,
         crop: int = CROP,
+        squash: bool = False,
     ):
         self.batch_size = batch_size
         self.torch_device = torch.device(torch_device or "cpu")
         # Depth 1: with deeper queues DALI waits for batches not yet fed.
         options = pipe_options(device, batch_size, seed, num_threads) | {"prefetch_queue_depth": 1}
         self._make = lambda: query_pipeline(
-            mean, std=std, device=device, ten_crop=ten_crop, crop=crop, **options
+            mean, std=std, device=device, ten_crop=ten_crop, crop=crop, squash=squash, **options
         )
         self._pipe = None
 

@@ -163,9 +163,10 @@ def extract_rows(
         std=trained.stats.std(config.input_scale),
         device=device,
         crop=config.crop,
+        squash=config.squash,
         **pipe_options(device, min(batch_size, end - begin), config.seed, config.num_threads),
     )
-    if patches is None:
+    if patches is None or config.squash:
         pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
         loader = Loader(pipe, torch_device=world.device)
     else:

@@ -309,3 +309,36 @@ def test_published_classes_are_named_without_wordnet(tmp_path, real_jpegs):
     names = load_trained(tmp_path / "run", check_files=False).class_names
     assert names[0] == "tench" and not any(n.startswith("n0") for n in names)
     assert "crane (n02012849)" in names and "crane (n03126707)" in names  # two cranes
+
+
+def test_an_imported_caffe_run_crops_as_caffe_tests(tmp_path, caffemodel, real_jpegs):
+    """Caffe's test phase: the whole image squashed to 256x256, the 227 crop at offset
+    (256 - 227) // 2 = 14 (data_transformer.cpp), where the paper's protocol takes the
+    shorter side's central patch and DALI's centre rounds 14.5 up to 15."""
+    from alexnet.model.inference import encoded
+
+    photo = Image.open(real_jpegs[0]).convert("RGB")
+    square, wide = (photo.resize(size, Image.BILINEAR) for size in ((256, 256), (400, 250)))
+    square.save(tmp_path / "square.png")  # lossless, so the squash of it is itself
+    wide.save(tmp_path / "wide.png")
+    images = [encoded(str(tmp_path / name)) for name in ("square.png", "wide.png")]
+    mean = np.array([122.7, 116.7, 104.0], np.float32)  # the channel mean, RGB
+
+    def pixels(protocol):
+        import_weights(caffemodel, tmp_path / protocol, eval_protocol=protocol)
+        trained = load_trained(tmp_path / protocol, check_files=False)
+        assert trained.config.crop == 227
+        x = query_crops(trained, 2)(images).numpy().transpose(0, 2, 3, 1)
+        return trained.config.eval_protocol, x + mean
+
+    assert import_weights(caffemodel, tmp_path / "default")["eval_protocol"] == "caffe"
+    protocol, got = pixels("caffe")
+    assert protocol == "caffe"
+    a = np.asarray(square, np.float32)
+    np.testing.assert_allclose(got[0], a[14:241, 14:241], atol=1e-3)
+    # the wide photo squashed, not cropped: PIL's resize of it, to resampling differences
+    b = np.asarray(wide.resize((256, 256), Image.BILINEAR), np.float32)
+    assert np.abs(got[1] - b[14:241, 14:241]).mean() < 1.0
+    assert np.abs(got[1] - b[15:242, 15:242]).mean() > 5.0
+    _, paper = pixels("paper")
+    np.testing.assert_allclose(paper[0], a[15:242, 15:242], atol=1e-3)
