@@ -121,3 +121,46 @@ def test_index_codes_switches_the_method_and_keeps_the_features(tmp_path, monkey
     assert hit[0]["hamming"] == 0  # a training image finds its own code
     r = CliRunner().invoke(cli, ["index", "--run", str(run), "--codes", "pq"])
     assert r.exit_code != 0 and "--codes" in r.output
+
+
+def test_precision_and_map_of_the_choice_match_a_brute_force_count():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (30, 4), dtype=np.uint8)
+    labels = rng.integers(0, 3, 30)
+    d = C._hamming(codes)
+    bits = np.unpackbits(codes, axis=1)
+    for i, j in [(0, 1), (5, 17), (29, 2)]:
+        assert d[i, j] == (bits[i] != bits[j]).sum()
+    p, m = C._precision_map(d, labels, 10)
+    precisions, aps = [], []
+    for q in range(30):
+        others = sorted((d[q, j], j) for j in range(30) if j != q)  # ties by index
+        hits = [labels[j] == labels[q] for _, j in others]
+        precisions.append(sum(hits[:10]) / 10)
+        found = [sum(hits[: r + 1]) / (r + 1) for r in range(len(hits)) if hits[r]]
+        aps.append(sum(found) / len(found) if found else 0.0)
+    assert p == pytest.approx(np.mean(precisions)) and m == pytest.approx(np.mean(aps))
+
+
+def test_codes_for_photos_without_labels_are_chosen_by_a_held_out_measurement():
+    x, classes = labelled(400)  # `classes`: what the network predicts, not a user's labels
+    encoder, choice = C.choose_codes(x, classes, bits=32)
+    scores = choice["scores"]
+    assert set(scores) == {"autoencoder", "itq", C.NETWORK_CLASSES}
+    assert choice["held_out"] == 80 and "held-out photos of 400" in choice["reason"]
+    best = max(scores, key=lambda c: (scores[c]["network_p_at_10"], scores[c]["network_map"]))
+    assert choice["chosen"] == best and encoder.method == choice["method"]
+    # the class shows in weak dimensions only: codes taught the network's classes find it
+    assert best == C.NETWORK_CLASSES and encoder.config.classes == 4
+    assert all(0 <= s["fc7_neighbours_kept"] <= 1 for s in scores.values())
+    assert C.current(C.encoder_state(encoder, choice=choice), None, None, None)
+    assert not C.current(C.encoder_state(encoder), None, None, None)  # made before the choice
+    # a network that says one class for everything: fc7's neighbours decide
+    encoder, choice = C.choose_codes(x, np.zeros(400, int), bits=32)
+    assert set(choice["scores"]) == {"autoencoder", "itq"} and "fc7" in choice["measure"]
+    kept = {c: s["fc7_neighbours_kept"] for c, s in choice["scores"].items()}
+    assert choice["chosen"] == max(kept, key=kept.get)
+    # too few photos to hold some out: the default method, said so
+    encoder, choice = C.choose_codes(x[:50], classes[:50], bits=32)
+    assert choice["chosen"] == C.DEFAULT_METHOD and "fewer than 100" in choice["reason"]
+    assert "codes chosen without labels: autoencoder" in C.describe_choice(choice)
