@@ -254,6 +254,7 @@ def choose_codes(
     bits: int,
     seed: int = 0,
     progress: bool = False,
+    **settings,
 ):
     """(encoder, choice) for features without labels: the method whose codes measure best on
     a held-out part of the photos, fitted again on all of them. `predictions`: the network's
@@ -265,10 +266,11 @@ def choose_codes(
     other: P@10 and mAP with "the network predicts the same class" as relevance (no label from
     the user), and the share of fc7's 10 nearest neighbours the codes keep (reported; it
     decides only when the network predicts one class for all). `choice`: {"chosen", "method",
-    "measure", "held_out", "scores": {candidate: {...}}, "reason"}, JSON-able."""
+    "measure", "held_out", "scores": {candidate: {...}}, "reason"}, JSON-able. `settings`:
+    the autoencoder's, as fit_codes takes them."""
     n = len(features)
     if n < CHOICE_MIN:
-        encoder = fit_codes(features, None, method=DEFAULT_METHOD, bits=bits, seed=seed)
+        encoder = fit_codes(features, None, method=DEFAULT_METHOD, bits=bits, seed=seed, **settings)
         reason = f"{n} photos, fewer than {CHOICE_MIN}: too few to measure, the default method"
         return encoder, {"chosen": DEFAULT_METHOD, "method": DEFAULT_METHOD, "reason": reason}
     rng = np.random.default_rng(seed)
@@ -284,9 +286,8 @@ def choose_codes(
     scores = {}
     for name, (method, labels) in candidates.items():
         log.info("measuring %s codes on %d held-out photos", name, len(held))
-        encoder = fit_codes(
-            x_fit, None if labels is None else labels[fit], method=method, bits=bits, seed=seed
-        )
+        fit_labels = None if labels is None else labels[fit]
+        encoder = fit_codes(x_fit, fit_labels, method=method, bits=bits, seed=seed, **settings)
         distances = _hamming(encoder.encode(x_held))
         score = {"fc7_neighbours_kept": round(_kept_neighbours(distances, x_held, CHOICE_K), 4)}
         if measure == "network":
@@ -296,7 +297,9 @@ def choose_codes(
     keys = ("network_p_at_10", "network_map") if measure == "network" else ("fc7_neighbours_kept",)
     chosen = max(scores, key=lambda c: tuple(scores[c][k] for k in keys))  # first on a tie
     method, labels = candidates[chosen]
-    encoder = fit_codes(features, labels, method=method, bits=bits, seed=seed, progress=progress)
+    encoder = fit_codes(
+        features, labels, method=method, bits=bits, seed=seed, progress=progress, **settings
+    )
     what = (
         "P@10 (then mAP) of its codes against the network's own predicted classes"
         if measure == "network"

@@ -144,7 +144,7 @@ def test_precision_and_map_of_the_choice_match_a_brute_force_count():
 
 def test_codes_for_photos_without_labels_are_chosen_by_a_held_out_measurement():
     x, classes = labelled(400)  # `classes`: what the network predicts, not a user's labels
-    encoder, choice = C.choose_codes(x, classes, bits=32)
+    encoder, choice = C.choose_codes(x, classes, bits=32, **SMALL)
     scores = choice["scores"]
     assert set(scores) == {"autoencoder", "itq", C.NETWORK_CLASSES}
     assert choice["held_out"] == 80 and "held-out photos of 400" in choice["reason"]
@@ -156,11 +156,11 @@ def test_codes_for_photos_without_labels_are_chosen_by_a_held_out_measurement():
     assert C.current(C.encoder_state(encoder, choice=choice), None, None, None)
     assert not C.current(C.encoder_state(encoder), None, None, None)  # made before the choice
     # a network that says one class for everything: fc7's neighbours decide
-    encoder, choice = C.choose_codes(x, np.zeros(400, int), bits=32)
+    encoder, choice = C.choose_codes(x, np.zeros(400, int), bits=32, **SMALL)
     assert set(choice["scores"]) == {"autoencoder", "itq"} and "fc7" in choice["measure"]
     kept = {c: s["fc7_neighbours_kept"] for c, s in choice["scores"].items()}
     assert choice["chosen"] == max(kept, key=kept.get)
     # too few photos to hold some out: the default method, said so
-    encoder, choice = C.choose_codes(x[:50], classes[:50], bits=32)
+    encoder, choice = C.choose_codes(x[:50], classes[:50], bits=32, **SMALL)
     assert choice["chosen"] == C.DEFAULT_METHOD and "fewer than 100" in choice["reason"]
     assert "codes chosen without labels: autoencoder" in C.describe_choice(choice)
