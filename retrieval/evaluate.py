@@ -105,15 +105,16 @@ def pixel_vectors(
 
 
 def pixel_codes(
-    pixels: np.ndarray, labels: np.ndarray, bits: int, *, seed: int = 0
+    pixels: np.ndarray, queries: np.ndarray, labels: np.ndarray, bits: int, *, seed: int = 0
 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """(packed codes of the database, encoder): the autoencoder of retrieval/codes.py fitted
-    on float32 (N, size*size*3) pixel vectors and their labels instead of fc7
-    ("pixels_autoencoder")."""
+    """evaluate_modes' (database codes, query encoder) of the autoencoder of retrieval/codes.py
+    fitted on float32 (N, size*size*3) pixel vectors and their labels instead of fc7
+    ("pixels_autoencoder"). Its queries are the `queries`' pixel vectors: the encoder, given
+    the queries' fc7 as every mode is, encodes those (timed, as the other modes' encoding)."""
     encoder = fit_codes(
         pixels, labels, method="autoencoder", bits=bits, seed=seed, dim=pixels.shape[1]
     )
-    return encoder.encode(pixels), encoder.encode
+    return encoder.encode(pixels), lambda fc7: encoder.encode(queries)
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -319,7 +320,7 @@ def evaluate_retrieval(
     threads = net.config.num_threads
     db_pix = pixel_vectors(db_files, pixel_size, num_threads=threads)
     q_pix = pixel_vectors(q_files, pixel_size, num_threads=threads)
-    codes["pixels_autoencoder"] = pixel_codes(db_pix, np.array(db_labels), bits, seed=seed)
+    codes["pixels_autoencoder"] = pixel_codes(db_pix, q_pix, np.array(db_labels), bits, seed=seed)
     modes = evaluate_modes(
         c.features,
         np.array(db_labels),
