@@ -305,7 +305,7 @@ def choose_codes(
         if measure == "network"
         else "the share of fc7's 10 nearest neighbours its codes keep"
     )
-    reason = f"best {what}, on {len(held)} held-out photos of {n}"
+    reason = f"the best by {what}, on {len(held)} held-out photos of {n}"
     choice = {"chosen": chosen, "method": method, "measure": what, "held_out": len(held)}
     return encoder, {**choice, "scores": scores, "reason": reason}
 
