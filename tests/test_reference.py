@@ -192,7 +192,7 @@ def test_an_imported_run_predicts_and_searches_a_gallery(tmp_path, caffemodel, r
     assert done.returncode == 0 and "10 images" in done.stdout, done.stderr
     # no labels: the codes' method is chosen (here: too few photos to measure), and said
     assert "codes chosen without labels: autoencoder (10 photos, fewer than 100" in done.stdout
-    record = json.loads((run / "index" / "index.json").read_text())
+    record = json.loads((run / "index" / "codes.json").read_text())
     assert record["code_choice"]["chosen"] == "autoencoder"
     query = photos / real_jpegs[4].split("/")[-1]
     done = cmd("search", query, "--run", run, "--gallery", "photos", "-k", "3", "--json", "-q")
