@@ -202,6 +202,9 @@ CHOICE_MIN = 100  # fewer photos than this: too few to hold some out, the defaul
 CHOICE_HOLDOUT = 0.2  # share of the photos held out to measure each candidate on
 CHOICE_HELD_MAX = 2000  # at most this many held out (the measure compares all their pairs)
 CHOICE_K = 10
+# Above this chance agreement (the share of photo pairs the network puts in one class) its
+# classes say too little to judge codes by: a network that calls most photos one thing.
+CHOICE_MAX_CHANCE = 0.5
 NETWORK_CLASSES = "autoencoder (network's classes)"  # the label-aware codes on fc8's argmax
 
 
@@ -260,14 +263,18 @@ def choose_codes(
     a held-out part of the photos, fitted again on all of them. `predictions`: the network's
     own class of each image (predicted_classes), or None.
 
-    Candidates: the unsupervised autoencoder, ITQ, and where the network names two classes or
-    more, the label-aware autoencoder trained on its predictions (NETWORK_CLASSES). Each is
-    fitted on the other photos and measured on the held-out ones, as queries against each
-    other: P@10 and mAP with "the network predicts the same class" as relevance (no label from
-    the user), and the share of fc7's 10 nearest neighbours the codes keep (reported; it
-    decides only when the network predicts one class for all). `choice`: {"chosen", "method",
-    "measure", "held_out", "scores": {candidate: {...}}, "reason"}, JSON-able. `settings`:
-    the autoencoder's, as fit_codes takes them."""
+    Candidates: the unsupervised autoencoder, ITQ, and where the network's classes are
+    informative (two held-out photos in one predicted class by chance at most
+    CHOICE_MAX_CHANCE of the time), the label-aware autoencoder trained on its predictions
+    (NETWORK_CLASSES), kept only where it also keeps as many of fc7's neighbours as the best
+    other (the network's classes favour the codes trained on them). Each is fitted on the
+    other photos and measured on the held-out ones,
+    as queries against each other: P@10 and mAP with "the network predicts the same class"
+    as relevance (no label from the user), and the share of fc7's 10 nearest neighbours the
+    codes keep (reported; it decides where the network's classes are not informative).
+    `choice`: {"chosen", "method", "measure", "held_out", "network_chance_agreement",
+    "scores": {candidate: {...}}, "reason"}, JSON-able. `settings`: the autoencoder's, as
+    fit_codes takes them."""
     n = len(features)
     if n < CHOICE_MIN:
         encoder = fit_codes(features, None, method=DEFAULT_METHOD, bits=bits, seed=seed, **settings)
@@ -279,10 +286,14 @@ def choose_codes(
     x_fit = np.asarray(features[fit], np.float32)
     x_held = np.asarray(features[held], np.float32)
     candidates = {"autoencoder": ("autoencoder", None), "itq": ("itq", None)}
-    by_network = predictions is not None and label_count(predictions[fit]) > 0
-    if by_network:
+    chance = None
+    if predictions is not None:
+        shares = np.unique(predictions[held], return_counts=True)[1] / len(held)
+        chance = round(float((shares**2).sum()), 4)
+    by_network = chance is not None and chance <= CHOICE_MAX_CHANCE
+    if by_network and label_count(predictions[fit]) > 0:
         candidates[NETWORK_CLASSES] = ("autoencoder", predictions)
-    measure = "network" if by_network and len(np.unique(predictions[held])) > 1 else "fc7"
+    measure = "network" if by_network else "fc7"
     scores = {}
     for name, (method, labels) in candidates.items():
         log.info("measuring %s codes on %d held-out photos", name, len(held))
@@ -295,7 +306,14 @@ def choose_codes(
             score |= {"network_p_at_10": round(p, 4), "network_map": round(m, 4)}
         scores[name] = score
     keys = ("network_p_at_10", "network_map") if measure == "network" else ("fc7_neighbours_kept",)
-    chosen = max(scores, key=lambda c: tuple(scores[c][k] for k in keys))  # first on a tie
+    rank = lambda c: tuple(scores[c][k] for k in keys)  # noqa: E731
+    chosen = max((c for c in scores if c != NETWORK_CLASSES), key=rank)  # first on a tie
+    # Codes trained on the network's classes are judged by those classes: they are kept only
+    # where they also keep as many of fc7's neighbours, not by that measure alone.
+    own = scores.get(NETWORK_CLASSES)
+    kept = "fc7_neighbours_kept"
+    if own and rank(NETWORK_CLASSES) > rank(chosen) and own[kept] >= scores[chosen][kept]:
+        chosen = NETWORK_CLASSES
     method, labels = candidates[chosen]
     encoder = fit_codes(
         features, labels, method=method, bits=bits, seed=seed, progress=progress, **settings
@@ -306,7 +324,12 @@ def choose_codes(
         else "the share of fc7's 10 nearest neighbours its codes keep"
     )
     reason = f"the best by {what}, on {len(held)} held-out photos of {n}"
+    if measure == "fc7" and chance is not None:
+        reason += (
+            f"; the network's classes, same for two photos by chance {chance:.2f}, say too little"
+        )
     choice = {"chosen": chosen, "method": method, "measure": what, "held_out": len(held)}
+    choice["network_chance_agreement"] = chance
     return encoder, {**choice, "scores": scores, "reason": reason}
 
 
