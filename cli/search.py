@@ -126,6 +126,8 @@ def index_command(
                 + (f" (nprobe {g['nprobe']} of {g['lists']} lists)" if "nprobe" in g else "")
                 + f"; written: {g['path']}"
             )
+            if g.get("code_choice"):
+                print_choice(g["code_choice"])
         if g.get("compacted"):
             print_compacted(g["compacted"], compact)
         return
@@ -161,7 +163,15 @@ def print_index(meta: dict) -> None:
         + f"mean |bit balance - 0.5| {r['mean_abs_balance_offset']:.3f}, "
         f"{r['bits_always_on_or_off']} constant bits"
     )
+    if meta.get("code_choice"):
+        print_choice(meta["code_choice"])
     click.echo(f"written: {meta['path']}")
+
+
+def print_choice(choice: dict) -> None:
+    from alexnet.retrieval.codes import describe_choice
+
+    click.echo(describe_choice(choice))
 
 
 @click.command()

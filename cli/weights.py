@@ -36,10 +36,18 @@ EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=None,
     help="The class list, one line per output in order: Caffe's synset_words.txt "
     "('n01440764 tench, Tinca tinca'), or wnids alone (named from WordNet). Default: "
-    "class_0 ... class_N-1.",
+    "ILSVRC-2012's 1,000 wnids for a network of 1,000 classes, else class_0 ... class_N-1.",
+)
+@click.option(
+    "--eval-protocol",
+    type=click.Choice(["paper", "caffe"]),
+    default=None,
+    help="Test-time preprocessing. caffe (the default for Caffe files): the whole image "
+    "squashed to 256x256, the crop at (256 - crop) // 2, as Caffe tested the network. paper "
+    "(the default for ONNX files): the shorter side to 256, the central patch's centre crop.",
 )
 @click.option("--force", is_flag=True, help="Replace RUN if it is already a run.")
-def import_weights_command(file, run, mean, labels, force):
+def import_weights_command(file, run, mean, labels, eval_protocol, force):
     """Make RUN from a published network: Caffe's bvlc_alexnet.caffemodel (either encoding)
     or the ONNX model zoo's bvlcalexnet-*.onnx. No dataset is needed.
 
@@ -49,13 +57,15 @@ def import_weights_command(file, run, mean, labels, force):
     rounds up), and conv1's input channels flipped from BGR so that images stay RGB."""
     from alexnet.model.reference import import_weights
 
-    r = import_weights(file, run, mean=mean, labels=labels, force=force)
+    r = import_weights(
+        file, run, mean=mean, labels=labels, force=force, eval_protocol=eval_protocol
+    )
     s = r["settings"]
     click.echo(
         f"{file} ({r['format']}): {r['classes']} classes ({', '.join(r['names'])}, ...), "
         f"{s['crop']}x{s['crop']} crops, conv1 padding {s['conv1_padding']}, "
         f"{s['lrn_form']} LRN{', pooling before LRN' if s['pool_before_norm'] else ''}, "
-        f"{r['mean']} mean"
+        f"{r['mean']} mean, {r['eval_protocol']} test-time preprocessing"
     )
     click.echo(f"checkpoint: {r['checkpoint']}")
     click.echo(

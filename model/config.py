@@ -170,6 +170,18 @@ class TrainConfig:
     network: AlexNetConfig = field(
         default_factory=lambda: AlexNetConfig(init="caffe"), metadata={"nested": True}
     )
+    eval_protocol: str = setting(
+        "paper",
+        "Test-time preprocessing. paper: the shorter side to 256, the central 256x256 patch, "
+        "its centre crop. caffe: the whole image squashed to 256x256, the crop at "
+        "(256 - crop) // 2 (Caffe's test phase; import-weights sets it for Caffe files).",
+        choices=("paper", "caffe"),
+    )
+
+    @property
+    def squash(self) -> bool:
+        """Evaluation squashes each image to 256x256 (eval_protocol caffe)."""
+        return self.eval_protocol == "caffe"
 
     def __getattr__(self, name: str):
         """The network's settings read as the config's own (`config.crop`): they live in
@@ -189,6 +201,7 @@ NETWORK_SETTINGS = ("lrn_form", "crop", "conv1_padding", "pool_ceil", "pool_befo
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"epochs", "num_threads", "keep_every", "tensorboard", "init_checkpoint"}
+RESUMABLE |= {"eval_protocol"}  # evaluation only: training's crops do not depend on it
 
 
 def setting_fields(config: TrainConfig | None = None) -> list[tuple]:

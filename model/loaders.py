@@ -34,6 +34,7 @@ def preset(stats: Stats, config: TrainConfig, device: str) -> Preset:
         device=device,
         seed=config.seed,
         num_threads=config.num_threads,
+        squash=config.squash,
     )
 
 
@@ -110,8 +111,8 @@ def eval_loader(
     files, labels = split_files(manifest, split)
     check_batch_size(len(files), 1, "validation" if split == "val" else "training")
     batch = max(1, min(config.batch_size // (10 if ten_crop else 1), len(files) // world.size or 1))
-    graph = preset(stats, config, world.dali_device).graph(batch, ten_crop=ten_crop)
-    if cache is None:
+    graph = preset(stats, config, world.dali_device).eval_graph(batch, ten_crop=ten_crop)
+    if cache is None or config.squash:  # the cache holds central patches, not squashed images
         pipe = eval_pipeline(files, labels, shard_id=world.rank, num_shards=world.size, **graph)
         return Loader(pipe, torch_device=world.device)
     mine = shard(len(files), world.rank, world.size)  # the reader's shards

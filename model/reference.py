@@ -73,10 +73,15 @@ def read_mean(path: Path | None) -> tuple[np.ndarray, str]:
 
 def read_labels(path: Path | None, count: int) -> tuple[list[str], dict[str, str]]:
     """Class ids and names: synset_words.txt lines ("n01440764 tench, Tinca tinca"), ids alone
-    (wnids are named from WordNet), or class_0..class_{count-1} without a file."""
+    (wnids are named from WordNet), or without a file the ILSVRC-2012 wnids in class-index
+    order for a network of 1,000 classes (the published ones), class_0..class_{count-1} for
+    any other."""
     from alexnet.pipeline.imagenet import first_synonym
+    from alexnet.pipeline.wordnet import ilsvrc2012_words
 
     if path is None:
+        if count == len(ilsvrc2012_words()):
+            return list(ilsvrc2012_words()), {}
         return [f"class_{i}" for i in range(count)], {}
     try:
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -128,14 +133,16 @@ def import_weights(
     mean: str | Path | None = None,
     labels: str | Path | None = None,
     force: bool = False,
+    eval_protocol: str | None = None,
 ) -> dict:
     """Make RUN a run of the network in `file` (.caffemodel or .onnx): RUN/checkpoints/best.pt,
     RUN/stats.npz (the `mean`: a .binaryproto or .npy mean image, default ImageNet's channel
     mean) and a manifest of its classes (`labels`: synset_words.txt). Everything is read and
     checked before anything is written, and the manifest written last: an interrupted import
     leaves no run, which the next import replaces. A RUN that is already a run is refused
-    unless `force`.
-    Returns {"run", "checkpoint", "classes", "settings", "format"}."""
+    unless `force`. `eval_protocol` (TrainConfig's): default caffe for a Caffe file, whose
+    network was tested on squashed images, else paper.
+    Returns {"run", "checkpoint", "classes", "settings", "format", "eval_protocol"}."""
     import torch
 
     from alexnet.pipeline.lock import RunLock
@@ -159,8 +166,12 @@ def import_weights(
     classes, names = read_labels(Path(labels) if labels else None, ref.num_classes)
     manifest = reference_manifest(classes, names, str(labels) if labels else None)
 
+    if eval_protocol is None:
+        eval_protocol = "caffe" if ref.source["format"].startswith("caffe") else "paper"
+    if eval_protocol not in ("paper", "caffe"):
+        raise AlexnetError(f"{{eval_protocol}} is paper or caffe, not {eval_protocol!r}")
     network = AlexNetConfig(num_classes=ref.num_classes, init="caffe", **ref.settings)
-    config = TrainConfig(mean=mean_mode, network=network)
+    config = TrainConfig(mean=mean_mode, network=network, eval_protocol=eval_protocol)
     net = AlexNet(network, device="meta")
     state = {}
     for (name, key), (w, b) in zip(layer_keys(net).items(), ref.weights.values(), strict=True):
@@ -203,6 +214,7 @@ def import_weights(
         "classes": ref.num_classes,
         "settings": ref.settings,
         "format": ref.source.get("format"),
+        "eval_protocol": eval_protocol,
         "mean": mean_mode,
         "names": manifest.class_names[:3],
     }

@@ -67,6 +67,27 @@ def decode_centre_256(encoded, device: str):
     )
 
 
+def decode_squashed_256(encoded, device: str):
+    """Encoded files -> uint8 256x256x3: the whole image resized to 256x256, its aspect ratio
+    not kept (Caffe's test phase: its ILSVRC-2012 data were squashed so, as `squash` below)."""
+    return fn.resize(decode(encoded, device), size=(SIZE, SIZE), antialias=True)
+
+
+def decode_256(encoded, device: str, squash: bool = False):
+    """The 256x256 patch evaluation crops from: the paper's central patch of the shorter-side
+    resize, or with `squash`, Caffe's squashed whole image."""
+    return (decode_squashed_256 if squash else decode_centre_256)(encoded, device)
+
+
+def centre_position(crop: int, squash: bool = False) -> float:
+    """crop_to_chw's relative position of the centre crop. The paper's: 0.5, which DALI rounds
+    to (SIZE - crop) / 2 rounded up (15 for a 227 crop). Caffe's (data_transformer.cpp, test
+    phase): (SIZE - crop) // 2, i.e. 14 for 227; the same 16 for a 224 crop."""
+    if not squash or crop == SIZE:
+        return 0.5
+    return (SIZE - crop) // 2 / (SIZE - crop)
+
+
 def subtract_mean_image(images, mean: np.ndarray, device: str):
     """uint8 256x256x3 -> float32 256x256x3 minus the training-set mean image."""
     return images - types.Constant(mean.astype(np.float32), device=device)
@@ -288,19 +309,24 @@ def eval_pipeline(
     shard_id=0,
     num_shards=1,
     crop=CROP,
+    squash=False,
 ):
-    """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored)."""
+    """-> float32 3x224x224 centre crops, or 10x3x224x224 (4 corners + centre, then mirrored);
+    with `squash`, Caffe's test-time preprocessing (decode_256, centre_position)."""
     encoded, label = _reader(files, labels, shard_id, num_shards, True)
-    images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop), label
+    images, mean = centred(decode_256(encoded, device, squash), mean, device)
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop, squash), label
 
 
 @pipeline_def(enable_conditionals=False)
 def cached_eval_pipeline(
-    patches, rows, labels, mean, *, std=ONES, device="cpu", ten_crop=False, crop=CROP
+    patches, rows, labels, mean, *, std=ONES, device="cpu", ten_crop=False, crop=CROP, squash=False
 ):
     """eval_pipeline's outputs from decoded patches (see cached_train_pipeline): the patches
-    at `rows`, in order, once per pass. Shards are chosen by the caller's `rows`."""
+    at `rows`, in order, once per pass. Shards are chosen by the caller's `rows`. The patches
+    are the paper's central ones: a `squash` evaluation reads the files instead."""
+    if squash:
+        raise ValueError("the patch cache holds central patches, not squashed images")
     source = PatchBatches(patches, rows, labels, Pipeline.current().max_batch_size)
     images, label = fn.external_source(
         source=source,
@@ -315,26 +341,28 @@ def cached_eval_pipeline(
     return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop), label
 
 
-def eval_crops(images, mean, std, ten_crop: bool, crop: int = CROP):
+def eval_crops(images, mean, std, ten_crop: bool, crop: int = CROP, squash: bool = False):
     """256x256 patches -> the centre crop, or the 10 crops (4 corners + centre, mirrored)."""
+    c = centre_position(crop, squash)
     if not ten_crop:
-        return crop_to_chw(images, mean=mean, std=std, crop=crop)
+        return crop_to_chw(images, pos_x=c, pos_y=c, mean=mean, std=std, crop=crop)
+    positions = [(c, c) if (x, y) == (0.5, 0.5) else (x, y) for x, y in TEN_CROP_POSITIONS]
     crops = [
         crop_to_chw(images, pos_x=x, pos_y=y, mirror=m, mean=mean, std=std, crop=crop)
         for m in (0, 1)
-        for x, y in TEN_CROP_POSITIONS
+        for x, y in positions
     ]
     return fn.stack(*crops)
 
 
 @pipeline_def(enable_conditionals=False)
-def query_pipeline(mean, *, std=ONES, device="cpu", ten_crop=False, crop=CROP):
+def query_pipeline(mean, *, std=ONES, device="cpu", ten_crop=False, crop=CROP, squash=False):
     """Encoded images fed by name (QUERY_INPUT: files read by the caller, or uploads) ->
     float32 3x224x224 centre crops, or 10x3x224x224, exactly as eval_pipeline makes them
     from files. QueryCrops builds one and feeds it."""
     encoded = fn.external_source(name=QUERY_INPUT, dtype=types.UINT8, ndim=1)
-    images, mean = centred(decode_centre_256(encoded, device), mean, device)
-    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop)
+    images, mean = centred(decode_256(encoded, device, squash), mean, device)
+    return eval_crops(images, mean, std.astype(np.float32), ten_crop, crop, squash)
 
 
 # --- the PyTorch side --------------------------------------------------------------------

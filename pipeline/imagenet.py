@@ -18,7 +18,8 @@ a CSV, or "filename label" lines, the label being a class folder's name) and a n
 
 ImageNet's own files give the first synonym as the display name ("tench"); other files give
 the whole name. A class no file names is shown by its WordNet name when its id is a wnid
-(pipeline/wordnet.py), else by its folder name.
+(pipeline/wordnet.py: the ILSVRC-2012 classes from a table the package ships, others from
+WordNet when installed), else by its folder name.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import AlexnetError
-from .wordnet import wordnet_name
+from .wordnet import wnid_name
 
 KAGGLE_LABELS = "LOC_val_solution.csv"
 KAGGLE_NAMES = "LOC_synset_mapping.txt"
@@ -188,6 +189,6 @@ def find_annotations(
 def display_names(classes: list[str], names: dict[str, str]) -> list[str]:
     """One readable name per class id; a name two classes share (ImageNet has two "crane"s)
     gets its id appended, so that no two classes look alike."""
-    shown = [names.get(c) or wordnet_name(c) or c for c in classes]
+    shown = [names.get(c) or wnid_name(c) or c for c in classes]
     repeated = {n for n, count in Counter(shown).items() if count > 1}
     return [f"{n} ({c})" if n in repeated else n for n, c in zip(shown, classes, strict=True)]

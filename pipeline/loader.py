@@ -29,6 +29,7 @@ class Preset:
     device: str = "cpu"  # where DALI runs: "cpu" or "gpu"
     seed: int = 0
     num_threads: int | None = None  # DALI threads (None: one per CPU)
+    squash: bool = False  # evaluation squashes the whole image to 256x256 (Caffe's protocol)
 
     def graph(self, batch_size: int, **extra) -> dict:
         """Keyword arguments of a pipeline of `batch_size` images: the preset's, then `extra`
@@ -41,6 +42,11 @@ class Preset:
             **pipe_options(self.device, batch_size, self.seed, self.num_threads),
             **extra,
         )
+
+    def eval_graph(self, batch_size: int, **extra) -> dict:
+        """graph() of an evaluation pipeline (evaluation, fc7 extraction, queries), with the
+        run's test-time protocol; training's crops never squash."""
+        return self.graph(batch_size, squash=self.squash, **extra)
 
 
 def shard(n: int, rank: int, size: int) -> slice:
@@ -131,7 +137,7 @@ class QueryCrops:
         self.batch_size = batch_size
         self.torch_device = torch.device(torch_device or "cpu")
         # Depth 1: with deeper queues DALI waits for batches not yet fed.
-        graph = preset.graph(batch_size, ten_crop=ten_crop) | {"prefetch_queue_depth": 1}
+        graph = preset.eval_graph(batch_size, ten_crop=ten_crop) | {"prefetch_queue_depth": 1}
         self._make = lambda: query_pipeline(**graph)
         self._pipe = None
 

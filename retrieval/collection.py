@@ -262,6 +262,8 @@ class Collection:
             approx_threshold=approx_threshold,
         )
         out = {**record, **record["last_update"], "path": str(self.paths.folder)} if record else {}
+        if out and train.record.get("code_choice"):  # the codes were chosen without labels
+            out["code_choice"] = train.record["code_choice"]
         if record and (compact or needs_compaction(record)):  # adds "compacted"
             out |= compact_gallery(self.run.root, self.paths, self.name)
         return self._synced(out)

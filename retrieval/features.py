@@ -146,8 +146,8 @@ def extract_rows(
     begin, end = mine.start, mine.stop
     if end == begin:
         return
-    graph = trained.preset.graph(min(batch_size, end - begin))
-    if patches is None:
+    graph = trained.preset.eval_graph(min(batch_size, end - begin))
+    if patches is None or trained.preset.squash:  # the cache holds central patches only
         pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
         loader = Loader(pipe, torch_device=world.device)
     else:

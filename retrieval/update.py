@@ -214,8 +214,14 @@ def _training_set(
     labels = None if train_on is not None else np.array(split_files(trained.manifest, "train")[1])
     train_on = features if train_on is None else train_on
     record = read_record(paths)
+    fc8 = trained.model.classifier[-1]  # the network's own classes: for the codes' choice
+
+    def predictions() -> np.ndarray:
+        weight, bias = (t.detach().float().cpu().numpy() for t in (fc8.weight, fc8.bias))
+        return C.predicted_classes(train_on, weight, bias)
+
     model, state, retrained = _encoder(
-        paths, source, record, train_on, labels, bits, method, progress
+        paths, source, record, train_on, labels, bits, method, progress, predictions
     )
     if not retrained and problem(paths, record, source) is None:
         if record["kind"] == auto_kind(record["count"], approx_threshold):
@@ -240,6 +246,7 @@ def _training_set(
         "autoencoder_report": {k: v for k, v in state["report"].items() if k != "bit_balance"},
         "code_method": model.method,
         "code_settings": C.settings(model),
+        "code_choice": state.get("choice"),  # without labels: which method, and why
         "files": identities(paths.autoencoder, paths.codes, paths.index),
         "features_identity": file_identity(paths.features, digest=True),
     }
@@ -255,11 +262,15 @@ def _save_array(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def _encoder(paths: IndexPaths, source: dict, record, features, labels, bits, method, progress):
+def _encoder(
+    paths: IndexPaths, source: dict, record, features, labels, bits, method, progress, predictions
+):
     """(encoder, saved state, whether it was fitted now): the saved code encoder when it is
     the file the collection's `record` names, made from these features with `bits` (None: any
     width) and `method` (None: any; the code methods of retrieval/codes.py), else one fitted
-    now on `features` and their `labels`."""
+    now on `features` and their `labels`. Without labels and without a `method`, the method is
+    chosen by a measurement on the features (codes.choose_codes; `predictions()`: the
+    network's class of each)."""
     recorded = ((record or {}).get("files") or {}).get(paths.autoencoder.name)
     if recorded and identity_problem(paths.autoencoder, recorded, content=True):
         log.warning(
@@ -274,10 +285,16 @@ def _encoder(paths: IndexPaths, source: dict, record, features, labels, bits, me
                 return model, state, False
         except AlexnetError:
             pass
-    method, width = method or C.DEFAULT_METHOD, bits or ae.AutoencoderConfig.bits
-    model = C.fit_codes(features, labels, method=method, bits=width, progress=progress)
+    width, choice = bits or ae.AutoencoderConfig.bits, {}
+    if method is None and not C.label_count(labels):
+        model, choice = C.choose_codes(features, predictions(), bits=width, progress=progress)
+        log.info("%s", C.describe_choice(choice))
+    else:
+        method = method or C.DEFAULT_METHOD
+        model = C.fit_codes(features, labels, method=method, bits=width, progress=progress)
     report = C.report(model, features)
-    state = C.encoder_state(model, source=source, report=report)
+    extra = {"choice": choice} if choice else {}
+    state = C.encoder_state(model, source=source, report=report, **extra)
     ae.save_autoencoder(state, paths.autoencoder)
     log.info("%s", C.describe(model, report))
     return model, state, True

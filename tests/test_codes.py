@@ -121,3 +121,57 @@ def test_index_codes_switches_the_method_and_keeps_the_features(tmp_path, monkey
     assert hit[0]["hamming"] == 0  # a training image finds its own code
     r = CliRunner().invoke(cli, ["index", "--run", str(run), "--codes", "pq"])
     assert r.exit_code != 0 and "--codes" in r.output
+
+
+def test_precision_and_map_of_the_choice_match_a_brute_force_count():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (30, 4), dtype=np.uint8)
+    labels = rng.integers(0, 3, 30)
+    d = C._hamming(codes)
+    bits = np.unpackbits(codes, axis=1)
+    for i, j in [(0, 1), (5, 17), (29, 2)]:
+        assert d[i, j] == (bits[i] != bits[j]).sum()
+    p, m = C._precision_map(d, labels, 10)
+    precisions, aps = [], []
+    for q in range(30):
+        others = sorted((d[q, j], j) for j in range(30) if j != q)  # ties by index
+        hits = [labels[j] == labels[q] for _, j in others]
+        precisions.append(sum(hits[:10]) / 10)
+        found = [sum(hits[: r + 1]) / (r + 1) for r in range(len(hits)) if hits[r]]
+        aps.append(sum(found) / len(found) if found else 0.0)
+    assert p == pytest.approx(np.mean(precisions)) and m == pytest.approx(np.mean(aps))
+
+
+def test_codes_for_photos_without_labels_are_chosen_by_a_held_out_measurement():
+    x, classes = labelled(400)  # `classes`: what the network predicts, not a user's labels
+    encoder, choice = C.choose_codes(x, classes, bits=32, **SMALL)
+    scores = choice["scores"]
+    assert set(scores) == {"autoencoder", "itq", C.NETWORK_CLASSES}
+    assert choice["held_out"] == 80 and "held-out photos of 400" in choice["reason"]
+    assert 0.2 < choice["network_chance_agreement"] <= C.CHOICE_MAX_CHANCE  # 4 classes
+    rank = lambda c: (scores[c]["network_p_at_10"], scores[c]["network_map"])  # noqa: E731
+    other = max(["autoencoder", "itq"], key=rank)
+    own, kept = scores[C.NETWORK_CLASSES], "fc7_neighbours_kept"
+    # the class shows in weak dimensions only: codes taught the network's classes find it...
+    assert rank(C.NETWORK_CLASSES) > rank(other)
+    # ...and are kept only where they keep as many of fc7's neighbours as the best other
+    keep = own[kept] >= scores[other][kept]
+    assert choice["chosen"] == (C.NETWORK_CLASSES if keep else other)
+    assert encoder.method == choice["method"]
+    if choice["method"] == "autoencoder":
+        assert encoder.config.classes == (4 if keep else 0)
+    assert all(0 <= s["fc7_neighbours_kept"] <= 1 for s in scores.values())
+    assert C.current(C.encoder_state(encoder, choice=choice), None, None, None)
+    assert not C.current(C.encoder_state(encoder), None, None, None)  # made before the choice
+    # a network that says one class for (nearly) everything: fc7's neighbours decide
+    mostly = np.where(np.arange(400) % 10 == 0, classes, 0)  # 9 in 10 photos: class 0
+    encoder, choice = C.choose_codes(x, mostly, bits=32, **SMALL)
+    assert set(choice["scores"]) == {"autoencoder", "itq"} and "fc7" in choice["measure"]
+    assert choice["network_chance_agreement"] > C.CHOICE_MAX_CHANCE
+    assert "say too little" in choice["reason"]
+    kept = {c: s["fc7_neighbours_kept"] for c, s in choice["scores"].items()}
+    assert choice["chosen"] == max(kept, key=kept.get)
+    # too few photos to hold some out: the default method, said so
+    encoder, choice = C.choose_codes(x[:50], classes[:50], bits=32, **SMALL)
+    assert choice["chosen"] == C.DEFAULT_METHOD and "fewer than 100" in choice["reason"]
+    assert "codes chosen without labels: autoencoder" in C.describe_choice(choice)

@@ -4,6 +4,7 @@ imported, and checked against Caffe's forward pass computed independently; hosti
 run used by predict, galleries, eval --data, fine-tuning and ONNX export."""
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -191,6 +192,10 @@ def test_an_imported_run_predicts_and_searches_a_gallery(tmp_path, caffemodel, r
         (photos / f.split("/")[-1]).symlink_to(f)
     done = cmd("index", "--run", run, "--images", photos, "--name", "photos", "-q")
     assert done.returncode == 0 and "10 images" in done.stdout, done.stderr
+    # no labels: the codes' method is chosen (here: too few photos to measure), and said
+    assert "codes chosen without labels: autoencoder (10 photos, fewer than 100" in done.stdout
+    record = json.loads((run / "index" / "codes.json").read_text())
+    assert record["code_choice"]["chosen"] == "autoencoder"
     query = photos / real_jpegs[4].split("/")[-1]
     done = cmd("search", query, "--run", run, "--gallery", "photos", "-k", "3", "--json", "-q")
     assert done.returncode == 0, done.stderr
@@ -283,3 +288,63 @@ def test_onnx_export_matches_the_network(tmp_path, caffemodel, weights, real_jpe
         {"caffe": {"alpha": 1e-4, "bias": 1.0}, "paper": {"alpha": 5e-4, "bias": 2.0}}[form]
     )
     shutil.rmtree(run)
+
+
+def test_published_classes_are_named_without_wordnet(tmp_path, real_jpegs):
+    """A 1,000-class network imported without a labels file gets ILSVRC-2012's wnids, named
+    from the table the package ships: `predict` prints "cassette player" with no WordNet."""
+    from alexnet.pipeline.wordnet import ilsvrc2012_words
+
+    wnids = list(ilsvrc2012_words())
+    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    cassette = wnids.index("n02979186")
+    w = random_weights(1000)
+    bias = np.zeros(1000, np.float32)
+    bias[cassette] = 100.0  # whatever the photo, the network says "cassette player"
+    w["fc8"] = (np.zeros_like(w["fc8"][0]), bias)
+    model = write_caffemodel(tmp_path / "bvlc.caffemodel", w)
+    env = {**os.environ, "ALEXNET_WORDNET": str(tmp_path / "no-wordnet" / "data.noun")}
+    cmd = lambda *a: subprocess.run(  # noqa: E731
+        alexnet_cmd(*map(str, a)), capture_output=True, text=True, env=env
+    )
+    done = cmd("import-weights", model, "--run", tmp_path / "run", "-q")
+    assert done.returncode == 0, done.stderr
+    done = cmd("predict", real_jpegs[0], "--run", tmp_path / "run", "--top", "1", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "100.0%  cassette player (n02979186)" in done.stdout, done.stdout
+    names = load_trained(tmp_path / "run", check_files=False).class_names
+    assert names[0] == "tench" and not any(n.startswith("n0") for n in names)
+    assert "crane (n02012849)" in names and "crane (n03126707)" in names  # two cranes
+
+
+def test_an_imported_caffe_run_crops_as_caffe_tests(tmp_path, caffemodel, real_jpegs):
+    """Caffe's test phase: the whole image squashed to 256x256, the 227 crop at offset
+    (256 - 227) // 2 = 14 (data_transformer.cpp), where the paper's protocol takes the
+    shorter side's central patch and DALI's centre rounds 14.5 up to 15."""
+    from alexnet.model.inference import encoded
+
+    photo = Image.open(real_jpegs[0]).convert("RGB")
+    square, wide = (photo.resize(size, Image.BILINEAR) for size in ((256, 256), (400, 250)))
+    square.save(tmp_path / "square.png")  # lossless, so the squash of it is itself
+    wide.save(tmp_path / "wide.png")
+    images = [encoded(str(tmp_path / name)) for name in ("square.png", "wide.png")]
+    mean = np.array([122.7, 116.7, 104.0], np.float32)  # the channel mean, RGB
+
+    def pixels(protocol):
+        import_weights(caffemodel, tmp_path / protocol, eval_protocol=protocol)
+        trained = load_trained(tmp_path / protocol, check_files=False)
+        assert trained.config.crop == 227
+        x = query_crops(trained, 2)(images).numpy().transpose(0, 2, 3, 1)
+        return trained.config.eval_protocol, x + mean
+
+    assert import_weights(caffemodel, tmp_path / "default")["eval_protocol"] == "caffe"
+    protocol, got = pixels("caffe")
+    assert protocol == "caffe"
+    a = np.asarray(square, np.float32)
+    np.testing.assert_allclose(got[0], a[14:241, 14:241], atol=1e-3)
+    # the wide photo squashed, not cropped: PIL's resize of it, to resampling differences
+    b = np.asarray(wide.resize((256, 256), Image.BILINEAR), np.float32)
+    assert np.abs(got[1] - b[14:241, 14:241]).mean() < 1.0
+    assert np.abs(got[1] - b[15:242, 15:242]).mean() > 5.0
+    _, paper = pixels("paper")
+    np.testing.assert_allclose(paper[0], a[15:242, 15:242], atol=1e-3)

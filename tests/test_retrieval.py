@@ -262,17 +262,17 @@ def test_eval_retrieval_writes_every_mode_and_the_baselines(run):
     assert saved["default_mode"] == "hamming" and saved["code_method"] == "autoencoder"
     assert saved["code_settings"]["classes"] == 3  # the run has labels: label-aware codes
     assert 0 <= saved["modes"]["itq"]["precision_radius_2"] <= 1
-    modes = ["hamming", "hamming+rerank", "itq", "pca_sign", "lsh", "fc7_euclidean"]
-    assert list(saved["modes"]) == [*modes, "pixels_euclidean"]
+    modes = ["hamming", "hamming+rerank", "itq", "pca_sign", "lsh", "pixels_autoencoder"]
+    assert list(saved["modes"]) == [*modes, "fc7_euclidean", "pixels_euclidean"]
     for mode in saved["modes"].values():
         assert 0 <= mode["precision_at_10"] <= 1 and 0 < mode["map"] <= 1 and mode["query_ms"] > 0
-    for mode in ("hamming", "itq", "pca_sign", "lsh"):  # codes of the run's 64 bits
+    for mode in ("hamming", "itq", "pca_sign", "lsh", "pixels_autoencoder"):  # the run's 64 bits
         assert saved["modes"][mode]["bytes_per_image"] == 8
     assert saved["modes"]["fc7_euclidean"]["bytes_per_image"] == 4096 * 2  # float16, streamed
     assert saved["modes"]["pixels_euclidean"]["bytes_per_image"] == 16 * 16 * 3 * 4
     table = result.output.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("mode "))
-    assert [line.split()[0] for line in table[header + 1 : header + 8]] == list(saved["modes"])
+    assert [line.split()[0] for line in table[header + 1 : header + 9]] == list(saved["modes"])
 
 
 def test_search_checks_the_files_it_returns_and_only_those(run, data):
