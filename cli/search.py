@@ -218,12 +218,12 @@ def search(
 
     if jsonl and (as_json or montage or csv):
         raise click.BadParameter("use it without --json, --montage and --csv", param_hint="--jsonl")
-    c = collection(run, gallery, workers=workers, milvus=milvus).open(progress=progress(ctx))
+    c = collection(run, gallery, workers=workers, milvus=milvus)
     if jsonl:  # read, searched and printed a batch at a time; skipped images are logged
-        for row in c.stream(images, k=k, rerank=rerank):
+        for row in c.stream(images, k=k, rerank=rerank, progress=progress(ctx)):
             click.echo(json.dumps(row))
         return
-    result = c.search(images, k=k, rerank=rerank)
+    result = c.search(images, k=k, rerank=rerank, progress=progress(ctx))
     if as_json:
         click.echo(json.dumps({"run": str(run), **result}, indent=1))
     else:

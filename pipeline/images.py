@@ -107,6 +107,8 @@ def read_images(images: Any, names: Sequence[str] | None = None, *, skip: bool =
             continue
         path = Path(image)
         if not path.is_dir():
+            if len(inputs) == 1 and not path.exists():  # alone: an error before any work
+                raise AlexnetError(f"{path} cannot be used: does not exist")
             items.append(Item(str(path), path=str(path)))
             continue
         walk = Walk(path)

@@ -289,6 +289,7 @@ class Collection:
         k: int = K,
         rerank: int = SEARCH_RERANK,
         names: Sequence[str] | None = None,
+        progress: bool = False,
     ) -> dict:
         """The k most similar images of the collection to each image, as records.
 
@@ -300,8 +301,7 @@ class Collection:
         "distance"}]}], "skipped": [{"query", "reason"}] (files that cannot be used, of
         several)}. The files returned are checked first (gone or changed: an error).
         """
-        self.open()
-        images = self._queries(images, names, k, rerank)
+        images = self._queries(images, names, k, rerank, progress)
         start = time.perf_counter()
         rows = list(self._answers(images, k, rerank))
         return {
@@ -323,12 +323,12 @@ class Collection:
         k: int = K,
         rerank: int = SEARCH_RERANK,
         names: Sequence[str] | None = None,
+        progress: bool = False,
     ) -> Iterator[dict]:
         """search's per-query records ({"query", ("class", "class_id"), "results"}), yielded
         as each batch of queries is read and answered: a folder of 10^5 queries prints as it
         goes, in bounded memory. An image that cannot be used is skipped with a warning."""
-        self.open()
-        return self._answers(self._queries(images, names, k, rerank), k, rerank)
+        return self._answers(self._queries(images, names, k, rerank, progress), k, rerank)
 
     def _answers(self, images, k: int, rerank: int) -> Iterator[dict]:
         for names, encoded in images.batches(QUERY_BATCH):
@@ -380,16 +380,19 @@ class Collection:
             I = np.where(at >= 0, self.table.rows[np.maximum(at, 0)], -1)
         return (D, I) if rerank_top <= 0 else rerank(self.features, vectors, I, k)
 
-    def _queries(self, images, names, k: int, rerank: int):
-        """The images, listed (pipeline/images.py), once k and rerank are known to be valid
-        (so that nothing is read for a search that cannot be made)."""
+    def _queries(self, images, names, k: int, rerank: int, progress: bool):
+        """The images, listed (pipeline/images.py) before the collection is opened (and its
+        index built, when missing: `progress` shows it), then k and rerank checked, so that
+        no image is read for a search that cannot be made."""
+        listed = read_images(images, names)
+        self.open(progress=progress)
         self._check_k(k)
         if rerank < 0:
             raise AlexnetError(
                 f"{{rerank}}: the re-rank shortlist must be 0 (off) or more, got {rerank}",
                 param="rerank",
             )
-        return read_images(images, names)
+        return listed
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= len(self):

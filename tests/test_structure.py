@@ -176,7 +176,7 @@ def collection_uses(path: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("module", ["evaluate.py", "duplicates.py"])
+@pytest.mark.parametrize("module", ["evaluate.py", "duplicates.py", "remote.py"])
 def test_retrieval_helpers_take_arrays_not_a_collection(module):
     """Helpers take arrays and return arrays or dicts; only the Collection knows its files."""
     assert collection_uses(ROOT / "retrieval" / module) == []
