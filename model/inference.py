@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alexnet.pipeline.dali import SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.images import read_images
 from alexnet.pipeline.layout import RunPaths
@@ -68,10 +69,12 @@ class TrainedRun:
         batch_size: int = 16,
         progress=False,
         skip: bool = True,
+        reduce: bool = True,
     ) -> Iterator[tuple[list[str], torch.Tensor | np.ndarray]]:
         """The network's `head` for each batch of the images with their names, through the
         evaluation preprocessing: "logits" (N x crops x classes: the centre crop, or with
-        `ten_crop` the ten), or "fc7" (fc7_vectors of the centre crops). `images`, `skip`:
+        `ten_crop` the ten), or "fc7" (fc7_vectors of the centre crops). `images`, `skip`,
+        `reduce` (large JPEGs decoded reduced; off: in full, as the training set's):
         see pipeline/images.py."""
         from tqdm import tqdm
 
@@ -79,7 +82,7 @@ class TrainedRun:
         crops = query_crops(self, max(1, min(batch_size, len(source))), ten_crop=ten_crop)
         with torch.inference_mode():
             for names, encoded in tqdm(
-                source.batches(crops.batch_size),
+                source.batches(crops.batch_size, reduce=SIZE if reduce else None),
                 desc=head,
                 unit="batch",
                 total=-(-len(source) // crops.batch_size),

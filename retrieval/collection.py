@@ -36,6 +36,7 @@ import numpy as np
 from alexnet.model.distributed import setup_world
 from alexnet.model.inference import load_trained, query_crops
 from alexnet.model.metrics import read_metrics
+from alexnet.pipeline.dali import SIZE
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import write_json
@@ -331,7 +332,10 @@ class Collection:
         return self._answers(self._queries(images, names, k, rerank, progress), k, rerank)
 
     def _answers(self, images, k: int, rerank: int) -> Iterator[dict]:
-        for names, encoded in images.batches(QUERY_BATCH):
+        # A gallery's photos were decoded as its queries are: large JPEGs reduced; the training
+        # set's in full, as it was trained (pipeline/images.py).
+        reduce = None if self.name is None else SIZE
+        for names, encoded in images.batches(QUERY_BATCH, reduce=reduce):
             vectors = query_features(self.trained, encoded, crops=self._crops)
             codes = self.autoencoder.encode(vectors)
             D, I = self.neighbours(vectors, k, rerank, codes)
@@ -463,6 +467,7 @@ class Collection:
                 self.trained,
                 [str(self.table.paths[i]) for i in at],
                 crop=MIRRORED_CENTRE,
+                reduce=self.name is not None,  # a gallery's photos, read as they were indexed
                 progress=progress,
             )
         if against is not None:

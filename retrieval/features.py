@@ -32,9 +32,10 @@ import torch
 
 from alexnet.model.distributed import World
 from alexnet.model.inference import FC7_DIM, TrainedRun, encoded, query_crops
-from alexnet.pipeline.dali import cached_eval_pipeline, eval_pipeline
+from alexnet.pipeline.dali import SIZE, cached_eval_pipeline, eval_pipeline
 from alexnet.pipeline.errors import AlexnetError
 from alexnet.pipeline.files import file_identity, read_json, write_json
+from alexnet.pipeline.images import read_images
 from alexnet.pipeline.layout import IndexPaths
 from alexnet.pipeline.loader import Loader, QueryCrops, shard
 
@@ -131,14 +132,18 @@ def extract_rows(
     *,
     batch_size: int = FEATURE_BATCH,
     patches: tuple[np.ndarray, np.ndarray] | None = None,
+    reduce: bool = False,
     progress: bool = True,
 ) -> None:
     """fc7 of `files` into rows first_row.. of the .npy at `features` (grow_features made it
     long enough): the one extractor of every collection. Under torchrun each rank reads its
     contiguous shard of the files (DALI's reader split) and writes those rows only.
 
-    `patches` (the run's prep cache and each file's row in it, pipeline/cache.py) reads the
-    decoded 256x256 patches instead of the files: the same crops, without decoding."""
+    `reduce` (a gallery's photos, as their queries): read through pipeline/images.py, large
+    JPEGs decoded reduced, batches bounded by decoded pixels. Otherwise (the training set,
+    decoded in full as it was trained): DALI's reader, or with `patches` (the run's prep cache
+    and each file's row in it, pipeline/cache.py) the decoded 256x256 patches: the same
+    crops, without decoding."""
     from tqdm import tqdm
 
     n = len(files)
@@ -146,36 +151,44 @@ def extract_rows(
     begin, end = mine.start, mine.stop
     if end == begin:
         return
-    graph = trained.preset.eval_graph(min(batch_size, end - begin))
-    if patches is None or trained.preset.squash:  # the cache holds central patches only
-        pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
-        loader = Loader(pipe, torch_device=world.device)
+    bs = min(batch_size, end - begin)
+    if reduce:
+        vectors = (
+            h for _, h in trained.outputs(files[begin:end], "fc7", batch_size=bs, skip=False)
+        )
     else:
-        cache, rows = patches
-        zeros = np.zeros(end - begin, np.int32)
-        pipe = cached_eval_pipeline(cache, rows[begin:end], zeros, **graph)
-        loader = Loader(pipe, torch_device=world.device, size=end - begin)
-    sizes = []
-
-    def batches():
-        for x, _ in loader:
-            if len(x):  # not a shard's padding, cut off by the Loader
-                sizes.append(len(x))
-                yield x
-
+        vectors = fc7_batches(trained, _crops(trained, files, mine, world, bs, patches))
     out = np.load(features, mmap_mode="r+")
     row = first_row + begin
     with tqdm(total=end - begin, desc="fc7 features", unit="img", disable=not progress) as bar:
-        for h, k in zip(fc7_batches(trained, batches()), sizes, strict=True):
-            out[row : row + k] = h
-            row += k
-            bar.update(k)
+        for h in vectors:
+            out[row : row + len(h)] = h
+            row += len(h)
+            bar.update(len(h))
     out.flush()
     del out
     if row != first_row + end:
         raise AlexnetError(
             f"the pipeline yielded {row - first_row - begin} of {end - begin} images"
         )
+
+
+def _crops(trained, files, mine: slice, world: World, batch_size: int, patches):
+    """The centre crops of the training set's files `mine`, decoded in full by DALI's reader
+    (or read from the prep cache's patches), batch by batch."""
+    graph = trained.preset.eval_graph(batch_size)
+    if patches is None or trained.preset.squash:  # the cache holds central patches only
+        n = len(files)
+        pipe = eval_pipeline(files, [0] * n, shard_id=world.rank, num_shards=world.size, **graph)
+        loader = Loader(pipe, torch_device=world.device)
+    else:
+        cache, rows = patches
+        zeros = np.zeros(mine.stop - mine.start, np.int32)
+        pipe = cached_eval_pipeline(cache, rows[mine], zeros, **graph)
+        loader = Loader(pipe, torch_device=world.device, size=mine.stop - mine.start)
+    for x, _ in loader:
+        if len(x):  # not a shard's padding, cut off by the Loader
+            yield x
 
 
 def load_features(paths: IndexPaths) -> np.ndarray:
@@ -242,6 +255,7 @@ def query_features(
     crops: QueryCrops | None = None,
     crop: int | None = None,
     batch_size: int = QUERY_BATCH,
+    reduce: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """float32 (len(images), 4096) fc7 vectors through the evaluation centre crop, batched.
@@ -250,9 +264,10 @@ def query_features(
     uint8 array: Images.batches, pipeline/images.py, reads a user's images). `crops` is a kept
     query pipeline (query_crops); without one a pipeline of `batch_size` is built for this
     call. `crop` picks one of the ten evaluation crops instead of the centre one (5 positions,
-    centre last, then their mirrors: 9 is the mirrored centre). Rounded as the stored features
-    are (TrainedRun.fc7), so a training image queried against the database finds its own
-    stored vector, bit for bit.
+    centre last, then their mirrors: 9 is the mirrored centre). `reduce`: the images are a
+    gallery's files, read as its photos were (large JPEGs decoded reduced). Rounded as the
+    stored features are (TrainedRun.fc7), so a training image queried against the database
+    finds its own stored vector, bit for bit.
     """
     from tqdm import tqdm
 
@@ -261,14 +276,21 @@ def query_features(
     ten = crop is not None
     crops = crops or query_crops(trained, min(batch_size, len(images)), ten_crop=ten)
     step = crops.batch_size
+    if reduce:
+        read = read_images(list(images), skip=False).batches(step, reduce=SIZE)
+        chunks = (batch for _, batch in read)
+    else:
+        chunks = (
+            [encoded(item) for item in images[s : s + step]] for s in range(0, len(images), step)
+        )
 
-    def batch(s: int) -> torch.Tensor:
-        x = crops([encoded(item) for item in images[s : s + step]])
+    def batch(chunk: list[np.ndarray]) -> torch.Tensor:
+        x = crops(chunk)
         return x[:, crop] if ten else x
 
     out = list(
         tqdm(
-            fc7_batches(trained, map(batch, range(0, len(images), step))),
+            fc7_batches(trained, map(batch, chunks)),
             desc="query fc7",
             unit="batch",
             total=-(-len(images) // step),

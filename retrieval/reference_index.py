@@ -13,7 +13,7 @@ from alexnet.model.inference import load_trained
 from alexnet.pipeline.manifest import load_manifest, split_files
 from alexnet.pipeline.walk import images_below
 
-from .features import query_features, source_identity
+from .features import source_identity
 from .store import problem, read_record
 from .update import update_training_set
 
@@ -44,7 +44,7 @@ def index_from_photos(
         len(files),
         images,
     )
-    features = query_features(trained, files, progress=progress)
+    features = trained.features(files, progress=progress)  # read as a gallery's photos
     update_training_set(
         trained,
         paths,

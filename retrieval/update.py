@@ -106,7 +106,9 @@ def _share(plan: dict | None, world: World) -> dict:
     return plan
 
 
-def _extract(trained, paths, plan, world, *, batch_size, patches=None, progress) -> None:
+def _extract(
+    trained, paths, plan, world, *, batch_size, patches=None, reduce=False, progress
+) -> None:
     """Step 2: every rank writes its share of the plan's new rows; then they meet."""
     files = [p for p, _, _ in plan["new"]]
     extract_rows(
@@ -117,6 +119,7 @@ def _extract(trained, paths, plan, world, *, batch_size, patches=None, progress)
         world,
         batch_size=batch_size,
         patches=patches,
+        reduce=reduce,
         progress=progress and world.main,
     )
     barrier(world)
@@ -337,7 +340,9 @@ def update_gallery(
 
         planned = _planned(world, plan)
         paths = replace(paths, feature_file=planned["features"])
-        _extract(trained, paths, planned, world, batch_size=batch_size, progress=progress)
+        _extract(
+            trained, paths, planned, world, batch_size=batch_size, reduce=True, progress=progress
+        )
         if not world.main:
             return {}
         if planned["unchanged"]:  # nothing to write: the gallery stays as it is

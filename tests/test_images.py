@@ -17,11 +17,11 @@ from retrieval_fixtures import indexed_run
 import alexnet
 from alexnet.cli.web import create_app
 from alexnet.pipeline.errors import AlexnetError
-from alexnet.pipeline.images import read_images
+from alexnet.pipeline.images import read_images, reduced
 from alexnet.pipeline.layout import RunPaths
 from alexnet.pipeline.loader import Preset, QueryCrops
 from alexnet.pipeline.manifest import split_files
-from alexnet.retrieval.features import load_features
+from alexnet.retrieval.features import load_features, query_features
 from alexnet.retrieval.montage import centre_square, make_montage, thumbnail
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -49,10 +49,10 @@ def upright_picture(h: int = 60, w: int = 90) -> np.ndarray:
     return a + (np.arange(w)[None, :, None] // 2).astype(np.uint8)
 
 
-def tagged_jpeg(orientation: int) -> bytes:
+def tagged_jpeg(orientation: int, h: int = 60, w: int = 90) -> bytes:
     """upright_picture stored as a camera stores it under `orientation`, with the tag. No
     chroma subsampling: PIL and DALI then decode the same pixels."""
-    im = Image.fromarray(upright_picture())
+    im = Image.fromarray(upright_picture(h, w))
     stored = im if STORED[orientation] is None else im.transpose(STORED[orientation])
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
@@ -115,6 +115,39 @@ def test_thumbnails_and_contact_sheets_draw_every_orientation_upright(orientatio
         with Image.open(make_montage([row], tmp_path / f"{path.parent.name}.png")) as im:
             sheets.append(np.asarray(im.convert("RGB")))
     assert np.array_equal(*sheets)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_large_jpeg_is_decoded_reduced_and_upright(orientation):
+    data = tagged_jpeg(orientation, h=600, w=1000)  # twice 256 and more on both sides
+    smaller, pixels, reason = reduced(data, 256)
+    with Image.open(io.BytesIO(smaller)) as im:
+        assert im.format == "BMP" and reason is None
+        pixels_seen = np.asarray(im)
+    assert pixels_seen.shape == (300, 500, 3) and pixels == 300 * 500  # 1/2: 1/4 is under 256
+    full = Image.fromarray(decoded_upright(data)).reduce(2)  # the whole decode, halved
+    assert np.abs(pixels_seen.astype(int) - np.asarray(full)).mean() < 2
+    crops = QueryCrops(Preset(np.zeros(3, np.float32), num_threads=1), batch_size=1)
+    seen = crops([np.frombuffer(smaller, np.uint8)])  # what the network sees: upright
+    whole = crops([np.frombuffer(png(decoded_upright(data)), np.uint8)])
+    assert (seen - whole).abs().mean() < 2
+    # not reduced: under twice 256 on a side, not a JPEG, or asked for all of it
+    assert reduced(tagged_jpeg(orientation, h=500, w=1000), 256) == (None, 0, None)
+    assert reduced(png(decoded_upright(data)), 256) == (None, 0, None)
+    ((_, whole),) = read_images(data).batches(1)
+    assert np.array_equal(whole[0], np.frombuffer(data, np.uint8))
+    ((_, small),) = read_images(data).batches(1, reduce=256)
+    assert np.array_equal(small[0], np.frombuffer(smaller, np.uint8))
+
+
+def test_batches_are_bounded_by_decoded_pixels():
+    images = [png(upright_picture(100, 100)) for _ in range(5)]
+    sizes = [len(b) for _, b in read_images(images).batches(4, max_pixels=25_000)]
+    assert sizes == [2, 2, 1]  # 10,000 pixels each: a third would pass 25,000
+    sizes = [len(b) for _, b in read_images(images).batches(4, max_pixels=5_000)]
+    assert sizes == [1] * 5  # an image over the bound is a batch of its own
+    sizes = [len(b) for _, b in read_images(images).batches(4)]
+    assert sizes == [4, 1]
 
 
 # --- every kind of image, everywhere ---------------------------------------------------------
@@ -239,3 +272,22 @@ def test_an_images_fc7_is_the_same_bits_in_any_batch():
     full = net.fc7(x)
     for rows in ([0], [5, 6, 7], list(range(9)), [23]):
         assert torch.equal(net.fc7(x[rows]), full[rows]), rows
+
+
+def test_a_gallery_of_large_photos_finds_each_photo_itself(run, tmp_path):
+    """A gallery's photos are decoded reduced when indexed and when queried alike: a photo
+    of the gallery gets its own row back, from search and from features()."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for i, orientation in enumerate((1, 6, 3)):
+        (folder / f"{i}.jpg").write_bytes(tagged_jpeg(orientation, h=520 + 40 * i, w=700))
+    gallery = alexnet.collection(run, "phone")
+    gallery.update(folder, progress=False)
+    files = sorted(str(f) for f in folder.iterdir())
+    rows = np.asarray(load_features(gallery.paths)[:3], np.float32)
+    assert np.array_equal(alexnet.load(run).features(files), rows)
+    for i, query in enumerate(gallery.search(files, k=1, rerank=3)["queries"]):
+        (best,) = query["results"]
+        assert best["path"] == files[i] and best["distance"] <= 1e-6, (i, best)
+    full = query_features(gallery.trained, files)  # decoded whole: other pixels
+    assert not np.array_equal(full, rows)
