@@ -53,11 +53,14 @@ def write_cache(
     batch_size: int,
     device: str = "cpu",
     num_threads: int | None = None,
+    reduce: bool = False,
     progress: bool = True,
 ) -> Stats:
     """Decode every usable file of the manifest once into RUN/cache/patches.u8.npy and return
     the training-set statistics, computed from the same patches on the way (exactly as
     stats.compute_stats computes them without a cache). The record is written last.
+    `reduce`: large JPEGs decoded reduced (pipeline/images.py), recorded as the cache's
+    "decoding", so that the run's queries are decoded so too.
 
     The old cache is removed first. The new file's blocks are claimed before any decoding
     (a full disk fails then, as one AlexnetError); `check_cache_space` says so earlier, before
@@ -88,13 +91,18 @@ def write_cache(
                 num_threads=num_threads,
                 progress=progress,
                 sink=filled,
+                reduce=reduce,
             )
         )
         val_rows, val_files = splits["val"]
         filled_val = Rows(out, val_rows)
         if val_files:
             batches = centre_patches(
-                val_files, batch_size=batch_size, device=device, num_threads=num_threads
+                val_files,
+                batch_size=batch_size,
+                device=device,
+                num_threads=num_threads,
+                reduce=reduce,
             )
             bar = tqdm(
                 total=len(val_files),
@@ -121,10 +129,21 @@ def write_cache(
             "dtype": "uint8",
             "order": "manifest",
             "decoder": device,
+            "decoding": "reduced" if reduce else "full",
             "patches": file_identity(paths.cache_patches),
         },
     )
     return result[0]
+
+
+def reduced_decoding(run: str | Path) -> bool:
+    """Whether RUN was prepared with reduced decoding (its cache's record says so): its
+    training images, and so its queries, had large JPEGs decoded reduced."""
+    try:
+        record = read_json(RunPaths(run).cache_record, "cache record", "")
+    except AlexnetError:
+        return False
+    return record.get("decoding") == "reduced"
 
 
 def check_cache_space(count: int, run: str | Path) -> None:

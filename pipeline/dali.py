@@ -186,6 +186,14 @@ def prep_pipeline(files: Sequence[str], device: str = "cpu"):
 
 
 @pipeline_def(enable_conditionals=False)
+def fed_prep_pipeline(device: str = "cpu"):
+    """prep_pipeline's patches of encoded images fed by name (QUERY_INPUT): prep's reduced
+    decoding reads the files itself (pipeline/images.py)."""
+    encoded = fn.external_source(name=QUERY_INPUT, dtype=types.UINT8, ndim=1)
+    return decode_centre_256(encoded, device)
+
+
+@pipeline_def(enable_conditionals=False)
 def train_pipeline(
     files,
     labels,

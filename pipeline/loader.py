@@ -13,7 +13,17 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from .dali import CROP, ONES, QUERY_INPUT, READER, pipe_options, prep_pipeline, query_pipeline
+from .dali import (
+    CROP,
+    ONES,
+    QUERY_INPUT,
+    READER,
+    SIZE,
+    fed_prep_pipeline,
+    pipe_options,
+    prep_pipeline,
+    query_pipeline,
+)
 from .errors import AlexnetError
 
 
@@ -173,10 +183,29 @@ def check_batch_size(n_images: int, batch_size: int, what: str) -> None:
 
 
 def centre_patches(
-    files: Sequence[str], *, batch_size: int, device: str = "cpu", num_threads: int | None = None
+    files: Sequence[str],
+    *,
+    batch_size: int,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    reduce: bool = False,
 ) -> Iterator[np.ndarray]:
     """`files` -> uint8 Bx256x256x3 numpy batches of their centre patches, in file order. The
-    pipeline is built here, before the first batch is asked for."""
+    pipeline is built here, before the first batch is asked for. `reduce`: large JPEGs decoded
+    reduced (pipeline/images.py), the files read here, batches bounded by decoded pixels."""
     options = pipe_options(device, min(batch_size, len(files)), 0, num_threads)
-    loader = Loader(prep_pipeline(files, device=device, **options), outputs=("images",))
-    return (images.cpu().numpy() for (images,) in loader)
+    if not reduce:
+        loader = Loader(prep_pipeline(files, device=device, **options), outputs=("images",))
+        return (images.cpu().numpy() for (images,) in loader)
+    from .images import read_images
+
+    pipe = fed_prep_pipeline(device=device, **options | {"prefetch_queue_depth": 1})
+    pipe.build()
+    source = read_images(list(files), skip=False).batches(options["batch_size"], reduce=SIZE)
+    return (_run_fed(pipe, encoded) for _, encoded in source)
+
+
+def _run_fed(pipe, encoded: list[np.ndarray]) -> np.ndarray:
+    pipe.feed_input(QUERY_INPUT, encoded)
+    (out,) = pipe.run()
+    return np.array(out.as_cpu().as_array() if hasattr(out, "as_cpu") else out.as_array())

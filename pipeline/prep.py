@@ -34,12 +34,17 @@ def prepare(
     workers: int | None = None,
     force: bool = False,
     cache: bool = False,
+    reduced_decoding: bool = False,
     progress: bool = True,
 ) -> RunPaths:
     """DATA -> RUN's manifest and RUN/stats.npz; returns the run (a RunPaths, which is also a
     path: pass it to `fit`, `load`, or open its files: `.manifest`, `.stats`, ...).
     With `cache`, the same pass also writes every image's decoded 256x256 patch to RUN/cache
     (pipeline/cache.py: 196,608 bytes an image, checked against the free disk first).
+    `reduced_decoding` (with `cache`) decodes JPEGs at least twice the 256 patch on both
+    sides reduced (pipeline/images.py: a 12 MP photo about 5x faster), for the statistics and
+    the patches training reads, and the run's queries then alike; by default every image is
+    decoded in full (the paper's pixels).
 
     `threads` check the images (default: up to 8), `workers` are the statistics pass's DALI
     threads (default: all cores). `val_labels` and `class_names` name a labels file and a
@@ -48,6 +53,12 @@ def prepare(
     checkpoints or an index made from other data is refused unless `force`: its manifest and
     statistics would be replaced, and it could neither be resumed nor searched again.
     """
+    if reduced_decoding and not cache:
+        raise AlexnetError(
+            "{reduced_decoding} needs {cache}: training reads the patches decoded so, and "
+            "without them it would decode every image in full",
+            param="reduced_decoding",
+        )
     with RunLock(run, "prep"):
         reached("prep started")
         manifest = dataset.scan(
@@ -75,7 +86,7 @@ def prepare(
             progress=progress,
         )
         if cache:
-            result = write_cache(manifest, run, **decoding)
+            result = write_cache(manifest, run, reduce=reduced_decoding, **decoding)
         else:
             files, _ = split_files(manifest, "train")
             result = stats.compute_stats(files, manifest.fingerprint, **decoding)

@@ -103,15 +103,19 @@ def compute_stats(
     num_threads: int | None = None,
     progress: bool = True,
     sink: Callable[[np.ndarray], None] | None = None,
+    reduce: bool = False,
 ) -> Stats:
     """Stream `files` through the prep pipeline and return their statistics; `sink`, if
-    given, also receives every uint8 batch of patches, in file order (the patch cache)."""
+    given, also receives every uint8 batch of patches, in file order (the patch cache).
+    `reduce`: large JPEGs decoded reduced (loader.centre_patches)."""
     from tqdm import tqdm
 
     if not files:
         raise AlexnetError("no training images to compute statistics from")
     acc = Accumulator()
-    batches = centre_patches(files, batch_size=batch_size, device=device, num_threads=num_threads)
+    batches = centre_patches(
+        files, batch_size=batch_size, device=device, num_threads=num_threads, reduce=reduce
+    )
     with tqdm(total=len(files), desc="prep statistics", unit="img", disable=not progress) as bar:
         for images in batches:
             acc.add(images)

@@ -36,6 +36,7 @@ import numpy as np
 from alexnet.model.distributed import setup_world
 from alexnet.model.inference import load_trained, query_crops
 from alexnet.model.metrics import read_metrics
+from alexnet.pipeline.cache import reduced_decoding
 from alexnet.pipeline.dali import SIZE
 from alexnet.pipeline.defaults import MAX_PIXELS, MIN_SIZE
 from alexnet.pipeline.errors import AlexnetError
@@ -332,9 +333,7 @@ class Collection:
         return self._answers(self._queries(images, names, k, rerank, progress), k, rerank)
 
     def _answers(self, images, k: int, rerank: int) -> Iterator[dict]:
-        # A gallery's photos were decoded as its queries are: large JPEGs reduced; the training
-        # set's in full, as it was trained (pipeline/images.py).
-        reduce = None if self.name is None else SIZE
+        reduce = SIZE if self.reduced else None
         for names, encoded in images.batches(QUERY_BATCH, reduce=reduce):
             vectors = query_features(self.trained, encoded, crops=self._crops)
             codes = self.autoencoder.encode(vectors)
@@ -350,6 +349,13 @@ class Collection:
                     )
                 ]
                 yield {"query": name, **class_of(name, self.trained), "results": results}
+
+    @property
+    def reduced(self) -> bool:
+        """Whether this collection's images had large JPEGs decoded reduced (pipeline/
+        images.py), and so its queries must: a gallery's always, the training set's when
+        prep was asked to (its images are otherwise decoded in full, as the paper's)."""
+        return self.name is not None or reduced_decoding(self.run.root)
 
     def _hits(self, at: np.ndarray) -> list[dict]:
         """{"path", "class", "class_id"} of the images at positions `at`, after checking that
@@ -467,7 +473,7 @@ class Collection:
                 self.trained,
                 [str(self.table.paths[i]) for i in at],
                 crop=MIRRORED_CENTRE,
-                reduce=self.name is not None,  # a gallery's photos, read as they were indexed
+                reduce=self.reduced,
                 progress=progress,
             )
         if against is not None:
@@ -554,7 +560,7 @@ class Collection:
             db_labels,
             q_files,
             q_labels,
-            fc7=lambda files: query_features(net, files, progress=progress),
+            fc7=lambda files: query_features(net, files, reduce=self.reduced, progress=progress),
             num_threads=net.config.num_threads,
             progress=progress,
             **options,

@@ -203,3 +203,43 @@ def test_fc7_features_are_the_same_from_the_cache(data, tmp_path, caplog):
         features[name] = np.array(load_features(paths))
     assert features["cached"].shape == (18, 4096) and features["cached"].any()
     np.testing.assert_array_equal(features["cached"], features["plain"])
+
+
+def test_prep_can_decode_large_jpegs_reduced_for_the_patches_and_the_queries(tmp_path):
+    from PIL import Image
+
+    from alexnet.pipeline.images import read_images, reduced
+    from alexnet.retrieval.collection import collection
+
+    data = tmp_path / "data"
+    for c in range(2):
+        for i in range(3):  # 600 x 520 and more: twice 256 on both sides, decoded at 1/2
+            folder = data / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.asarray(Image.fromarray(make_photo(c, i)).resize((600 + 40 * i, 520)))
+            Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    with pytest.raises(AlexnetError, match="needs .cache."):
+        prepare(data, tmp_path / "nocache", reduced_decoding=True, progress=False)
+    patches = {}
+    for reduce in (False, True):
+        run = tmp_path / f"run-{reduce}"
+        prepare(data, run, cache=True, reduced_decoding=reduce, threads=1, progress=False)
+        record = json.loads(RunPaths(run).cache_record.read_text())
+        assert record["decoding"] == ("reduced" if reduce else "full")
+        manifest = load_manifest(run)
+        patches[reduce] = np.asarray(open_cache(run, manifest), np.int16)
+        assert collection(run).reduced == reduce  # its queries are decoded as its images were
+    manifest = load_manifest(run)
+    files = [str(Path(manifest.root) / f) for f in manifest.files.paths]  # manifest order
+    encoded = [e for _, batch in read_images(files).batches(8, reduce=SIZE) for e in batch]
+    assert all(reduced(Path(f).read_bytes(), SIZE)[0] is not None for f in files)
+    expected = np.concatenate(list(centre_patches(files, batch_size=8, reduce=True)))
+    assert len(encoded) == len(files) and np.array_equal(patches[True], expected)
+    assert not np.array_equal(patches[True], patches[False])  # other pixels, the same photos
+    assert np.abs(patches[True] - patches[False]).mean() < 3
+
+
+def make_photo(label: int, i: int) -> np.ndarray:
+    from fixtures import class_image
+
+    return class_image(label, 10 * label + i, (120, 100))
