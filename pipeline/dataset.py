@@ -26,11 +26,16 @@ from .walk import Walk
 SPLIT_CODE = {"train": 0, "val": 1, "all": 0}  # "all": train until the seeded split
 
 
-def _layout(data: Path) -> tuple[str, dict[str, Path]]:
-    if not data.is_dir():
+def check_data(data: str | Path) -> None:
+    """Refuse DATA that is no folder (before prep writes anything, its run folder included)."""
+    if not Path(data).is_dir():
         raise AlexnetError(
             f"{data} is not a folder: pass an ImageFolder tree (DATA/<class>/<image>)"
         )
+
+
+def _layout(data: Path) -> tuple[str, dict[str, Path]]:
+    check_data(data)
     if (data / "train").is_dir():
         splits = {"train": data / "train"}
         for name in ("val", "validation"):

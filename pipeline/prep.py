@@ -59,6 +59,7 @@ def prepare(
             "without them it would decode every image in full",
             param="reduced_decoding",
         )
+    dataset.check_data(data)  # before the lock makes RUN
     with RunLock(run, "prep"):
         reached("prep started")
         manifest = dataset.scan(

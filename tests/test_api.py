@@ -85,3 +85,11 @@ def test_load_predicts_and_gives_fc7_of_every_kind_of_image(model_run):
         model.predict([3])
     with pytest.raises(alexnet.AlexnetError, match="cannot be used"):
         model.features(b"not an image")
+
+
+def test_prepare_on_a_missing_folder_writes_nothing(tmp_path):
+    from alexnet.pipeline.errors import AlexnetError
+
+    with pytest.raises(AlexnetError, match="missing is not a folder"):
+        alexnet.prepare(tmp_path / "missing", tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # no run folder, no lock file left behind
