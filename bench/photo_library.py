@@ -3,21 +3,22 @@ memory, and what decoding them reduced changes in fc7 and in retrieval.
 
     python bench/photo_library.py --run RUN [--photos 200] [--large 40] [--scratch /tmp]
 
-RUN is a trained run (a full-size network). --photos photos of imagenette-mini
-(/work/shared/data/imagenette-mini, every class alike) are written three times under a
-temporary folder in --scratch: resized to 500x375, to 4032x3024 (12 MP, what phones write)
-and, for the first --large of them, to 6000x4000 (24 MP); JPEG quality 90. Each case runs in
-a fresh process, one after the other, so that its peak resident memory (the process's
-maxrss: the network, torch, DALI and the batches; no feature file, as fc7 is kept in
-memory) is its own:
+RUN is a trained run (a full-size network), exported (`export-onnx`) and imported again
+(`import-weights`) as a published network is: a run without training images. --photos
+photos of imagenette-mini (/work/shared/data/imagenette-mini, every class alike) are
+written three times under a temporary folder in --scratch: resized to 500x375, to 4032x3024
+(12 MP, what phones write) and, for the first --large of them, to 6000x4000 (24 MP); JPEG
+quality 90. Each case runs in a fresh process, one after the other, and says its peak
+resident memory (VmHWM: the network, torch, DALI and the batches; the fc7 rows are kept in
+memory, 16 KB an image):
 
 - forward: the network's fc7 on ready crops, batch 64: what decoding cannot beat;
 - 500x375, 12 MP, 24 MP: fc7 of the folder as a gallery's photos are read (pipeline/images.py:
   large JPEGs decoded reduced, batches of 64 bounded by decoded pixels);
 - 12 MP decoded whole: the same with reduced decoding off (as before it existed; batches of
   64 bounded by pixels, which before was not so either);
-- index 12 MP: `Collection.update` of the 12 MP folder as a gallery of RUN (scan, checks,
-  fc7, codes, index), wall time and peak memory.
+- index 12 MP: `Collection.update` of the 12 MP folder as the imported run's first gallery
+  (scan, checks, fc7, fitting and choosing its codes, index), wall time and peak memory.
 
 Then fc7 of the 12 MP photos reduced against whole: cosine similarity per photo, and
 retrieval by folder (leave-one-out, float fc7 Euclidean, P@10 and mAP) from each.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +62,26 @@ def make_photos(folder: Path, n: int, large: int) -> dict[str, list[str]]:
     return files
 
 
+def imported(run: str, scratch: Path) -> str:
+    """RUN's network exported to ONNX and imported again, as a user imports a published
+    network: a run without training images, whose first gallery fits its codes."""
+    from alexnet.model.inference import load_trained
+    from alexnet.model.onnx_io import export_onnx
+    from alexnet.model.reference import import_weights
+    from alexnet.pipeline.stats import load_stats
+
+    trained = load_trained(run, check_files=False)
+    export_onnx(run, scratch / "net.onnx")
+    mean = load_stats(run, trained.manifest.fingerprint).mean_image
+    np.save(scratch / "mean.npy", mean.astype(np.float32))
+    (scratch / "labels.txt").write_text("\n".join(trained.manifest.classes) + "\n")
+    out = scratch / "imported"
+    import_weights(
+        scratch / "net.onnx", out, mean=scratch / "mean.npy", labels=scratch / "labels.txt"
+    )
+    return str(out)
+
+
 def child(case: str, run: str, files: list[str], out: str) -> None:
     """One case, in this process: writes fc7 (when made) to `out` and prints its seconds."""
     import torch
@@ -73,17 +93,20 @@ def child(case: str, run: str, files: list[str], out: str) -> None:
     start = time.perf_counter()
     if case == "forward":
         x = torch.randn(64, 3, 224, 224) * 50
-        for _ in range(-(-len(files) // 64)):
-            trained.fc7(x)
+        for done in range(0, len(files), 64):
+            trained.fc7(x[: len(files) - done])
     elif case == "index":
-        gallery = collection(run, f"bench-{os.getpid()}")
+        gallery = collection(run, "bench")
         gallery.update(Path(files[0]).parents[1], progress=False)
         shutil.rmtree(gallery.paths.folder)
     else:
         reduce = case != "whole"
         batches = trained.outputs(files, "fc7", batch_size=64, skip=False, reduce=reduce)
         np.save(out, np.concatenate([h for _, h in batches]))
-    print(json.dumps({"seconds": time.perf_counter() - start}))
+    seconds = time.perf_counter() - start
+    status = Path("/proc/self/status").read_text()
+    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+    print(json.dumps({"seconds": seconds, "rss_gb": int(peak) / 2**20}))
 
 
 def measure(case: str, run: str, files: list[str], out: Path) -> dict:
@@ -91,13 +114,11 @@ def measure(case: str, run: str, files: list[str], out: Path) -> dict:
     listed = out.with_suffix(".json")
     listed.write_text(json.dumps(files))
     cmd = [sys.executable, __file__, "--child", case, "--run", run, "--files", str(listed)]
-    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.PIPE, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"{case} failed: {output}")
-    seconds = json.loads(output.strip().splitlines()[-1])["seconds"]
-    return {"seconds": seconds, "rate": len(files) / seconds, "rss_gb": usage.ru_maxrss / 2**20}
+    done = subprocess.run([*cmd, "--out", str(out)], stdout=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"{case} failed: {done.stdout}")
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**found, "rate": len(files) / found["seconds"]}
 
 
 def leave_one_out(x: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float, float]:
@@ -132,6 +153,7 @@ def main() -> None:
         start = time.perf_counter()
         files = make_photos(scratch, args.photos, args.large)
         print(f"made {args.photos} photos at 3 sizes in {time.perf_counter() - start:.0f} s")
+        run = imported(args.run, scratch)
         cases = [
             ("forward", "500x375"),
             ("500x375", "500x375"),
@@ -142,7 +164,7 @@ def main() -> None:
         ]
         found = {}
         for case, size in cases:
-            found[case] = measure(case, args.run, files[size], scratch / f"{case}.npy")
+            found[case] = measure(case, run, files[size], scratch / f"{case}.npy")
             print(case, size, json.dumps(found[case]), flush=True)
         reduced = np.load(scratch / "12 MP.npy")
         whole = np.load(scratch / "whole.npy")
@@ -173,8 +195,8 @@ def main() -> None:
         np.linalg.norm(reduced, axis=1) * np.linalg.norm(whole, axis=1)
     )
     print(
-        f"\nfc7 of the 12 MP photos, reduced against whole decoding: cosine mean {cos.mean():.4f}"
-        f", min {cos.min():.4f}, 5th percentile {np.percentile(cos, 5):.4f}"
+        f"\nfc7 of the 12 MP photos, reduced against whole decoding: cosine mean {cos.mean():.5f}"
+        f", min {cos.min():.5f}, 5th percentile {np.percentile(cos, 5):.5f}"
     )
     print("\n| fc7 from | P@10 | mAP |\n| --- | ---: | ---: |")
     for name, x in [
