@@ -120,9 +120,9 @@ def test_thumbnails_and_contact_sheets_draw_every_orientation_upright(orientatio
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_a_large_jpeg_is_decoded_reduced_and_upright(orientation):
     data = tagged_jpeg(orientation, h=600, w=1000)  # twice 256 and more on both sides
-    smaller, pixels, reason = reduced(data, 256)
+    smaller, pixels = reduced(data, 256)
     with Image.open(io.BytesIO(smaller)) as im:
-        assert im.format == "BMP" and reason is None
+        assert im.format == "BMP"
         pixels_seen = np.asarray(im)
     assert pixels_seen.shape == (300, 500, 3) and pixels == 300 * 500  # 1/2: 1/4 is under 256
     full = Image.fromarray(decoded_upright(data)).reduce(2)  # the whole decode, halved
@@ -132,12 +132,22 @@ def test_a_large_jpeg_is_decoded_reduced_and_upright(orientation):
     whole = crops([np.frombuffer(png(decoded_upright(data)), np.uint8)])
     assert (seen - whole).abs().mean() < 2
     # not reduced: under twice 256 on a side, not a JPEG, or asked for all of it
-    assert reduced(tagged_jpeg(orientation, h=500, w=1000), 256) == (None, 0, None)
-    assert reduced(png(decoded_upright(data)), 256) == (None, 0, None)
+    assert reduced(tagged_jpeg(orientation, h=500, w=1000), 256) is None
+    assert reduced(png(decoded_upright(data)), 256) is None
+    assert reduced(data[: len(data) // 2], 256) is None  # truncated: check_image says why
     ((_, whole),) = read_images(data).batches(1)
     assert np.array_equal(whole[0], np.frombuffer(data, np.uint8))
     ((_, small),) = read_images(data).batches(1, reduce=256)
     assert np.array_equal(small[0], np.frombuffer(smaller, np.uint8))
+
+
+def test_a_truncated_large_jpeg_is_skipped_with_its_reason():
+    data = tagged_jpeg(1, h=600, w=1000)
+    images = read_images([data, data[: len(data) // 2]])
+    ((names, _),) = images.batches(4, reduce=256)
+    assert names == ["image 1"]
+    ((name, why),) = images.skipped
+    assert name == "image 2" and "corrupt or truncated" in why
 
 
 def test_batches_are_bounded_by_decoded_pixels():
