@@ -249,14 +249,17 @@ def reduced(data: bytes, side: int) -> tuple[bytes, int] | None:
     return buf.getvalue(), upright.size[0] * upright.size[1]
 
 
-def open_image(image: str | Path | bytes) -> Any:
+def open_image(image: str | Path | bytes, side: int | None = None) -> Any:
     """A file (or encoded bytes) as an upright PIL image for drawing: its EXIF orientation
     applied, as DALI's decoder applies it for the network. Modes are kept (montage.to_rgb
-    scales 16-bit and float images for display)."""
+    scales 16-bit and float images for display). `side`: the picture is drawn no larger, so
+    a large JPEG may be decoded reduced (as `reduced`, both sides kept at least `side`)."""
     from PIL import Image, ImageOps
 
     source = io.BytesIO(bytes(image)) if isinstance(image, ENCODED) else image
     with Image.open(source) as im:
+        if side:
+            im.draft(im.mode, (side, side))  # JPEG only; others decode whole
         upright = ImageOps.exif_transpose(im)
         if upright is im:
             upright = im.copy()

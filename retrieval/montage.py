@@ -61,7 +61,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def centre_square(path: str, side: int) -> Image.Image:
     """The centre square scaled to `side` pixels, in RGB (what the network saw, up to the
     crop), upright: its EXIF orientation applied as the network's decoder applies it."""
-    return ImageOps.fit(to_rgb(open_image(path)), (side, side), Image.Resampling.BILINEAR)
+    return ImageOps.fit(to_rgb(open_image(path, side)), (side, side), Image.Resampling.BILINEAR)
 
 
 @functools.cache

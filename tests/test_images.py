@@ -160,6 +160,19 @@ def test_batches_are_bounded_by_decoded_pixels():
     assert sizes == [4, 1]
 
 
+@pytest.mark.parametrize("orientation", [1, 5, 6, 8])
+def test_large_photos_are_drawn_reduced_and_upright(orientation, tmp_path):
+    tagged, upright = tmp_path / "tagged.jpg", tmp_path / "upright.png"
+    tagged.write_bytes(tagged_jpeg(orientation, h=600, w=1000))
+    Image.fromarray(decoded_upright(tagged.read_bytes())).save(upright)
+    with Image.open(tagged) as im:
+        im.draft(im.mode, (128, 128))
+        assert im.size in ((250, 150), (150, 250))  # what open_image(tagged, 128) decodes
+    a = np.asarray(centre_square(str(tagged), 128), np.int16)
+    b = np.asarray(centre_square(str(upright), 128), np.int16)
+    assert np.abs(a - b).mean() < 4  # the same picture, the same way up
+
+
 # --- every kind of image, everywhere ---------------------------------------------------------
 
 
