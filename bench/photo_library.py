@@ -15,6 +15,8 @@ memory, 16 KB an image):
 - forward: the network's fc7 on ready crops, batch 64: what decoding cannot beat;
 - 500x375, 12 MP, 24 MP: fc7 of the folder as a gallery's photos are read (pipeline/images.py:
   large JPEGs decoded reduced, batches of 64 bounded by decoded pixels);
+- reader: the 500x375 folder through DALI's file reader, as the training set's rows are made
+  (and galleries' were before reduced decoding);
 - 12 MP decoded whole: the same with reduced decoding off (as before it existed; batches of
   64 bounded by pixels, which before was not so either);
 - index 12 MP: `Collection.update` of the 12 MP folder as the imported run's first gallery
@@ -95,6 +97,13 @@ def child(case: str, run: str, files: list[str], out: str) -> None:
         x = torch.randn(64, 3, 224, 224) * 50
         for done in range(0, len(files), 64):
             trained.fc7(x[: len(files) - done])
+    elif case == "reader":  # the training set's path: DALI's file reader, decoded whole
+        from alexnet.model.distributed import World
+        from alexnet.retrieval.features import _crops, fc7_batches
+
+        world = World(device=torch.device("cpu"))
+        crops = _crops(trained, files, slice(0, len(files)), world, 64, None)
+        np.save(out, np.concatenate(list(fc7_batches(trained, crops))))
     elif case == "index":
         gallery = collection(run, "bench")
         gallery.update(Path(files[0]).parents[1], progress=False)
@@ -157,6 +166,7 @@ def main() -> None:
         cases = [
             ("forward", "500x375"),
             ("500x375", "500x375"),
+            ("reader", "500x375"),
             ("12 MP", "12 MP"),
             ("24 MP", "24 MP"),
             ("whole", "12 MP"),
@@ -179,6 +189,7 @@ def main() -> None:
     names = {
         "forward": "fc7 forward alone (ready crops)",
         "500x375": "500x375 JPEGs",
+        "reader": "500x375 JPEGs, DALI's file reader (the training set's path)",
         "12 MP": "12 MP JPEGs (4032x3024), reduced decoding",
         "24 MP": "24 MP JPEGs (6000x4000), reduced decoding",
         "whole": "12 MP JPEGs decoded whole",
