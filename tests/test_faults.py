@@ -154,14 +154,8 @@ def caffemodel(tmp_path_factory) -> Path:
     return write_caffemodel(tmp_path_factory.mktemp("net") / "bvlc.caffemodel", random_weights(4))
 
 
-def full_size_for(command: str, *values):
-    """A test case of `command`; an import reads the published network's full-size file."""
-    marks = [pytest.mark.full_size] if command == "import-weights" else []
-    return pytest.param(command, *values, marks=marks)
-
-
 @pytest.mark.parametrize(
-    "command, point", [full_size_for(c, p) for c, points in KILL_POINTS.items() for p in points]
+    "command, point", [(c, p) for c, points in KILL_POINTS.items() for p in points]
 )
 def test_a_kill_at_any_point_never_blocks_the_next_run(command, point, tmp_path, request):
     """kill -9 at a named point (pipeline/testpoints.py), then the same command again: it
@@ -403,7 +397,7 @@ def test_a_signal_just_before_the_pause_still_ends_it():
     assert done.stdout.strip() == "went on True", done.stderr
 
 
-@pytest.mark.parametrize("command", [full_size_for(c) for c in CTRL_C])
+@pytest.mark.parametrize("command", list(CTRL_C))
 def test_ctrl_c_exits_130_everywhere(command, tmp_path, request):
     point, kept = CTRL_C[command]
     data, run = request.getfixturevalue("tiny_data"), tmp_path / "run"
