@@ -13,7 +13,7 @@ default threads, shared between the run's workers.
 The suite runs on every core (pyproject.toml addopts: pytest-xdist, `--dist loadfile`): each
 file's tests are one group, run by one worker, so a file's module fixtures are built once; the
 Milvus files are one group, so one Milvus server starts per run; in SPLIT files each test
-function is a group of its own (long tests sharing only cheap fixtures). Groups with the
+function is a group of its own (long tests sharing only cheap fixtures). The files with the
 longest tests go first (FIRST), so that the workers end together.
 """
 
@@ -34,7 +34,9 @@ SHARE = max(1, torch.get_num_threads() // WORKERS)  # full-size tests' threads i
 DEFAULTS = {OMP: os.environ.get(OMP) if WORKERS == 1 else str(SHARE), "torch": SHARE}
 MILVUS = {"test_milvus.py", "test_remote.py"}  # one group: one server per run
 SPLIT = {"test_faults.py", "test_train.py"}
-FIRST = ["milvus"]
+# Files of the longest tests, longest first: the many short tests of the others come last.
+FIRST = ["test_milvus.py", "test_remote.py", "test_reference.py", "test_faults.py", "test_train.py"]
+FIRST += ["test_cli.py", "test_readme.py", "test_codes.py", "test_gallery.py"]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -76,7 +78,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     first = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: first.get(group(item.nodeid), len(first)))  # stable
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return
