@@ -105,27 +105,42 @@ def test_prep_keeps_a_trained_run_of_other_data_unless_forced(run, tiny_data, tm
 
 def test_sigkill_during_checkpoint_writes_never_leaves_a_partial_file(tmp_path):
     target = tmp_path / "run" / "checkpoints" / "last.pt"
+    # One process imports torch once, then forks a writer for each line it reads; each writer
+    # says its pid after its first checkpoint and goes on writing until it is killed.
     writer = textwrap.dedent(
         f"""
+        import os, sys
         import torch
         from alexnet.model.checkpoint import save_checkpoint
         state = {{"model": {{"w": torch.randn(4_000_000)}}, "epoch": 0}}
-        for i in range(1000):
-            state["epoch"] = i
-            save_checkpoint({str(target)!r}, state)
-            print(i, flush=True)
+        for _ in sys.stdin:
+            pid = os.fork()
+            if pid == 0:
+                for i in range(1000):
+                    state["epoch"] = i
+                    save_checkpoint({str(target)!r}, state)
+                    if i == 0:
+                        print(os.getpid(), flush=True)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print("reaped", flush=True)
         """
     )
     rng = random.Random(0)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # a first checkpoint is written: the writes go on
+        proc.stdin.write("write\n")
+        proc.stdin.flush()
+        pid = int(proc.stdout.readline())  # a first checkpoint is written: the writes go on
         time.sleep(rng.uniform(0.0, 0.5))  # the kill lands at a random point of one
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        if target.exists():
-            assert torch.load(target, weights_only=True)["epoch"] >= 0  # whole, or not there
+        os.kill(pid, signal.SIGKILL)  # its parent has not reaped it: the pid is still its
+        assert proc.stdout.readline() == "reaped\n"
+        assert torch.load(target, weights_only=True)["epoch"] >= 0  # whole
+    proc.stdin.close()
+    assert proc.wait() == 0
+    proc.stdout.close()
     leftovers = list(target.parent.glob(".last.pt.*.tmp"))
     removed = remove_stale_temps(tmp_path / "run")
     assert sorted(removed) == sorted(leftovers)
