@@ -19,6 +19,7 @@ from .reference_spec import (
     check_feature_side,
     lrn_form,
     order_settings,
+    shapes,
 )
 
 # Caffe layer types: what each is in AlexNet's order; the rest play no part in inference.
@@ -109,6 +110,6 @@ def caffe_blobs(net: CaffeModel, name: str, layer: Layer, what: str) -> tuple:
             f"{what}: {name} ({layer.name}) holds {len(layer.blobs)} blobs, not a weight and a bias"
         )
     weight, bias = layer.blobs
-    shape = check_blob(f"{name} weight", weight.shape, blob_size(weight), SHAPES[name], what)
+    shape = check_blob(f"{name} weight", weight.shape, blob_size(weight), shapes()[name], what)
     check_blob(f"{name} bias", bias.shape, blob_size(bias), (shape[0],), what)
     return read_blob(net.file, weight).reshape(shape), read_blob(net.file, bias)

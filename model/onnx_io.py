@@ -24,12 +24,12 @@ from .init import LAYERS
 from .reference_spec import (
     GROUPS,
     PADS,
-    SHAPES,
     Reference,
     check_blob,
     check_feature_side,
     lrn_form,
     order_settings,
+    shapes,
 )
 
 OPSET = 13
@@ -96,7 +96,7 @@ def read_onnx(path: Path) -> Reference:
                 )
             if name == "conv1":
                 settings["conv1_padding"] = pads[0]
-        shape = check_blob(f"{name} weight", w.shape, w.size, SHAPES[name], what)
+        shape = check_blob(f"{name} weight", w.shape, w.size, shapes()[name], what)
         check_blob(f"{name} bias", b.shape, b.size, (shape[0],), what)
         weights[name] = (w.reshape(shape), b.reshape(-1))
     pools = [_attributes(n) for n in used if n.op_type == "MaxPool"]

@@ -12,6 +12,8 @@ import numpy as np
 
 from alexnet.pipeline.errors import AlexnetError
 
+from .alexnet import test_width
+
 # Weight shapes of AlexNet's learned layers (fc8's rows are the classes); biases: the rows.
 SHAPES = {
     "conv1": (96, 3, 11, 11),
@@ -23,6 +25,9 @@ SHAPES = {
     "fc7": (4096, 4096),
     "fc8": (None, 4096),
 }
+# The dimensions that are channel counts the test suite's narrow network divides (fc7 keeps its
+# 4096 outputs, fc8 its 4096 inputs: model/alexnet.py TEST_WIDTH).
+NARROWED = {"conv1": (0,), "fc6": (0, 1), "fc7": (1,), "fc8": ()}
 GROUPS = {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
 PADS = {"conv2": 2, "conv3": 1, "conv4": 1, "conv5": 1}
 ALEXNET = (
@@ -44,6 +49,16 @@ class Reference:
     @property
     def num_classes(self) -> int:
         return len(self.weights["fc8"][1])
+
+
+def shapes() -> dict[str, tuple]:
+    """SHAPES of the network this process builds: the paper's, or the test suite's narrow one,
+    so that its tests import small files through the same code (model/alexnet.py TEST_WIDTH)."""
+    w = test_width()
+    return {
+        name: tuple(d // w if i in NARROWED.get(name, (0, 1)) else d for i, d in enumerate(shape))
+        for name, shape in SHAPES.items()
+    }
 
 
 def order_settings(kinds: list[str], what: str) -> dict:

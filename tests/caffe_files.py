@@ -2,10 +2,14 @@
 NetParameter (both encodings) and BlobProto, an ONNX file with the model zoo's structure, random
 AlexNet weights, and Caffe's forward pass written independently with torch.nn.functional.
 
-Nothing here imports the code under test."""
+Nothing here imports the code under test. Under $ALEXNET_TEST_WIDTH (tests/conftest.py: every
+test not marked `full_size`) the files are of the narrow network the toolkit then builds: every
+channel count but the colours, fc7's 4096 outputs and fc8's divided by it.
+"""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -22,6 +26,22 @@ SHAPES = {
     "fc6": (4096, 9216),
     "fc7": (4096, 4096),
 }
+NARROWED = {"conv1": (0,), "fc6": (0, 1), "fc7": (1,)}  # conv2-5: both channel counts
+
+
+def width() -> int:
+    """The divisor of the network's channel counts the toolkit builds now (1: the paper's)."""
+    return int(os.environ.get("ALEXNET_TEST_WIDTH", "1"))
+
+
+def shapes() -> dict[str, tuple]:
+    w = width()
+    return {
+        name: tuple(d // w if i in NARROWED.get(name, (0, 1)) else d for i, d in enumerate(shape))
+        for name, shape in SHAPES.items()
+    }
+
+
 V1 = {"Data": 5, "Convolution": 4, "ReLU": 18, "LRN": 15, "Pooling": 17, "InnerProduct": 14}
 V1 |= {"Dropout": 6, "SoftmaxWithLoss": 21, "Accuracy": 1}
 
@@ -29,9 +49,8 @@ V1 |= {"Dropout": 6, "SoftmaxWithLoss": 21, "Accuracy": 1}
 def random_weights(classes: int = 1000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """He-scaled weights, so that activations stay in the range where LRN matters."""
     rng = np.random.default_rng(seed)
-    shapes = {**SHAPES, "fc8": (classes, 4096)}
     out = {}
-    for name, shape in shapes.items():
+    for name, shape in {**shapes(), "fc8": (classes, 4096)}.items():
         fan_in = int(np.prod(shape[1:]))
         w = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
         out[name] = (w, rng.standard_normal(shape[0], dtype=np.float32) * np.float32(0.1))
@@ -95,7 +114,8 @@ def mean_binaryproto(mean_bgr_chw: np.ndarray) -> bytes:
 
 def layer_list(caffenet: bool = False, lrn=(5, 1e-4, 0.75, 1.0)) -> list[tuple[str, str, dict]]:
     """bvlc_alexnet's train_val layers: (name, type, params); CaffeNet pools before LRN."""
-    conv = lambda n, k, s=1, p=0, g=1: {"conv": (n, k, s, p, g)}  # noqa: E731
+    w = width()
+    conv = lambda n, k, s=1, p=0, g=1: {"conv": (n // w, k, s, p, g)}  # noqa: E731
     norm_pool = [("norm{}", "LRN", {"lrn": lrn}), ("pool{}", "Pooling", {"pool": (3, 2)})]
     if caffenet:
         norm_pool.reverse()
@@ -115,7 +135,7 @@ def layer_list(caffenet: bool = False, lrn=(5, 1e-4, 0.75, 1.0)) -> list[tuple[s
         ("conv5", "Convolution", conv(256, 3, p=1, g=2)),
         ("relu5", "ReLU", {}),
         ("pool5", "Pooling", {"pool": (3, 2)}),
-        ("fc6", "InnerProduct", {"fc": 4096}),
+        ("fc6", "InnerProduct", {"fc": 4096 // w}),
         ("relu6", "ReLU", {}),
         ("drop6", "Dropout", {}),
         ("fc7", "InnerProduct", {"fc": 4096}),
@@ -221,7 +241,8 @@ def write_zoo_onnx(path: Path, weights: dict, *, fc7_output: bool = False) -> Pa
     conv("conv4", 1, 2)
     conv("conv5", 1, 2)
     add("MaxPool", [], **pool)
-    add("Reshape", [param("OC2_DUMMY_1", np.array([1, 9216], np.int64))])
+    fc6_inputs = weights["fc6"][0].shape[1]  # 9216: 256 maps of 6x6
+    add("Reshape", [param("OC2_DUMMY_1", np.array([1, fc6_inputs], np.int64))])
     outputs = []
     for name in ("fc6", "fc7", "fc8"):
         w, b = weights[name]

@@ -8,7 +8,13 @@ thread (OMP_NUM_THREADS too, for the commands they start): their operations are 
 a busy machine a pool of threads waiting for each other at every small operation made them up
 to 10x slower. Both are set for each test before its fixtures, so a command it starts in a
 subprocess builds the same network; `full_size` tests get the paper's network and torch's
-default threads.
+default threads, shared between the run's workers.
+
+The suite runs on every core (pyproject.toml addopts: pytest-xdist, `--dist loadfile`): each
+file's tests are one group, run by one worker, so a file's module fixtures are built once; the
+Milvus files are one group, so one Milvus server starts per run; in SPLIT files each test
+function is a group of its own (long tests sharing only cheap fixtures). The files with the
+longest tests go first (FIRST), so that the workers end together.
 """
 
 import os
@@ -23,7 +29,14 @@ IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet
 NARROW = "16"
 os.environ[TEST_WIDTH] = NARROW  # for anything built while the tests are collected
 OMP = "OMP_NUM_THREADS"
-DEFAULTS = {OMP: os.environ.get(OMP), "torch": torch.get_num_threads()}
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # set by pytest-xdist
+SHARE = max(1, torch.get_num_threads() // WORKERS)  # full-size tests' threads in each worker
+DEFAULTS = {OMP: os.environ.get(OMP) if WORKERS == 1 else str(SHARE), "torch": SHARE}
+MILVUS = {"test_milvus.py", "test_remote.py"}  # one group: one server per run
+SPLIT = {"test_faults.py", "test_train.py"}
+# Files of the longest tests, longest first: the many short tests of the others come last.
+FIRST = ["test_milvus.py", "test_remote.py", "test_reference.py", "test_faults.py", "test_train.py"]
+FIRST += ["test_cli.py", "test_readme.py", "test_codes.py", "test_gallery.py"]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -40,7 +53,32 @@ def pytest_runtest_setup(item):
         torch.set_num_threads(1)
 
 
+def group(nodeid: str) -> str:
+    """The group of a test: its file, "milvus", or in SPLIT files its test function."""
+    path, _, name = nodeid.partition("::")
+    file = path.rsplit("/", 1)[-1]
+    if file in MILVUS:
+        return "milvus"
+    return f"{path}::{name.split('[')[0]}" if file in SPLIT else path
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (pyproject.toml addopts) with the groups of `group`."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Groups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group(nodeid)
+
+    return Groups(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    first = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return

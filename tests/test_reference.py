@@ -1,7 +1,9 @@
 """The published reference network as a run: .caffemodel files in both encodings and a model
 zoo ONNX file, written here with random weights in their real formats (tests/caffe_files.py),
 imported, and checked against Caffe's forward pass computed independently; hostile files; the
-run used by predict, galleries, eval --data, fine-tuning and ONNX export."""
+run used by predict, galleries, eval --data, fine-tuning and ONNX export. The files are of the
+test suite's narrow network (tests/caffe_files.py), but for one import of both Caffe encodings
+at the published network's full size."""
 
 import json
 import os
@@ -20,6 +22,7 @@ from caffe_files import (
     relative_error,
     tag,
     varint,
+    width,
     write_caffemodel,
     write_zoo_onnx,
 )
@@ -37,11 +40,15 @@ WNIDS = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079"]
 WNIDS += ["n03394916", "n03417042", "n03425413", "n03445777", "n03888257"]
 TOLERANCE = 1e-4  # max |difference| over max |reference|
 
-pytestmark = pytest.mark.full_size  # the published network's shapes
-
 
 @pytest.fixture(scope="module")
 def weights():
+    return random_weights(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def full_size_weights():
+    """The published network's shapes (for tests marked full_size: tests/conftest.py)."""
     return random_weights(CLASSES)
 
 
@@ -70,8 +77,10 @@ def assert_matches(got, want):
         assert relative_error(g, w) <= TOLERANCE, what
 
 
+@pytest.mark.full_size  # the published network's shapes, in both encodings
 @pytest.mark.parametrize("encoding", ["current", "v1-unpacked"])
-def test_caffe_model_gives_caffes_fc7_and_logits(tmp_path, weights, real_jpegs, encoding):
+def test_caffe_model_gives_caffes_fc7_and_logits(tmp_path, full_size_weights, real_jpegs, encoding):
+    weights = full_size_weights
     v1 = encoding.startswith("v1")
     path = write_caffemodel(tmp_path / "net.caffemodel", weights, v1=v1, packed=not v1)
     import_weights(path, tmp_path / "run")
@@ -133,9 +142,9 @@ def test_mean_and_labels_become_the_runs_statistics_and_classes(tmp_path, caffem
 def write_hostile(folder, caffemodel, case: str):
     """One damaged or foreign file; only what the case needs is written."""
     w = random_weights(CLASSES)
-    if case == "wrong count":  # 96x3x11x11 declared, 96x3x11x10 values stored
+    if case == "wrong count":  # 96x3x11x11 declared, 96x3x11x10 values stored (96: narrowed)
         short = {"conv1": (w["conv1"][0][..., :10], w["conv1"][1])}
-        shapes = {"conv1": ((96, 3, 11, 11), (96,))}
+        shapes = {"conv1": (w["conv1"][0].shape, w["conv1"][1].shape)}
         return write_caffemodel(folder / "wrong count.caffemodel", short, shapes=shapes, v1=True)
     if case == "another net":  # conv1 of 64 filters, no LRN, one fully connected layer
         layers = [("conv1", "Convolution", {"conv": (64, 11, 4, 2, 1)}), ("relu1", "ReLU", {})]
@@ -161,7 +170,7 @@ def write_hostile(folder, caffemodel, case: str):
         ("empty", "empty"),
         ("a prefix of 2 GB", "runs past the end"),
         ("not a protobuf", "not a readable Caffe model"),
-        ("wrong count", "conv1 weight has 31,680 values"),
+        ("wrong count", f"conv1 weight has {96 // width() * 3 * 11 * 10:,} values"),
         ("another net", "is not AlexNet: its layers run conv relu pool fc"),
         ("garbage", "not a readable ONNX model"),
     ],

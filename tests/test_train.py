@@ -109,7 +109,7 @@ def test_resume_across_a_warmup_gives_the_same_weights_and_rates(tiny_data, tmp_
     assert rates == [pytest.approx(full * 4 / 6), pytest.approx(full)]  # last step of each epoch
 
 
-@pytest.mark.full_size  # the one bit-exact resume of the paper's network
+# The narrow network (tests/conftest.py): the paper's trains in test_cli's demo chain.
 def test_an_epoch_interrupted_mid_way_resumes_bit_exactly(tiny_data, tmp_path, monkeypatch):
     # 4 steps an epoch; Ctrl-C arrives during the 6th step, i.e. in the middle of epoch 2.
     real, calls = train.set_rate, []
