@@ -188,11 +188,11 @@ def test_hostile_files_are_one_line_and_write_nothing(tmp_path, caffemodel, case
 
 def test_an_imported_run_predicts_and_searches_a_gallery(tmp_path, caffemodel, real_jpegs):
     run = tmp_path / "run"
-    cmd = lambda *a: subprocess.run(alexnet_cmd(*map(str, a)), capture_output=True, text=True)  # noqa: E731
+    cmd = lambda *a: CliRunner().invoke(cli, [str(x) for x in a])  # noqa: E731  (in this process)
     done = cmd("import-weights", caffemodel, "--run", run, "-q")
-    assert done.returncode == 0 and "227x227 crops" in done.stdout, done.stderr
+    assert done.exit_code == 0 and "227x227 crops" in done.stdout, done.output
     done = cmd("predict", real_jpegs[0], "--run", run, "--json", "--top", "3", "-q")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     top = json.loads(done.stdout)["images"][0]["top"]
     assert len(top) == 3 and top[0]["class_id"].startswith("class_")
     photos = tmp_path / "photos"
@@ -200,14 +200,14 @@ def test_an_imported_run_predicts_and_searches_a_gallery(tmp_path, caffemodel, r
     for f in real_jpegs[::2]:
         (photos / f.split("/")[-1]).symlink_to(f)
     done = cmd("index", "--run", run, "--images", photos, "--name", "photos", "-q")
-    assert done.returncode == 0 and "10 images" in done.stdout, done.stderr
+    assert done.exit_code == 0 and "10 images" in done.stdout, done.output
     # no labels: the codes' method is chosen (here: too few photos to measure), and said
     assert "codes chosen without labels: autoencoder (10 photos, fewer than 100" in done.stdout
     record = json.loads((run / "index" / "codes.json").read_text())
     assert record["code_choice"]["chosen"] == "autoencoder"
     query = photos / real_jpegs[4].split("/")[-1]
     done = cmd("search", query, "--run", run, "--gallery", "photos", "-k", "3", "--json", "-q")
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     hits = json.loads(done.stdout)["queries"][0]["results"]
     assert hits[0]["path"].endswith(query.name) and hits[0]["hamming"] == 0
 
