@@ -10,7 +10,8 @@ to 10x slower. Both are set for each test before its fixtures, so a command it s
 subprocess builds the same network; `full_size` tests get the paper's network and torch's
 default threads, shared between the run's workers.
 
-The suite runs on every core (pyproject.toml addopts: pytest-xdist, `--dist loadfile`): each
+The suite runs on every core, with one worker more than the cores
+(pyproject.toml addopts: pytest-xdist, `-n auto`, `--dist loadfile`): each
 file's tests are one group, run by one worker, so a file's module fixtures are built once; the
 Milvus files are one group, so one Milvus server starts per run; in SPLIT files each test
 function is a group of its own (long tests sharing only cheap fixtures). The files with the
@@ -60,6 +61,14 @@ def group(nodeid: str) -> str:
     if file in MILVUS:
         return "milvus"
     return f"{path}::{name.split('[')[0]}" if file in SPLIT else path
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker more than the cores. Many tests wait on a command they started,
+    a server or a browser; a spare worker keeps the cores busy meanwhile (on 2 cores: 148 s
+    with 3 workers, 154 s with 4, 167-188 s with 2: BENCHMARKS.md)."""
+    return len(os.sched_getaffinity(0)) + 1
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
