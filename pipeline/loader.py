@@ -208,4 +208,4 @@ def centre_patches(
 def _run_fed(pipe, encoded: list[np.ndarray]) -> np.ndarray:
     pipe.feed_input(QUERY_INPUT, encoded)
     (out,) = pipe.run()
-    return np.array(out.as_cpu().as_array() if hasattr(out, "as_cpu") else out.as_array())
+    return out.as_cpu().as_array()  # a copy: the pipeline reuses its buffers

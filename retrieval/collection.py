@@ -210,7 +210,9 @@ class Collection:
         above `approx_threshold` images. A gallery: the images below `folder` (default: its own),
         coded with the training set's encoder; `min_size`, `max_pixels` as prep's; `compact`
         (compact.py). Under torchrun every process calls this (the others return {})."""
-        world, self.trained, _ = setup_world(), None, self.__dict__.pop("_crops", None)
+        world, self.trained = setup_world(), None
+        for kept in ("_crops", "reduced"):  # of the collection as it was: read again
+            self.__dict__.pop(kept, None)
         if self.name is None:
             if folder is not None:
                 raise AlexnetError(
@@ -350,11 +352,12 @@ class Collection:
                 ]
                 yield {"query": name, **class_of(name, self.trained), "results": results}
 
-    @property
+    @cached_property
     def reduced(self) -> bool:
         """Whether this collection's images had large JPEGs decoded reduced (pipeline/
         images.py), and so its queries must: a gallery's always, the training set's when
-        prep was asked to (its images are otherwise decoded in full, as the paper's)."""
+        prep was asked to (its images are otherwise decoded in full, as the paper's). Read
+        once: a server's searches do not read the cache record again."""
         return self.name is not None or reduced_decoding(self.run.root)
 
     def _hits(self, at: np.ndarray) -> list[dict]:
